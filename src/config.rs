@@ -1,0 +1,478 @@
+//! Configuration: the TOML file (`--config`) that names the models, and the built-in default.
+//!
+//! Every limit the service enforces lives here, never as a constant in the code. Each module
+//! is handed its own part ([`ModelConfig`], [`ServerConfig`], [`LimitsConfig`]).
+
+use std::{collections::HashSet, net::SocketAddr, path::Path, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ConfigError;
+
+/// The whole configuration of one banditd process.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Listening addresses.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Request limits shared by all models.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// The models this process serves, by name.
+    #[serde(default, rename = "models")]
+    pub models: Vec<ModelConfig>,
+}
+
+/// Where the process listens.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// gRPC listen address.
+    pub grpc_addr: SocketAddr,
+    /// Prometheus `/metrics` listen address.
+    pub metrics_addr: SocketAddr,
+    /// After a shutdown signal, how long in-flight calls (and open streams such as health
+    /// watches) may take before they are cut, in milliseconds.
+    pub drain_timeout_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            metrics_addr: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            drain_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// Bounds on what one request may carry.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Most candidates one `ChooseArm` may carry.
+    pub max_candidates: usize,
+    /// Longest arm id or decision id, in bytes.
+    pub max_id_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            // Ranking a page of items is the common case; a thousand per call is far above it
+            // and still a sub-millisecond forward pass at the default network size.
+            max_candidates: 1024,
+            max_id_bytes: 256,
+        }
+    }
+}
+
+/// The two kinds of reward network.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelKind {
+    /// The network maps a context to one output per configured arm.
+    FixedArms,
+    /// The network scores `concat(context, arm features)` per candidate.
+    PerArmFeatures,
+}
+
+/// Which optimizer the learner uses.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OptimizerKind {
+    /// Adam with decoupled weight decay (the prior enters as decay of `lr * prior / N`).
+    Adam,
+    /// Plain SGD; the prior enters as the gradient of `prior / N * |W|^2`.
+    Sgd,
+}
+
+/// One named model and its learner.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The name clients put in `model`.
+    pub name: String,
+    /// Fixed arms or per-arm features.
+    pub kind: ModelKind,
+    /// Length of every request's `context`.
+    pub context_dim: usize,
+    /// The arm ids of a fixed-arm model, in output order (must be empty for per-arm models).
+    #[serde(default)]
+    pub arms: Vec<String>,
+    /// Length of each candidate's features (per-arm models; 0 for fixed-arm models).
+    #[serde(default)]
+    pub arm_feature_dim: usize,
+    /// Hidden layer widths (ReLU).
+    #[serde(default = "defaults::hidden_layers")]
+    pub hidden_layers: Vec<usize>,
+    /// Drop rate of the input units followed by one per hidden layer
+    /// (`hidden_layers.len() + 1` values in `[0, 1)`).
+    #[serde(default)]
+    pub drop_rates: Option<Vec<f64>>,
+    /// Optimizer step size.
+    #[serde(default = "defaults::learning_rate")]
+    pub learning_rate: f64,
+    /// Optimizer.
+    #[serde(default = "defaults::optimizer")]
+    pub optimizer: OptimizerKind,
+    /// Examples per minibatch, sampled from the replay buffer.
+    #[serde(default = "defaults::batch_size")]
+    pub batch_size: usize,
+    /// SGD steps taken per reward received.
+    #[serde(default = "defaults::updates_per_reward")]
+    pub updates_per_reward: usize,
+    /// Examples kept for replay (oldest replaced first).
+    #[serde(default = "defaults::replay_capacity")]
+    pub replay_capacity: usize,
+    /// Strength of the Gaussian prior on the weights; it weighs `1/N` per example.
+    #[serde(default = "defaults::prior_strength")]
+    pub prior_strength: f64,
+    /// How long a decision waits for its reward, in seconds.
+    #[serde(default = "defaults::reward_window_seconds")]
+    pub reward_window_seconds: f64,
+    /// Reward trained on when the window closes without one; none = the decision is dropped.
+    #[serde(default)]
+    pub default_reward: Option<f64>,
+    /// Seed of the model's initial weights, its dropout masks and its replay sampling.
+    #[serde(default = "defaults::seed")]
+    pub seed: u64,
+    /// Most decisions waiting for a reward; past it the oldest are evicted.
+    #[serde(default = "defaults::pending_capacity")]
+    pub pending_capacity: usize,
+    /// Most rewards queued for the learner; past it `ReportReward` fails with
+    /// RESOURCE_EXHAUSTED.
+    #[serde(default = "defaults::learner_queue_capacity")]
+    pub learner_queue_capacity: usize,
+    /// The learner publishes new weights after this many steps...
+    #[serde(default = "defaults::publish_every_steps")]
+    pub publish_every_steps: usize,
+    /// ...or this many milliseconds of training, whichever comes first (and whenever it
+    /// runs out of work).
+    #[serde(default = "defaults::publish_interval_ms")]
+    pub publish_interval_ms: u64,
+}
+
+mod defaults {
+    use super::OptimizerKind;
+
+    pub(super) fn hidden_layers() -> Vec<usize> {
+        vec![100, 100]
+    }
+    pub(super) fn learning_rate() -> f64 {
+        // Adam's usual step; rewards are standardised, so one value fits 0/1 and 0..50 scales.
+        0.003
+    }
+    pub(super) fn optimizer() -> OptimizerKind {
+        OptimizerKind::Adam
+    }
+    pub(super) fn batch_size() -> usize {
+        32
+    }
+    pub(super) fn updates_per_reward() -> usize {
+        2
+    }
+    pub(super) fn replay_capacity() -> usize {
+        20_000
+    }
+    pub(super) fn prior_strength() -> f64 {
+        1.0
+    }
+    pub(super) fn reward_window_seconds() -> f64 {
+        3600.0
+    }
+    pub(super) fn seed() -> u64 {
+        42
+    }
+    pub(super) fn pending_capacity() -> usize {
+        1_000_000
+    }
+    pub(super) fn learner_queue_capacity() -> usize {
+        65_536
+    }
+    pub(super) fn publish_every_steps() -> usize {
+        16
+    }
+    pub(super) fn publish_interval_ms() -> u64 {
+        20
+    }
+}
+
+/// Default drop rate of hidden units: Gal & Ghahramani's bandit experiments used 0.1-0.5; the
+/// low end keeps late exploration small, since a fixed rate never shrinks (THEORY.md §2).
+const DEFAULT_HIDDEN_DROP: f64 = 0.1;
+/// Input units are dropped less: with a context of two coordinates, losing one is a very
+/// different function, not a nearby posterior sample.
+const DEFAULT_INPUT_DROP: f64 = 0.0;
+
+impl ModelConfig {
+    /// A model config with every optional setting at its default.
+    pub fn new(name: &str, kind: ModelKind, context_dim: usize) -> Self {
+        Self {
+            name: name.to_owned(),
+            kind,
+            context_dim,
+            arms: Vec::new(),
+            arm_feature_dim: 0,
+            hidden_layers: defaults::hidden_layers(),
+            drop_rates: None,
+            learning_rate: defaults::learning_rate(),
+            optimizer: defaults::optimizer(),
+            batch_size: defaults::batch_size(),
+            updates_per_reward: defaults::updates_per_reward(),
+            replay_capacity: defaults::replay_capacity(),
+            prior_strength: defaults::prior_strength(),
+            reward_window_seconds: defaults::reward_window_seconds(),
+            default_reward: None,
+            seed: defaults::seed(),
+            pending_capacity: defaults::pending_capacity(),
+            learner_queue_capacity: defaults::learner_queue_capacity(),
+            publish_every_steps: defaults::publish_every_steps(),
+            publish_interval_ms: defaults::publish_interval_ms(),
+        }
+    }
+
+    /// The drop rate of the input units and of each hidden layer.
+    pub fn effective_drop_rates(&self) -> Vec<f64> {
+        self.drop_rates.clone().unwrap_or_else(|| {
+            std::iter::once(DEFAULT_INPUT_DROP)
+                .chain(self.hidden_layers.iter().map(|_| DEFAULT_HIDDEN_DROP))
+                .collect()
+        })
+    }
+
+    /// Width of the network's input.
+    pub fn input_dim(&self) -> usize {
+        match self.kind {
+            ModelKind::FixedArms => self.context_dim,
+            ModelKind::PerArmFeatures => self.context_dim + self.arm_feature_dim,
+        }
+    }
+
+    /// Width of the network's output: one head per arm, or one score.
+    pub fn output_dim(&self) -> usize {
+        match self.kind {
+            ModelKind::FixedArms => self.arms.len(),
+            ModelKind::PerArmFeatures => 1,
+        }
+    }
+
+    /// The reward window.
+    pub fn reward_window(&self) -> Duration {
+        Duration::from_secs_f64(self.reward_window_seconds)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |field: &str, why: String| ConfigError::Invalid {
+            model: self.name.clone(),
+            field: field.to_owned(),
+            why,
+        };
+        if self.name.is_empty() {
+            return Err(bad("name", "must not be empty".into()));
+        }
+        if self.context_dim == 0 {
+            return Err(bad("context_dim", "must be at least 1".into()));
+        }
+        match self.kind {
+            ModelKind::FixedArms => {
+                if self.arms.len() < 2 {
+                    return Err(bad(
+                        "arms",
+                        "a fixed-arm model needs at least 2 arms".into(),
+                    ));
+                }
+                let mut seen = HashSet::new();
+                for arm in &self.arms {
+                    if arm.is_empty() {
+                        return Err(bad("arms", "arm ids must not be empty".into()));
+                    }
+                    if !seen.insert(arm) {
+                        return Err(bad("arms", format!("duplicate arm id {arm:?}")));
+                    }
+                }
+                if self.arm_feature_dim != 0 {
+                    return Err(bad(
+                        "arm_feature_dim",
+                        "must be 0 (or absent) for a fixed-arm model".into(),
+                    ));
+                }
+            }
+            ModelKind::PerArmFeatures => {
+                if !self.arms.is_empty() {
+                    return Err(bad(
+                        "arms",
+                        "a per-arm-features model takes its arms from each request".into(),
+                    ));
+                }
+                if self.arm_feature_dim == 0 {
+                    return Err(bad("arm_feature_dim", "must be at least 1".into()));
+                }
+            }
+        }
+        if self.hidden_layers.iter().any(|&h| h == 0) {
+            return Err(bad("hidden_layers", "widths must be at least 1".into()));
+        }
+        let rates = self.effective_drop_rates();
+        if rates.len() != self.hidden_layers.len() + 1 {
+            return Err(bad(
+                "drop_rates",
+                format!(
+                    "expected {} values (input, then one per hidden layer), got {}",
+                    self.hidden_layers.len() + 1,
+                    rates.len()
+                ),
+            ));
+        }
+        if let Some(r) = rates.iter().find(|r| !(0.0..1.0).contains(*r)) {
+            return Err(bad("drop_rates", format!("{r} is not in [0, 1)")));
+        }
+        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
+            return Err(bad("learning_rate", "must be a positive number".into()));
+        }
+        if !(self.prior_strength.is_finite() && self.prior_strength >= 0.0) {
+            return Err(bad(
+                "prior_strength",
+                "must be a non-negative number".into(),
+            ));
+        }
+        if !(self.reward_window_seconds.is_finite() && self.reward_window_seconds > 0.0) {
+            return Err(bad(
+                "reward_window_seconds",
+                "must be a positive number".into(),
+            ));
+        }
+        if self.default_reward.is_some_and(|r| !r.is_finite()) {
+            return Err(bad("default_reward", "must be finite".into()));
+        }
+        for (field, value) in [
+            ("batch_size", self.batch_size),
+            ("replay_capacity", self.replay_capacity),
+            ("pending_capacity", self.pending_capacity),
+            ("learner_queue_capacity", self.learner_queue_capacity),
+            ("publish_every_steps", self.publish_every_steps),
+        ] {
+            if value == 0 {
+                return Err(bad(field, "must be at least 1".into()));
+            }
+        }
+        if self.publish_interval_ms == 0 {
+            return Err(bad("publish_interval_ms", "must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Reads and validates a TOML file.
+    ///
+    /// # Errors
+    /// The file cannot be read, is not valid TOML of this shape, or fails [`Config::validate`].
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml(&text)
+    }
+
+    /// Parses and validates TOML text.
+    ///
+    /// # Errors
+    /// Not valid TOML of this shape, or fails [`Config::validate`].
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The built-in configuration `banditd` runs with when given no `--config`: a fixed-arm
+    /// model shaped for the wheel bandit (2-d context, arms "0".."4") and a per-arm-feature
+    /// model with 8-d contexts and 8-d item features.
+    pub fn embedded_default() -> Self {
+        let mut wheel = ModelConfig::new("wheel", ModelKind::FixedArms, 2);
+        wheel.arms = (0..5).map(|i| i.to_string()).collect();
+        let mut items = ModelConfig::new("items", ModelKind::PerArmFeatures, 8);
+        items.arm_feature_dim = 8;
+        items.seed = 43;
+        Self {
+            server: ServerConfig::default(),
+            limits: LimitsConfig::default(),
+            models: vec![wheel, items],
+        }
+    }
+
+    /// Checks every model and the whole (unique names, at least one model).
+    ///
+    /// # Errors
+    /// The first problem found, naming the model and the field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.models.is_empty() {
+            return Err(ConfigError::NoModels);
+        }
+        let mut names = HashSet::new();
+        for model in &self.models {
+            model.validate()?;
+            if !names.insert(&model.name) {
+                return Err(ConfigError::Invalid {
+                    model: model.name.clone(),
+                    field: "name".into(),
+                    why: "two models have this name".into(),
+                });
+            }
+        }
+        if self.limits.max_candidates == 0 || self.limits.max_id_bytes == 0 {
+            return Err(ConfigError::Invalid {
+                model: String::new(),
+                field: "limits".into(),
+                why: "max_candidates and max_id_bytes must be at least 1".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The embedded default is valid and survives a TOML round trip.
+    #[test]
+    fn embedded_default_round_trips() {
+        let config = Config::embedded_default();
+        config.validate().unwrap();
+        let text = toml::to_string(&config).unwrap();
+        assert_eq!(Config::from_toml(&text).unwrap(), config);
+    }
+
+    /// A minimal file gets every default, and errors name the model and field.
+    #[test]
+    fn minimal_file_and_errors() {
+        let ok = r#"
+            [[models]]
+            name = "m"
+            kind = "fixed_arms"
+            context_dim = 3
+            arms = ["a", "b"]
+        "#;
+        let config = Config::from_toml(ok).unwrap();
+        assert_eq!(config.models[0].hidden_layers, vec![100, 100]);
+        assert_eq!(config.models[0].effective_drop_rates(), vec![0.0, 0.1, 0.1]);
+
+        let dup = ok.replace(r#"["a", "b"]"#, r#"["a", "a"]"#);
+        let err = Config::from_toml(&dup).unwrap_err().to_string();
+        assert!(err.contains("model \"m\"") && err.contains("arms"), "{err}");
+
+        let rates = format!("{ok}\ndrop_rates = [0.1]");
+        let err = Config::from_toml(&rates).unwrap_err().to_string();
+        assert!(
+            err.contains("drop_rates") && err.contains("expected 3"),
+            "{err}"
+        );
+
+        let unknown = format!("{ok}\nlearnig_rate = 0.1");
+        let err = Config::from_toml(&unknown).unwrap_err().to_string();
+        assert!(err.contains("learnig_rate"), "{err}");
+    }
+}

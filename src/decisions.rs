@@ -1,0 +1,287 @@
+//! Decisions waiting for their reward.
+//!
+//! Each model has a [`PendingStore`]: a map from decision id to what was decided, plus the
+//! ids in insertion order. Every model's window is fixed, so insertion order is expiry order
+//! and the oldest entry is always at the front: expiry and eviction both pop from there, and
+//! the map and the queue stay in step. A rewarded decision stays until its window closes so
+//! that a retried report is recognised. The store is bounded; past its capacity the oldest
+//! decisions are evicted, so memory stays flat under any load.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use tokio::time::Instant;
+
+use crate::error::Error;
+
+/// What was decided, kept until the reward arrives or the window closes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// The decision id.
+    pub id: String,
+    /// The chosen arm.
+    pub arm_id: String,
+    /// Every scored candidate with its score under the deciding sample.
+    pub scores: Vec<(String, f64)>,
+    /// The weights version that decided.
+    pub model_version: u64,
+    /// The network input that trains on this decision's reward.
+    pub input: Vec<f32>,
+    /// The output head that trains (the chosen arm's index, or 0 for per-arm models).
+    pub head: u32,
+}
+
+/// What happened to a reward report.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RewardOutcome {
+    /// First reward for the decision: accepted.
+    Accepted,
+    /// The same reward again (a client retry): nothing to do.
+    Duplicate,
+}
+
+#[derive(Debug)]
+struct Entry {
+    decision: Arc<Decision>,
+    reward: Option<f64>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    map: HashMap<String, Entry>,
+    /// Ids by insertion time, oldest first; exactly the map's keys.
+    order: VecDeque<(Instant, String)>,
+}
+
+/// A decision whose window closed.
+#[derive(Debug)]
+pub struct Expired {
+    /// The decision.
+    pub decision: Arc<Decision>,
+    /// Whether a reward had arrived for it.
+    pub rewarded: bool,
+}
+
+/// The bounded store of one model's pending decisions.
+#[derive(Debug)]
+pub struct PendingStore {
+    /// A plain mutex: nothing is awaited while it is held, and each hold is a map operation.
+    state: Mutex<State>,
+    window: Duration,
+    capacity: usize,
+}
+
+impl PendingStore {
+    /// An empty store whose decisions wait `window` for a reward, holding at most `capacity`.
+    pub fn new(window: Duration, capacity: usize) -> Self {
+        Self {
+            state: Mutex::new(State::default()),
+            window,
+            capacity: capacity.max(1),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the map and queue out of step worse
+        // than a lost entry, so a poisoned lock is still usable.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The pending decision with this id, if any.
+    pub fn get(&self, id: &str) -> Option<Arc<Decision>> {
+        self.lock().map.get(id).map(|e| Arc::clone(&e.decision))
+    }
+
+    /// Stores a new decision. If one with the same id is already pending (a concurrent
+    /// retry), that one is kept and returned instead. Returns the stored decision and how
+    /// many old decisions were evicted to make room.
+    pub fn insert(&self, decision: Decision) -> (Arc<Decision>, u64) {
+        let mut state = self.lock();
+        if let Some(existing) = state.map.get(&decision.id) {
+            return (Arc::clone(&existing.decision), 0);
+        }
+        let mut evicted = 0;
+        while state.map.len() >= self.capacity {
+            let Some((_, old)) = state.order.pop_front() else {
+                break;
+            };
+            state.map.remove(&old);
+            evicted += 1;
+        }
+        let decision = Arc::new(decision);
+        state.order.push_back((Instant::now(), decision.id.clone()));
+        state.map.insert(
+            decision.id.clone(),
+            Entry {
+                decision: Arc::clone(&decision),
+                reward: None,
+            },
+        );
+        (decision, evicted)
+    }
+
+    /// Records a reward for a pending decision. `accept` runs under the store's lock with
+    /// the decision (it hands the example to the learner without blocking); the reward is
+    /// recorded only if it succeeds, so a refused reward can be retried.
+    ///
+    /// # Errors
+    /// [`Error::DecisionNotFound`] for an unknown, expired or evicted id;
+    /// [`Error::RewardConflict`] for a different reward than the one accepted; whatever
+    /// `accept` returns.
+    pub fn record_reward(
+        &self,
+        id: &str,
+        reward: f64,
+        accept: impl FnOnce(&Decision) -> Result<(), Error>,
+    ) -> Result<RewardOutcome, Error> {
+        let mut state = self.lock();
+        let entry = state
+            .map
+            .get_mut(id)
+            .ok_or_else(|| Error::DecisionNotFound(id.to_owned()))?;
+        match entry.reward {
+            Some(existing) if existing == reward => Ok(RewardOutcome::Duplicate),
+            Some(existing) => Err(Error::RewardConflict {
+                id: id.to_owned(),
+                existing,
+                offered: reward,
+            }),
+            None => {
+                accept(&entry.decision)?;
+                entry.reward = Some(reward);
+                Ok(RewardOutcome::Accepted)
+            }
+        }
+    }
+
+    /// Removes and returns every decision whose window has closed by `now`.
+    pub fn expire(&self, now: Instant) -> Vec<Expired> {
+        let mut state = self.lock();
+        let mut expired = Vec::new();
+        while let Some((created, _)) = state.order.front() {
+            if now.duration_since(*created) < self.window {
+                break;
+            }
+            let Some((_, id)) = state.order.pop_front() else {
+                break;
+            };
+            if let Some(entry) = state.map.remove(&id) {
+                expired.push(Expired {
+                    decision: entry.decision,
+                    rewarded: entry.reward.is_some(),
+                });
+            }
+        }
+        expired
+    }
+
+    /// Decisions held (rewarded or not).
+    pub fn len(&self) -> usize {
+        self.lock().map.len()
+    }
+
+    /// True when nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The reward window.
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decision(id: &str) -> Decision {
+        Decision {
+            id: id.into(),
+            arm_id: "a".into(),
+            scores: vec![("a".into(), 1.0)],
+            model_version: 0,
+            input: vec![1.0],
+            head: 0,
+        }
+    }
+
+    /// First reward accepted, same again is a duplicate, a different one conflicts, an
+    /// unknown id is not found, and a refused `accept` leaves the decision open.
+    #[test]
+    fn reward_outcomes() {
+        let store = PendingStore::new(Duration::from_secs(60), 10);
+        store.insert(decision("d"));
+        let refused = store.record_reward("d", 1.0, |_| Err(Error::Overloaded("q")));
+        assert!(matches!(refused, Err(Error::Overloaded(_))));
+        assert_eq!(
+            store.record_reward("d", 1.0, |_| Ok(())).unwrap(),
+            RewardOutcome::Accepted
+        );
+        assert_eq!(
+            store
+                .record_reward("d", 1.0, |_| panic!("not again"))
+                .unwrap(),
+            RewardOutcome::Duplicate
+        );
+        assert!(matches!(
+            store.record_reward("d", 2.0, |_| Ok(())),
+            Err(Error::RewardConflict { .. })
+        ));
+        assert!(matches!(
+            store.record_reward("x", 1.0, |_| Ok(())),
+            Err(Error::DecisionNotFound(_))
+        ));
+    }
+
+    /// Inserting an id that is pending keeps the first decision.
+    #[test]
+    fn insert_is_idempotent() {
+        let store = PendingStore::new(Duration::from_secs(60), 10);
+        store.insert(decision("d"));
+        let mut other = decision("d");
+        other.arm_id = "b".into();
+        let (kept, _) = store.insert(other);
+        assert_eq!(kept.arm_id, "a");
+        assert_eq!(store.len(), 1);
+    }
+
+    /// Past capacity the oldest decisions are evicted and counted.
+    #[test]
+    fn bounded_eviction() {
+        let store = PendingStore::new(Duration::from_secs(60), 3);
+        let evicted: u64 = (0..5)
+            .map(|i| store.insert(decision(&i.to_string())).1)
+            .sum();
+        assert_eq!(evicted, 2);
+        assert_eq!(store.len(), 3);
+        assert!(store.get("0").is_none() && store.get("1").is_none() && store.get("4").is_some());
+    }
+
+    /// Decisions expire when their window has passed, oldest first, with their reward state.
+    #[tokio::test(start_paused = true)]
+    async fn window_expiry() {
+        let store = PendingStore::new(Duration::from_secs(10), 10);
+        store.insert(decision("old"));
+        tokio::time::advance(Duration::from_secs(6)).await;
+        store.insert(decision("new"));
+        store.record_reward("new", 1.0, |_| Ok(())).unwrap();
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let expired = store.expire(Instant::now());
+        assert_eq!(expired.len(), 1);
+        assert_eq!(expired[0].decision.id, "old");
+        assert!(!expired[0].rewarded);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let expired = store.expire(Instant::now());
+        assert_eq!(
+            (expired[0].decision.id.as_str(), expired[0].rewarded),
+            ("new", true)
+        );
+        assert!(store.is_empty());
+    }
+}

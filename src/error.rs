@@ -1,0 +1,85 @@
+//! The crate's error types. Nothing here knows gRPC: the one mapping to status codes is in
+//! `grpc::convert`.
+
+/// What went wrong with a request or inside the service.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A request field is malformed; `field` is its path (`context[3]`, `candidates[1].id`).
+    #[error("{field}: {detail}")]
+    InvalidArgument {
+        /// Path of the offending field.
+        field: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// No model by this name is configured.
+    #[error("model: no model named {0:?}")]
+    ModelNotFound(String),
+    /// No pending decision has this id (never made, expired, or evicted).
+    #[error("decision_id: no pending decision {0:?} (unknown, expired or evicted)")]
+    DecisionNotFound(String),
+    /// The decision already has a different reward.
+    #[error("reward: decision {id:?} already has reward {existing}, not {offered}")]
+    RewardConflict {
+        /// The decision id.
+        id: String,
+        /// The reward already accepted.
+        existing: f64,
+        /// The reward offered now.
+        offered: f64,
+    },
+    /// A bounded queue is full; the caller may retry later.
+    #[error("{0} is full; retry later")]
+    Overloaded(&'static str),
+    /// The model's learner has stopped (shutting down).
+    #[error("model {0:?} is not accepting rewards (shutting down)")]
+    Unavailable(String),
+    /// A numeric failure inside candle; details are logged, not sent to clients.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// An [`Error::InvalidArgument`] for `field`.
+    pub fn invalid(field: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self::InvalidArgument {
+            field: field.into(),
+            detail: detail.into(),
+        }
+    }
+}
+
+impl From<candle_core::Error> for Error {
+    fn from(e: candle_core::Error) -> Self {
+        Self::Internal(e.to_string())
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The path given.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or has unknown keys.
+    #[error("invalid config: {0}")]
+    Parse(String),
+    /// No `[[models]]` entry.
+    #[error("invalid config: at least one [[models]] entry is needed")]
+    NoModels,
+    /// A setting is out of range.
+    #[error("invalid config: model {model:?}: {field}: {why}")]
+    Invalid {
+        /// The model's name (empty for process-wide settings).
+        model: String,
+        /// The setting.
+        field: String,
+        /// Why it is refused.
+        why: String,
+    },
+}

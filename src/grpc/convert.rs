@@ -1,0 +1,207 @@
+//! Wire <-> domain conversions, and the one mapping from [`Error`] to a gRPC [`Status`].
+//!
+//! Conversions destructure the proto messages without `..`, so a field added to the proto
+//! breaks the build here, where it must be handled.
+
+use tonic::{Code, Status};
+
+use crate::{
+    config::{ModelConfig, ModelKind as ConfigKind},
+    decisions::Decision,
+    engine::{Candidate, ChooseArm, ModelStatus, ReportReward},
+    error::Error,
+    proto as pb,
+};
+
+impl From<pb::ChooseArmRequest> for ChooseArm {
+    fn from(req: pb::ChooseArmRequest) -> Self {
+        let pb::ChooseArmRequest {
+            model,
+            context,
+            candidates,
+            excluded_arm_ids,
+            decision_id,
+        } = req;
+        Self {
+            model,
+            context,
+            candidates: candidates
+                .into_iter()
+                .map(|pb::Arm { id, features }| Candidate { id, features })
+                .collect(),
+            excluded_arm_ids,
+            decision_id,
+        }
+    }
+}
+
+impl From<&Decision> for pb::ChooseArmResponse {
+    fn from(d: &Decision) -> Self {
+        Self {
+            decision_id: d.id.clone(),
+            arm_id: d.arm_id.clone(),
+            scores: d
+                .scores
+                .iter()
+                .map(|(arm_id, score)| pb::ArmScore {
+                    arm_id: arm_id.clone(),
+                    score: *score,
+                })
+                .collect(),
+            model_version: d.model_version,
+        }
+    }
+}
+
+impl From<pb::ReportRewardRequest> for ReportReward {
+    fn from(req: pb::ReportRewardRequest) -> Self {
+        let pb::ReportRewardRequest {
+            model,
+            decision_id,
+            reward,
+            regret,
+        } = req;
+        Self {
+            model,
+            decision_id,
+            reward,
+            regret,
+        }
+    }
+}
+
+fn u32_of(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+impl From<ModelStatus> for pb::ModelInfo {
+    fn from(s: ModelStatus) -> Self {
+        let ModelStatus {
+            config,
+            model_version,
+            decisions,
+            rewards,
+            training_steps,
+            pending_decisions,
+        } = s;
+        let drop_rates = config.effective_drop_rates();
+        let ModelConfig {
+            name,
+            kind,
+            context_dim,
+            arms,
+            arm_feature_dim,
+            hidden_layers,
+            drop_rates: _,
+            learning_rate,
+            optimizer: _,
+            batch_size,
+            updates_per_reward,
+            replay_capacity,
+            prior_strength,
+            reward_window_seconds,
+            default_reward,
+            seed,
+            pending_capacity: _,
+            learner_queue_capacity: _,
+            publish_every_steps: _,
+            publish_interval_ms: _,
+        } = config;
+        Self {
+            name,
+            kind: match kind {
+                ConfigKind::FixedArms => pb::ModelKind::FixedArms,
+                ConfigKind::PerArmFeatures => pb::ModelKind::PerArmFeatures,
+            } as i32,
+            context_dim: u32_of(context_dim),
+            arm_feature_dim: u32_of(arm_feature_dim),
+            arm_ids: arms,
+            hidden_layers: hidden_layers.into_iter().map(u32_of).collect(),
+            drop_rates,
+            learning_rate,
+            batch_size: u32_of(batch_size),
+            updates_per_reward: u32_of(updates_per_reward),
+            replay_capacity: u32_of(replay_capacity),
+            prior_strength,
+            reward_window_seconds,
+            default_reward,
+            seed,
+            model_version,
+            decisions,
+            rewards,
+            training_steps,
+            pending_decisions,
+        }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Self {
+        let message = e.to_string();
+        match e {
+            Error::InvalidArgument { .. } => Status::invalid_argument(message),
+            Error::ModelNotFound(_) | Error::DecisionNotFound(_) => Status::not_found(message),
+            Error::RewardConflict { .. } => Status::already_exists(message),
+            Error::Overloaded(_) => Status::resource_exhausted(message),
+            Error::Unavailable(_) => Status::unavailable(message),
+            Error::Internal(detail) => {
+                tracing::error!(%detail, "internal error");
+                Status::internal("internal error; see the server log")
+            }
+        }
+    }
+}
+
+/// The canonical name of a status code, as a metric label.
+pub(crate) fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every error variant maps to its documented code, and internal details stay private.
+    #[test]
+    fn error_codes() {
+        let cases = [
+            (Error::invalid("context", "x"), Code::InvalidArgument),
+            (Error::ModelNotFound("m".into()), Code::NotFound),
+            (Error::DecisionNotFound("d".into()), Code::NotFound),
+            (
+                Error::RewardConflict {
+                    id: "d".into(),
+                    existing: 1.0,
+                    offered: 2.0,
+                },
+                Code::AlreadyExists,
+            ),
+            (Error::Overloaded("learner queue"), Code::ResourceExhausted),
+            (Error::Unavailable("m".into()), Code::Unavailable),
+            (Error::Internal("secret detail".into()), Code::Internal),
+        ];
+        for (error, code) in cases {
+            let status = Status::from(error);
+            assert_eq!(status.code(), code);
+            assert!(!status.message().contains("secret"));
+        }
+    }
+}

@@ -1,0 +1,48 @@
+//! The gRPC transport: the only module that knows tonic and the generated code. It assembles
+//! the router (the bandit service, `grpc.health.v1`, server reflection).
+
+mod convert;
+mod service;
+
+use std::sync::Arc;
+
+use tonic::transport::{Server, server::Router};
+use tonic_health::server::HealthReporter;
+
+pub use service::BanditGrpc;
+
+use crate::{engine::Engine, error::Error, proto};
+
+/// The full name of the bandit service, as health checks name it.
+pub const SERVICE_NAME: &str = "banditd.v1.BanditService";
+
+/// Builds the router and the health reporter (every service starts NOT_SERVING).
+///
+/// # Errors
+/// The reflection descriptor cannot be decoded (a build problem).
+pub async fn router(engine: Arc<Engine>) -> Result<(Router, HealthReporter), Error> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    set_health(&reporter, false).await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
+    let bandit = proto::bandit_service_server::BanditServiceServer::new(BanditGrpc::new(engine));
+    let router = Server::builder()
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(bandit);
+    Ok((router, reporter))
+}
+
+/// Sets the overall status ("") and the bandit service's status.
+pub async fn set_health(reporter: &HealthReporter, serving: bool) {
+    let status = if serving {
+        tonic_health::ServingStatus::Serving
+    } else {
+        tonic_health::ServingStatus::NotServing
+    };
+    reporter.set_service_status("", status).await;
+    reporter.set_service_status(SERVICE_NAME, status).await;
+}

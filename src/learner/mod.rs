@@ -1,0 +1,556 @@
+//! The online learner: one OS thread per model that owns the trainable network and its
+//! optimizer, folds rewards in with minibatch SGD, and publishes copied snapshots.
+//!
+//! The request path reaches it only through [`LearnerHandle`]: a bounded queue for examples
+//! (full = the caller fails fast) and an [`ArcSwap`] from which serving loads the latest
+//! snapshot without taking any lock the learner holds.
+
+mod replay;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use arc_swap::ArcSwap;
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW, SGD};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use rand::SeedableRng;
+use rand_xoshiro::Xoshiro256PlusPlus;
+
+pub use replay::{Example, Replay};
+
+use crate::{
+    config::{ModelConfig, OptimizerKind},
+    error::Error,
+    metrics,
+    model::{NetShape, Snapshot, TrainableNet, matrix},
+};
+
+/// Counters the learner keeps, readable from any thread.
+#[derive(Debug, Default)]
+pub struct LearnerStats {
+    /// Examples taken off the queue into the replay buffer.
+    pub examples: AtomicU64,
+    /// SGD steps taken.
+    pub steps: AtomicU64,
+}
+
+/// State shared between the learner thread and its handles.
+#[derive(Debug)]
+struct Shared {
+    /// Written only by the learner thread (and once at start); read by every decision.
+    snapshot: ArcSwap<Snapshot>,
+    stats: LearnerStats,
+    /// Set by [`Learner::shutdown`]: finish the queued work, publish, exit.
+    stop: AtomicBool,
+}
+
+/// The cheap, cloneable side of a learner: what request handlers hold.
+#[derive(Debug, Clone)]
+pub struct LearnerHandle {
+    /// Bounded; the learner thread holds the receiver. A full queue is RESOURCE_EXHAUSTED.
+    tx: Sender<Example>,
+    shared: Arc<Shared>,
+}
+
+impl LearnerHandle {
+    /// The latest published snapshot. Lock-free: the learner never blocks this.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.shared.snapshot.load_full()
+    }
+
+    /// Queues an example for training without blocking.
+    ///
+    /// # Errors
+    /// [`Error::Overloaded`] when the queue is full, [`Error::Unavailable`] when the learner
+    /// has stopped.
+    pub fn submit(&self, example: Example) -> Result<(), Error> {
+        match self.tx.try_send(example) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(Error::Overloaded("learner queue")),
+            Err(TrySendError::Disconnected(_)) => Err(Error::Unavailable("learner stopped".into())),
+        }
+    }
+
+    /// Counters (examples taken, steps).
+    pub fn stats(&self) -> &LearnerStats {
+        &self.shared.stats
+    }
+
+    /// Examples waiting in the queue.
+    pub fn queue_depth(&self) -> usize {
+        self.tx.len()
+    }
+}
+
+/// The owner of a learner thread. Dropping it (or [`Learner::shutdown`]) stops the thread
+/// after it has trained on everything already queued, and joins it.
+#[derive(Debug)]
+pub struct Learner {
+    handle: LearnerHandle,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Learner {
+    /// Builds the model's network from its seed and starts its learner thread.
+    ///
+    /// # Errors
+    /// The network cannot be built or the thread cannot be spawned.
+    pub fn start(config: &ModelConfig) -> Result<Self, Error> {
+        let shape = NetShape {
+            input_dim: config.input_dim(),
+            hidden: config.hidden_layers.clone(),
+            output_dim: config.output_dim(),
+            drop_rates: config.effective_drop_rates(),
+        };
+        let net = TrainableNet::new(shape.clone(), config.seed)?;
+        let snapshot = Snapshot {
+            version: 0,
+            shape,
+            weights: net.snapshot()?,
+            reward_mean: 0.0,
+            reward_std: 1.0,
+        };
+        let (tx, rx) = crossbeam_channel::bounded(config.learner_queue_capacity);
+        let shared = Arc::new(Shared {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            stats: LearnerStats::default(),
+            stop: AtomicBool::new(false),
+        });
+        let worker = Worker::new(config, net, rx, Arc::clone(&shared))?;
+        let thread = std::thread::Builder::new()
+            .name(format!("learner-{}", config.name))
+            .spawn(move || worker.run())
+            .map_err(|e| Error::Internal(format!("cannot spawn learner thread: {e}")))?;
+        Ok(Self {
+            handle: LearnerHandle { tx, shared },
+            thread: Some(thread),
+        })
+    }
+
+    /// A handle for request handlers.
+    pub fn handle(&self) -> LearnerHandle {
+        self.handle.clone()
+    }
+
+    /// Asks the thread to finish the queued work, publish and exit, then joins it.
+    pub fn shutdown(&mut self) {
+        self.handle.shared.stop.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("learner thread panicked");
+        }
+    }
+}
+
+impl Drop for Learner {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Online mean and variance (Welford), for standardising rewards so that reward scales of
+/// 0/1 and 0..50 train with the same learning rate.
+#[derive(Debug, Default, Clone, Copy)]
+struct RunningStats {
+    n: u64,
+    mean: f64,
+    m2: f64,
+}
+
+impl RunningStats {
+    fn push(&mut self, x: f64) {
+        self.n += 1;
+        let delta = x - self.mean;
+        self.mean += delta / self.n as f64;
+        self.m2 += delta * (x - self.mean);
+    }
+
+    /// The standard deviation, or 1 while it is undefined or degenerate (so a constant
+    /// reward does not divide by zero).
+    fn std(&self) -> f64 {
+        if self.n < 2 {
+            return 1.0;
+        }
+        let std = (self.m2 / (self.n - 1) as f64).sqrt();
+        if std > 1e-6 { std } else { 1.0 }
+    }
+}
+
+enum Opt {
+    Adam(AdamW),
+    Sgd(SGD),
+}
+
+/// The learner thread's state.
+struct Worker {
+    model: String,
+    net: TrainableNet,
+    opt: Opt,
+    learning_rate: f64,
+    prior_strength: f64,
+    batch_size: usize,
+    updates_per_reward: usize,
+    publish_every_steps: usize,
+    publish_interval: Duration,
+    replay: Replay,
+    rewards: RunningStats,
+    rng: Xoshiro256PlusPlus,
+    rx: Receiver<Example>,
+    shared: Arc<Shared>,
+    version: u64,
+}
+
+/// Most examples taken off the queue before training on them, so that a burst is folded into
+/// the replay buffer in one go but publishing is not starved.
+const MAX_DRAIN: usize = 1024;
+
+impl Worker {
+    fn new(
+        config: &ModelConfig,
+        net: TrainableNet,
+        rx: Receiver<Example>,
+        shared: Arc<Shared>,
+    ) -> Result<Self, Error> {
+        let opt = match config.optimizer {
+            OptimizerKind::Adam => Opt::Adam(AdamW::new(
+                net.vars(),
+                ParamsAdamW {
+                    lr: config.learning_rate,
+                    weight_decay: 0.0,
+                    ..ParamsAdamW::default()
+                },
+            )?),
+            OptimizerKind::Sgd => Opt::Sgd(SGD::new(net.vars(), config.learning_rate)?),
+        };
+        Ok(Self {
+            model: config.name.clone(),
+            net,
+            opt,
+            learning_rate: config.learning_rate,
+            prior_strength: config.prior_strength,
+            batch_size: config.batch_size,
+            updates_per_reward: config.updates_per_reward,
+            publish_every_steps: config.publish_every_steps,
+            publish_interval: Duration::from_millis(config.publish_interval_ms),
+            replay: Replay::new(config.replay_capacity),
+            rewards: RunningStats::default(),
+            // The decision path seeds from `seed`; a different stream for training.
+            rng: Xoshiro256PlusPlus::seed_from_u64(config.seed ^ 0x5eed_1ea7_0000_0001),
+            rx,
+            shared,
+            version: 0,
+        })
+    }
+
+    fn run(mut self) {
+        let mut owed = 0usize;
+        let mut since_publish = 0usize;
+        let mut last_publish = Instant::now();
+        loop {
+            let stopping = self.shared.stop.load(Ordering::Acquire);
+            // Wait for work only when there is none; a timeout lets us notice `stop`.
+            if owed == 0 {
+                match self.rx.recv_timeout(Duration::from_millis(50)) {
+                    Ok(example) => owed += self.take(example),
+                    Err(RecvTimeoutError::Timeout) => {
+                        if stopping {
+                            break;
+                        }
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            }
+            let drained: Vec<Example> = self.rx.try_iter().take(MAX_DRAIN).collect();
+            for example in drained {
+                owed += self.take(example);
+            }
+            // Train in slices so publishing keeps its cadence under sustained load.
+            let slice = owed.min(self.publish_every_steps.max(1));
+            if slice > 0 {
+                match self.train(slice) {
+                    Ok(loss) => {
+                        metrics::learner_progress(
+                            &self.model,
+                            slice as u64,
+                            loss,
+                            self.rx.len(),
+                            self.replay.len(),
+                        );
+                    }
+                    Err(e) => {
+                        tracing::error!(model = %self.model, error = %e, "training step failed")
+                    }
+                }
+                owed -= slice;
+                since_publish += slice;
+            }
+            let idle = owed == 0 && self.rx.is_empty();
+            if since_publish > 0
+                && (idle
+                    || since_publish >= self.publish_every_steps
+                    || last_publish.elapsed() >= self.publish_interval)
+            {
+                match self.publish() {
+                    Ok(()) => {
+                        since_publish = 0;
+                        last_publish = Instant::now();
+                    }
+                    Err(e) => {
+                        tracing::error!(model = %self.model, error = %e, "publishing weights failed")
+                    }
+                }
+            }
+            if stopping && idle {
+                break;
+            }
+        }
+        tracing::debug!(model = %self.model, version = self.version, "learner stopped");
+    }
+
+    /// Folds one example into the replay buffer and the reward statistics; returns the
+    /// number of steps it buys.
+    fn take(&mut self, example: Example) -> usize {
+        self.rewards.push(example.reward);
+        self.replay.push(example);
+        self.shared.stats.examples.fetch_add(1, Ordering::Relaxed);
+        self.updates_per_reward
+    }
+
+    /// Takes `steps` minibatch steps; returns the last minibatch loss.
+    fn train(&mut self, steps: usize) -> Result<f64, Error> {
+        let mut loss = f64::NAN;
+        for _ in 0..steps {
+            loss = self.step()?;
+        }
+        Ok(loss)
+    }
+
+    /// One SGD step on a minibatch drawn from replay, with fresh dropout masks per example
+    /// and squared error on the chosen head only. The prior enters as weight decay weighing
+    /// `prior_strength / N` (THEORY.md §1), N = examples seen.
+    fn step(&mut self) -> Result<f64, Error> {
+        let input_dim = self.net.shape().input_dim;
+        let (mean, std) = (self.rewards.mean, self.rewards.std());
+        let batch = self.replay.sample(&mut self.rng, self.batch_size);
+        let m = batch.len();
+        let mut inputs = Vec::with_capacity(m * input_dim);
+        let mut heads = Vec::with_capacity(m);
+        let mut targets = Vec::with_capacity(m);
+        for example in &batch {
+            inputs.extend_from_slice(&example.input);
+            heads.push(example.head);
+            targets.push(((example.reward - mean) / std) as f32);
+        }
+        let xs = matrix(inputs, m, input_dim)?;
+        let heads = Tensor::from_vec(heads, (m, 1), &Device::Cpu)?;
+        let ys = Tensor::from_vec(targets, (m, 1), &Device::Cpu)?;
+        let masks = self.net.shape().draw_masks(&mut self.rng, m)?;
+        let out = self.net.forward(&xs, Some(&masks))?;
+        let pred = out.gather(&heads, 1)?;
+        let loss = (pred - ys)?.sqr()?.mean_all()?;
+        // d/dW of (prior/N)|W|^2 is 2 prior/N W: applied as decoupled decay.
+        let decay = 2.0 * self.prior_strength / self.rewards.n.max(1) as f64;
+        let grads = loss.backward()?;
+        match &mut self.opt {
+            Opt::Adam(adam) => {
+                let params = ParamsAdamW {
+                    weight_decay: decay,
+                    ..adam.params().clone()
+                };
+                adam.set_params(params);
+                adam.step(&grads)?;
+            }
+            Opt::Sgd(sgd) => {
+                sgd.step(&grads)?;
+                let keep = 1.0 - self.learning_rate * decay;
+                for w in self.net.weight_vars() {
+                    w.set(&(w.as_tensor() * keep)?)?;
+                }
+            }
+        }
+        self.shared.stats.steps.fetch_add(1, Ordering::Relaxed);
+        Ok(f64::from(loss.to_dtype(DType::F32)?.to_scalar::<f32>()?))
+    }
+
+    /// Copies the weights into a new snapshot and swaps it in for serving.
+    fn publish(&mut self) -> Result<(), Error> {
+        self.version += 1;
+        let snapshot = Snapshot {
+            version: self.version,
+            shape: self.net.shape().clone(),
+            weights: self.net.snapshot()?,
+            reward_mean: self.rewards.mean,
+            reward_std: self.rewards.std(),
+        };
+        self.shared.snapshot.store(Arc::new(snapshot));
+        metrics::model_published(&self.model, self.version);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ModelKind;
+
+    fn config() -> ModelConfig {
+        let mut config = ModelConfig::new("t", ModelKind::FixedArms, 2);
+        config.arms = vec!["a".into(), "b".into()];
+        config.hidden_layers = vec![16];
+        config.publish_every_steps = 4;
+        config
+    }
+
+    fn wait_for(handle: &LearnerHandle, examples: u64) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while handle.stats().examples.load(Ordering::Relaxed) < examples
+            || handle.queue_depth() > 0
+            || handle.snapshot().version == 0
+        {
+            assert!(Instant::now() < deadline, "learner did not catch up");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// A snapshot a reader holds does not change while the learner trains and publishes
+    /// newer ones.
+    #[test]
+    fn held_snapshot_is_immutable_while_training() {
+        let mut learner = Learner::start(&config()).unwrap();
+        let handle = learner.handle();
+        let held = handle.snapshot();
+        let before: Vec<Vec<f32>> = held
+            .weights
+            .layers()
+            .iter()
+            .map(|(w, _)| w.flatten_all().unwrap().to_vec1().unwrap())
+            .collect();
+        for i in 0..200 {
+            let x = (i % 7) as f32 / 7.0;
+            handle
+                .submit(Example {
+                    input: vec![x, 1.0 - x],
+                    head: i % 2,
+                    reward: f64::from(x),
+                })
+                .unwrap();
+        }
+        wait_for(&handle, 200);
+        learner.shutdown();
+        let after: Vec<Vec<f32>> = held
+            .weights
+            .layers()
+            .iter()
+            .map(|(w, _)| w.flatten_all().unwrap().to_vec1().unwrap())
+            .collect();
+        assert_eq!(before, after, "the held snapshot changed");
+        let latest = handle.snapshot();
+        assert!(latest.version > 0);
+        let trained: Vec<f32> = latest.weights.layers()[0]
+            .0
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_ne!(
+            trained, before[0],
+            "training did not change the published weights"
+        );
+        assert_eq!(
+            handle.stats().steps.load(Ordering::Relaxed),
+            400,
+            "2 updates per reward"
+        );
+    }
+
+    /// The learner fits a simple reward function: head 0 pays x0, head 1 pays 1 - x0, in
+    /// reward units of 0..50 (standardisation makes the scale irrelevant).
+    #[test]
+    fn learns_a_contextual_reward() {
+        let mut config = config();
+        config.drop_rates = Some(vec![0.0, 0.0]);
+        config.updates_per_reward = 4;
+        let mut learner = Learner::start(&config).unwrap();
+        let handle = learner.handle();
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(3);
+        for i in 0..2000u32 {
+            let x: f32 = rand::Rng::random(&mut rng);
+            let head = i % 2;
+            let reward = 50.0 * f64::from(if head == 0 { x } else { 1.0 - x });
+            handle
+                .submit(Example {
+                    input: vec![x, 1.0],
+                    head,
+                    reward,
+                })
+                .unwrap();
+        }
+        wait_for(&handle, 2000);
+        learner.shutdown();
+        let snap = handle.snapshot();
+        for (x, best) in [(0.9f32, 0usize), (0.1, 1)] {
+            let out: Vec<f32> = snap
+                .weights
+                .forward(&matrix(vec![x, 1.0], 1, 2).unwrap(), None)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let rewards: Vec<f64> = out
+                .iter()
+                .map(|&y| f64::from(y) * snap.reward_std + snap.reward_mean)
+                .collect();
+            let expected = [50.0 * f64::from(x), 50.0 * f64::from(1.0 - x)];
+            assert_eq!(
+                if rewards[0] > rewards[1] { 0 } else { 1 },
+                best,
+                "x={x}: {rewards:?}"
+            );
+            for (got, want) in rewards.iter().zip(expected) {
+                assert!(
+                    (got - want).abs() < 7.5,
+                    "x={x}: predicted {got}, true {want}"
+                );
+            }
+        }
+    }
+
+    /// A full queue refuses with Overloaded instead of blocking.
+    #[test]
+    fn full_queue_fails_fast() {
+        let (tx, _rx) = crossbeam_channel::bounded(1);
+        let learner = Learner::start(&config()).unwrap();
+        let handle = LearnerHandle {
+            tx,
+            shared: Arc::clone(&learner.handle.shared),
+        };
+        let ex = Example {
+            input: vec![0.0, 0.0],
+            head: 0,
+            reward: 1.0,
+        };
+        handle.submit(ex.clone()).unwrap();
+        assert!(matches!(handle.submit(ex), Err(Error::Overloaded(_))));
+    }
+
+    /// Welford's running statistics match the textbook formulas.
+    #[test]
+    fn running_stats() {
+        let mut s = RunningStats::default();
+        assert_eq!(s.std(), 1.0);
+        for x in [2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0] {
+            s.push(x);
+        }
+        assert!((s.mean - 5.0).abs() < 1e-12);
+        assert!((s.std() - (32.0f64 / 7.0).sqrt()).abs() < 1e-12);
+    }
+}
