@@ -1,0 +1,637 @@
+//! The gRPC surface against a real server on 127.0.0.1 port 0: every RPC's happy path, every
+//! validation error with its code and field, idempotency, expiry, eviction and concurrency.
+
+mod common;
+
+use std::time::Duration;
+
+use banditd::{
+    config::{ModelConfig, ModelKind},
+    proto::{
+        ChooseArmRequest, GetModelRequest, ListModelsRequest, ModelKind as PbKind,
+        ReportRewardRequest,
+    },
+};
+use common::{TestServer, arm, fixed, reward, test_config};
+use tonic::Code;
+
+/// ListModels and GetModel describe the embedded default's two models.
+#[tokio::test]
+async fn list_and_get_models() {
+    let server = TestServer::start(test_config()).await;
+    let mut client = server.client().await;
+    let models = client
+        .list_models(ListModelsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .models;
+    let names: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["wheel", "items"]);
+    let wheel = client
+        .get_model(GetModelRequest {
+            model: "wheel".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(wheel.kind, PbKind::FixedArms as i32);
+    assert_eq!(wheel.arm_ids, ["0", "1", "2", "3", "4"]);
+    assert_eq!(
+        (wheel.context_dim, wheel.hidden_layers.clone()),
+        (2, vec![100, 100])
+    );
+    assert_eq!(wheel.drop_rates.len(), 3);
+    let items = client
+        .get_model(GetModelRequest {
+            model: "items".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (items.kind, items.arm_feature_dim),
+        (PbKind::PerArmFeatures as i32, 8)
+    );
+    let err = client
+        .get_model(GetModelRequest {
+            model: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    server.stop().await.unwrap();
+}
+
+/// A fixed-arm decision scores every arm (or the named subset minus exclusions), a reward
+/// joins it, a retry of the same reward is OK, and the counters move.
+#[tokio::test]
+async fn fixed_arm_round_trip() {
+    let server = TestServer::start(test_config()).await;
+    let mut client = server.client().await;
+    let all = client
+        .choose_arm(fixed("wheel", vec![0.1, 0.2]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!all.decision_id.is_empty());
+    assert_eq!(
+        all.scores
+            .iter()
+            .map(|s| s.arm_id.as_str())
+            .collect::<Vec<_>>(),
+        ["0", "1", "2", "3", "4"]
+    );
+    let best = all
+        .scores
+        .iter()
+        .max_by(|a, b| a.score.total_cmp(&b.score))
+        .unwrap();
+    assert_eq!(
+        all.arm_id, best.arm_id,
+        "the chosen arm has the best sampled score"
+    );
+    assert!(all.scores.iter().all(|s| s.score.is_finite()));
+
+    let mut req = fixed("wheel", vec![0.1, 0.2]);
+    req.candidates = vec![arm("3", vec![]), arm("1", vec![]), arm("4", vec![])];
+    req.excluded_arm_ids = vec!["4".into()];
+    let subset = client.choose_arm(req).await.unwrap().into_inner();
+    assert_eq!(
+        subset
+            .scores
+            .iter()
+            .map(|s| s.arm_id.as_str())
+            .collect::<Vec<_>>(),
+        ["3", "1"]
+    );
+    assert!(["3", "1"].contains(&subset.arm_id.as_str()));
+    assert_ne!(subset.decision_id, all.decision_id);
+
+    let first = client
+        .report_reward(reward("wheel", &all.decision_id, 1.5))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!first.duplicate);
+    let again = client
+        .report_reward(reward("wheel", &all.decision_id, 1.5))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(again.duplicate, "the same reward again is a retry");
+    let conflict = client
+        .report_reward(reward("wheel", &all.decision_id, 0.0))
+        .await
+        .unwrap_err();
+    assert_eq!(conflict.code(), Code::AlreadyExists);
+
+    let info = client
+        .get_model(GetModelRequest {
+            model: "wheel".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (info.decisions, info.rewards, info.pending_decisions),
+        (2, 1, 2)
+    );
+    server.stop().await.unwrap();
+}
+
+/// A per-arm decision scores each candidate's features; arms may be new on every request.
+#[tokio::test]
+async fn per_arm_round_trip() {
+    let server = TestServer::start(test_config()).await;
+    let mut client = server.client().await;
+    let req = ChooseArmRequest {
+        model: "items".into(),
+        context: vec![0.5; 8],
+        candidates: vec![
+            arm("a", vec![0.1; 8]),
+            arm("b", vec![-0.2; 8]),
+            arm("c", vec![1.0; 8]),
+        ],
+        excluded_arm_ids: vec!["b".into(), "not-a-candidate".into()],
+        decision_id: String::new(),
+    };
+    let resp = client.choose_arm(req).await.unwrap().into_inner();
+    assert_eq!(
+        resp.scores
+            .iter()
+            .map(|s| s.arm_id.as_str())
+            .collect::<Vec<_>>(),
+        ["a", "c"]
+    );
+    assert!(["a", "c"].contains(&resp.arm_id.as_str()));
+    let ok = client
+        .report_reward(reward("items", &resp.decision_id, 1.0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!ok.duplicate);
+    server.stop().await.unwrap();
+}
+
+/// A retried ChooseArm with the same client-chosen id returns the same decision and scores,
+/// not a new posterior sample (the default model has dropout, so a new sample would differ).
+#[tokio::test]
+async fn client_decision_id_is_idempotent() {
+    let server = TestServer::start(test_config()).await;
+    let mut client = server.client().await;
+    let mut req = fixed("wheel", vec![0.3, -0.7]);
+    req.decision_id = "order-1234".into();
+    let first = client.choose_arm(req.clone()).await.unwrap().into_inner();
+    assert_eq!(first.decision_id, "order-1234");
+    for _ in 0..5 {
+        assert_eq!(
+            client.choose_arm(req.clone()).await.unwrap().into_inner(),
+            first
+        );
+    }
+    // Fresh samples for other ids do vary, which is what makes the check above meaningful.
+    let mut distinct = std::collections::HashSet::new();
+    for _ in 0..10 {
+        let other = client
+            .choose_arm(fixed("wheel", vec![0.3, -0.7]))
+            .await
+            .unwrap()
+            .into_inner();
+        distinct.insert(format!(
+            "{:?}",
+            other
+                .scores
+                .iter()
+                .map(|s| s.score.to_bits())
+                .collect::<Vec<_>>()
+        ));
+    }
+    assert!(distinct.len() > 5, "posterior samples did not vary");
+    let info = client
+        .get_model(GetModelRequest {
+            model: "wheel".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.decisions, 11, "retries draw no sample");
+    server.stop().await.unwrap();
+}
+
+/// Every malformed request gets its code and a message naming the field.
+#[tokio::test]
+async fn errors_name_the_field() {
+    let server = TestServer::start(test_config()).await;
+    let mut client = server.client().await;
+    let items = |candidates| ChooseArmRequest {
+        model: "items".into(),
+        context: vec![0.0; 8],
+        candidates,
+        ..Default::default()
+    };
+    let with = |f: fn(&mut ChooseArmRequest)| {
+        let mut r = fixed("wheel", vec![0.1, 0.2]);
+        f(&mut r);
+        r
+    };
+    let cases: Vec<(&str, ChooseArmRequest, Code, &str)> = vec![
+        (
+            "unknown model",
+            fixed("nope", vec![0.0, 0.0]),
+            Code::NotFound,
+            "model",
+        ),
+        (
+            "empty model",
+            fixed("", vec![0.0, 0.0]),
+            Code::InvalidArgument,
+            "model",
+        ),
+        (
+            "short context",
+            fixed("wheel", vec![0.0]),
+            Code::InvalidArgument,
+            "context: expected 2 values, got 1",
+        ),
+        (
+            "NaN context",
+            fixed("wheel", vec![0.0, f32::NAN]),
+            Code::InvalidArgument,
+            "context[1]: NaN is not finite",
+        ),
+        (
+            "inf context",
+            fixed("wheel", vec![f32::NEG_INFINITY, 0.0]),
+            Code::InvalidArgument,
+            "context[0]: -inf is not finite",
+        ),
+        (
+            "unknown arm",
+            with(|r| r.candidates = vec![arm("0", vec![]), arm("9", vec![])]),
+            Code::InvalidArgument,
+            "candidates[1].id: unknown arm \"9\"",
+        ),
+        (
+            "duplicate arm",
+            with(|r| r.candidates = vec![arm("0", vec![]), arm("0", vec![])]),
+            Code::InvalidArgument,
+            "candidates[1].id: duplicate arm id",
+        ),
+        (
+            "features on fixed",
+            with(|r| r.candidates = vec![arm("0", vec![1.0])]),
+            Code::InvalidArgument,
+            "candidates[0].features",
+        ),
+        (
+            "unknown excluded",
+            with(|r| r.excluded_arm_ids = vec!["x".into()]),
+            Code::InvalidArgument,
+            "excluded_arm_ids[0]: unknown arm",
+        ),
+        (
+            "all excluded",
+            with(|r| r.excluded_arm_ids = (0..5).map(|i| i.to_string()).collect()),
+            Code::InvalidArgument,
+            "excluded_arm_ids: every candidate is excluded",
+        ),
+        (
+            "long decision id",
+            with(|r| r.decision_id = "x".repeat(1000)),
+            Code::InvalidArgument,
+            "decision_id: 1000 bytes",
+        ),
+        (
+            "no candidates per-arm",
+            items(vec![]),
+            Code::InvalidArgument,
+            "candidates: model \"items\"",
+        ),
+        (
+            "missing features",
+            items(vec![arm("a", vec![])]),
+            Code::InvalidArgument,
+            "candidates[0].features: expected 8 values, got 0",
+        ),
+        (
+            "NaN feature",
+            items(vec![
+                arm("a", vec![0.0; 8]),
+                arm("b", {
+                    let mut f = vec![0.0; 8];
+                    f[3] = f32::NAN;
+                    f
+                }),
+            ]),
+            Code::InvalidArgument,
+            "candidates[1].features[3]: NaN",
+        ),
+        (
+            "empty arm id",
+            items(vec![arm("", vec![0.0; 8])]),
+            Code::InvalidArgument,
+            "candidates[0].id: must not be empty",
+        ),
+        (
+            "duplicate per-arm",
+            items(vec![arm("a", vec![0.0; 8]), arm("a", vec![0.0; 8])]),
+            Code::InvalidArgument,
+            "candidates[1].id: duplicate",
+        ),
+        (
+            "too many candidates",
+            items(
+                (0..1025)
+                    .map(|i| arm(&i.to_string(), vec![0.0; 8]))
+                    .collect(),
+            ),
+            Code::InvalidArgument,
+            "candidates: 1025 candidates",
+        ),
+    ];
+    for (name, req, code, message) in cases {
+        let status = client.choose_arm(req).await.expect_err(name);
+        assert_eq!(status.code(), code, "{name}: {status:?}");
+        assert!(
+            status.message().contains(message),
+            "{name}: {:?} lacks {message:?}",
+            status.message()
+        );
+    }
+
+    let decision = client
+        .choose_arm(fixed("wheel", vec![0.0, 0.0]))
+        .await
+        .unwrap()
+        .into_inner();
+    let report = |model: &str, id: &str, reward: f64, regret: Option<f64>| ReportRewardRequest {
+        model: model.into(),
+        decision_id: id.into(),
+        reward,
+        regret,
+    };
+    let cases = vec![
+        (
+            "reward NaN",
+            report("wheel", &decision.decision_id, f64::NAN, None),
+            Code::InvalidArgument,
+            "reward: NaN is not finite",
+        ),
+        (
+            "regret negative",
+            report("wheel", &decision.decision_id, 1.0, Some(-1.0)),
+            Code::InvalidArgument,
+            "regret",
+        ),
+        (
+            "unknown decision",
+            report("wheel", "never-made", 1.0, None),
+            Code::NotFound,
+            "decision_id",
+        ),
+        (
+            "empty decision",
+            report("wheel", "", 1.0, None),
+            Code::InvalidArgument,
+            "decision_id: must not be empty",
+        ),
+        (
+            "other model's decision",
+            report("items", &decision.decision_id, 1.0, None),
+            Code::NotFound,
+            "decision_id",
+        ),
+        (
+            "unknown model",
+            report("nope", &decision.decision_id, 1.0, None),
+            Code::NotFound,
+            "model",
+        ),
+    ];
+    for (name, req, code, message) in cases {
+        let status = client.report_reward(req).await.expect_err(name);
+        assert_eq!(status.code(), code, "{name}: {status:?}");
+        assert!(
+            status.message().contains(message),
+            "{name}: {:?} lacks {message:?}",
+            status.message()
+        );
+    }
+    // The refused reports left the decision open.
+    client
+        .report_reward(report("wheel", &decision.decision_id, 1.0, Some(0.5)))
+        .await
+        .unwrap();
+    server.stop().await.unwrap();
+}
+
+fn short_window_model(name: &str, default_reward: Option<f64>) -> ModelConfig {
+    let mut model = ModelConfig::new(name, ModelKind::FixedArms, 2);
+    model.arms = vec!["a".into(), "b".into()];
+    model.hidden_layers = vec![8];
+    model.reward_window_seconds = 0.2;
+    model.default_reward = default_reward;
+    model
+}
+
+/// When the window closes, a decision is trained on the default reward (if configured) or
+/// dropped; either way a late reward is NOT_FOUND.
+#[tokio::test]
+async fn window_expiry_and_default_reward() {
+    let mut config = test_config();
+    config.models = vec![
+        short_window_model("defaulted", Some(0.0)),
+        short_window_model("dropped", None),
+    ];
+    let server = TestServer::start(config).await;
+    let mut client = server.client().await;
+    let mut ids = Vec::new();
+    for model in ["defaulted", "dropped"] {
+        for _ in 0..3 {
+            ids.push((
+                model,
+                client
+                    .choose_arm(fixed(model, vec![0.0, 1.0]))
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .decision_id,
+            ));
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    for (model, id) in &ids {
+        let status = client
+            .report_reward(reward(model, id, 1.0))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::NotFound, "{model}");
+    }
+    let defaulted = client
+        .get_model(GetModelRequest {
+            model: "defaulted".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let dropped = client
+        .get_model(GetModelRequest {
+            model: "dropped".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (defaulted.pending_decisions, dropped.pending_decisions),
+        (0, 0)
+    );
+    assert!(
+        defaulted.training_steps > 0,
+        "the default reward was trained on"
+    );
+    assert_eq!(
+        dropped.training_steps, 0,
+        "nothing to train on without a default"
+    );
+    server.stop().await.unwrap();
+}
+
+/// Past the store's capacity the oldest decisions are evicted.
+#[tokio::test]
+async fn pending_store_is_bounded() {
+    let mut config = test_config();
+    let mut model = short_window_model("small", None);
+    model.reward_window_seconds = 3600.0;
+    model.pending_capacity = 3;
+    config.models = vec![model];
+    let server = TestServer::start(config).await;
+    let mut client = server.client().await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(
+            client
+                .choose_arm(fixed("small", vec![0.0, 1.0]))
+                .await
+                .unwrap()
+                .into_inner()
+                .decision_id,
+        );
+    }
+    let info = client
+        .get_model(GetModelRequest {
+            model: "small".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.pending_decisions, 3);
+    assert_eq!(
+        client
+            .report_reward(reward("small", &ids[0], 1.0))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    client
+        .report_reward(reward("small", &ids[4], 1.0))
+        .await
+        .unwrap();
+    server.stop().await.unwrap();
+}
+
+/// A full learner queue refuses rewards with RESOURCE_EXHAUSTED and the decision stays open
+/// for a retry. (A queue of 1 and a slow learner: many updates per reward.)
+#[tokio::test]
+async fn full_learner_queue_fails_fast() {
+    let mut config = test_config();
+    let mut model = short_window_model("slow", None);
+    model.reward_window_seconds = 3600.0;
+    model.learner_queue_capacity = 1;
+    model.updates_per_reward = 2_000;
+    model.hidden_layers = vec![128, 128];
+    config.models = vec![model];
+    let server = TestServer::start(config).await;
+    let mut client = server.client().await;
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        ids.push(
+            client
+                .choose_arm(fixed("slow", vec![0.0, 1.0]))
+                .await
+                .unwrap()
+                .into_inner()
+                .decision_id,
+        );
+    }
+    let mut refused = Vec::new();
+    for id in &ids {
+        match client.report_reward(reward("slow", id, 1.0)).await {
+            Ok(_) => {}
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                assert!(
+                    status.message().contains("learner queue"),
+                    "{}",
+                    status.message()
+                );
+                refused.push(id.clone());
+            }
+        }
+    }
+    // Each reward buys 2000 steps of a 128-wide network (tens of ms or more); 20 reports in a
+    // row cannot all fit in a queue of one.
+    assert!(!refused.is_empty(), "no report was refused");
+    let info = client
+        .get_model(GetModelRequest {
+            model: "slow".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.rewards as usize, ids.len() - refused.len());
+    server.stop().await.unwrap();
+}
+
+/// Many tasks on several connections decide and report concurrently; every call succeeds
+/// and the counters add up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_choose_and_report() {
+    let server = TestServer::start(test_config()).await;
+    let mut connections = Vec::new();
+    for _ in 0..4 {
+        connections.push(server.client().await);
+    }
+    let mut tasks = Vec::new();
+    for t in 0..32 {
+        let mut client = connections[t % 4].clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..50 {
+                let x = (t * 50 + i) as f32 / 1600.0;
+                let d = client
+                    .choose_arm(fixed("wheel", vec![x, 1.0 - x]))
+                    .await
+                    .unwrap()
+                    .into_inner();
+                client
+                    .report_reward(reward("wheel", &d.decision_id, f64::from(x)))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let mut client = server.client().await;
+    let info = client
+        .get_model(GetModelRequest {
+            model: "wheel".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((info.decisions, info.rewards), (1600, 1600));
+    server.stop().await.unwrap();
+}
