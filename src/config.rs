@@ -311,7 +311,7 @@ impl ModelConfig {
                 }
             }
         }
-        if self.hidden_layers.iter().any(|&h| h == 0) {
+        if self.hidden_layers.contains(&0) {
             return Err(bad("hidden_layers", "widths must be at least 1".into()));
         }
         let rates = self.effective_drop_rates();

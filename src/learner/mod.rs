@@ -6,6 +6,7 @@
 //! snapshot without taking any lock the learner holds.
 
 mod replay;
+mod trainer;
 
 use std::{
     sync::{
@@ -17,20 +18,12 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use candle_core::{DType, Device, Tensor};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW, SGD};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
-use rand::SeedableRng;
-use rand_xoshiro::Xoshiro256PlusPlus;
 
 pub use replay::{Example, Replay};
+pub use trainer::Trainer;
 
-use crate::{
-    config::{ModelConfig, OptimizerKind},
-    error::Error,
-    metrics,
-    model::{NetShape, Snapshot, TrainableNet, matrix},
-};
+use crate::{config::ModelConfig, error::Error, metrics, model::Snapshot};
 
 /// Counters the learner keeps, readable from any thread.
 #[derive(Debug, Default)]
@@ -103,27 +96,23 @@ impl Learner {
     /// # Errors
     /// The network cannot be built or the thread cannot be spawned.
     pub fn start(config: &ModelConfig) -> Result<Self, Error> {
-        let shape = NetShape {
-            input_dim: config.input_dim(),
-            hidden: config.hidden_layers.clone(),
-            output_dim: config.output_dim(),
-            drop_rates: config.effective_drop_rates(),
-        };
-        let net = TrainableNet::new(shape.clone(), config.seed)?;
-        let snapshot = Snapshot {
-            version: 0,
-            shape,
-            weights: net.snapshot()?,
-            reward_mean: 0.0,
-            reward_std: 1.0,
-        };
+        let trainer = Trainer::new(config)?;
+        let snapshot = trainer.snapshot(0)?;
         let (tx, rx) = crossbeam_channel::bounded(config.learner_queue_capacity);
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             stats: LearnerStats::default(),
             stop: AtomicBool::new(false),
         });
-        let worker = Worker::new(config, net, rx, Arc::clone(&shared))?;
+        let worker = Worker {
+            model: config.name.clone(),
+            trainer,
+            publish_every_steps: config.publish_every_steps,
+            publish_interval: Duration::from_millis(config.publish_interval_ms),
+            rx,
+            shared: Arc::clone(&shared),
+            version: 0,
+        };
         let thread = std::thread::Builder::new()
             .name(format!("learner-{}", config.name))
             .spawn(move || worker.run())
@@ -156,53 +145,12 @@ impl Drop for Learner {
     }
 }
 
-/// Online mean and variance (Welford), for standardising rewards so that reward scales of
-/// 0/1 and 0..50 train with the same learning rate.
-#[derive(Debug, Default, Clone, Copy)]
-struct RunningStats {
-    n: u64,
-    mean: f64,
-    m2: f64,
-}
-
-impl RunningStats {
-    fn push(&mut self, x: f64) {
-        self.n += 1;
-        let delta = x - self.mean;
-        self.mean += delta / self.n as f64;
-        self.m2 += delta * (x - self.mean);
-    }
-
-    /// The standard deviation, or 1 while it is undefined or degenerate (so a constant
-    /// reward does not divide by zero).
-    fn std(&self) -> f64 {
-        if self.n < 2 {
-            return 1.0;
-        }
-        let std = (self.m2 / (self.n - 1) as f64).sqrt();
-        if std > 1e-6 { std } else { 1.0 }
-    }
-}
-
-enum Opt {
-    Adam(AdamW),
-    Sgd(SGD),
-}
-
-/// The learner thread's state.
+/// The learner thread's state: a [`Trainer`] plus the queue and publishing cadence.
 struct Worker {
     model: String,
-    net: TrainableNet,
-    opt: Opt,
-    learning_rate: f64,
-    prior_strength: f64,
-    batch_size: usize,
-    updates_per_reward: usize,
+    trainer: Trainer,
     publish_every_steps: usize,
     publish_interval: Duration,
-    replay: Replay,
-    rewards: RunningStats,
-    rng: Xoshiro256PlusPlus,
     rx: Receiver<Example>,
     shared: Arc<Shared>,
     version: u64,
@@ -213,43 +161,6 @@ struct Worker {
 const MAX_DRAIN: usize = 1024;
 
 impl Worker {
-    fn new(
-        config: &ModelConfig,
-        net: TrainableNet,
-        rx: Receiver<Example>,
-        shared: Arc<Shared>,
-    ) -> Result<Self, Error> {
-        let opt = match config.optimizer {
-            OptimizerKind::Adam => Opt::Adam(AdamW::new(
-                net.vars(),
-                ParamsAdamW {
-                    lr: config.learning_rate,
-                    weight_decay: 0.0,
-                    ..ParamsAdamW::default()
-                },
-            )?),
-            OptimizerKind::Sgd => Opt::Sgd(SGD::new(net.vars(), config.learning_rate)?),
-        };
-        Ok(Self {
-            model: config.name.clone(),
-            net,
-            opt,
-            learning_rate: config.learning_rate,
-            prior_strength: config.prior_strength,
-            batch_size: config.batch_size,
-            updates_per_reward: config.updates_per_reward,
-            publish_every_steps: config.publish_every_steps,
-            publish_interval: Duration::from_millis(config.publish_interval_ms),
-            replay: Replay::new(config.replay_capacity),
-            rewards: RunningStats::default(),
-            // The decision path seeds from `seed`; a different stream for training.
-            rng: Xoshiro256PlusPlus::seed_from_u64(config.seed ^ 0x5eed_1ea7_0000_0001),
-            rx,
-            shared,
-            version: 0,
-        })
-    }
-
     fn run(mut self) {
         let mut owed = 0usize;
         let mut since_publish = 0usize;
@@ -275,14 +186,18 @@ impl Worker {
             // Train in slices so publishing keeps its cadence under sustained load.
             let slice = owed.min(self.publish_every_steps.max(1));
             if slice > 0 {
-                match self.train(slice) {
+                match self.trainer.train(slice) {
                     Ok(loss) => {
+                        self.shared
+                            .stats
+                            .steps
+                            .fetch_add(slice as u64, Ordering::Relaxed);
                         metrics::learner_progress(
                             &self.model,
                             slice as u64,
                             loss,
                             self.rx.len(),
-                            self.replay.len(),
+                            self.trainer.replay_len(),
                         );
                     }
                     Err(e) => {
@@ -315,81 +230,16 @@ impl Worker {
         tracing::debug!(model = %self.model, version = self.version, "learner stopped");
     }
 
-    /// Folds one example into the replay buffer and the reward statistics; returns the
-    /// number of steps it buys.
+    /// Folds one example in; returns the number of steps it buys.
     fn take(&mut self, example: Example) -> usize {
-        self.rewards.push(example.reward);
-        self.replay.push(example);
         self.shared.stats.examples.fetch_add(1, Ordering::Relaxed);
-        self.updates_per_reward
-    }
-
-    /// Takes `steps` minibatch steps; returns the last minibatch loss.
-    fn train(&mut self, steps: usize) -> Result<f64, Error> {
-        let mut loss = f64::NAN;
-        for _ in 0..steps {
-            loss = self.step()?;
-        }
-        Ok(loss)
-    }
-
-    /// One SGD step on a minibatch drawn from replay, with fresh dropout masks per example
-    /// and squared error on the chosen head only. The prior enters as weight decay weighing
-    /// `prior_strength / N` (THEORY.md §1), N = examples seen.
-    fn step(&mut self) -> Result<f64, Error> {
-        let input_dim = self.net.shape().input_dim;
-        let (mean, std) = (self.rewards.mean, self.rewards.std());
-        let batch = self.replay.sample(&mut self.rng, self.batch_size);
-        let m = batch.len();
-        let mut inputs = Vec::with_capacity(m * input_dim);
-        let mut heads = Vec::with_capacity(m);
-        let mut targets = Vec::with_capacity(m);
-        for example in &batch {
-            inputs.extend_from_slice(&example.input);
-            heads.push(example.head);
-            targets.push(((example.reward - mean) / std) as f32);
-        }
-        let xs = matrix(inputs, m, input_dim)?;
-        let heads = Tensor::from_vec(heads, (m, 1), &Device::Cpu)?;
-        let ys = Tensor::from_vec(targets, (m, 1), &Device::Cpu)?;
-        let masks = self.net.shape().draw_masks(&mut self.rng, m)?;
-        let out = self.net.forward(&xs, Some(&masks))?;
-        let pred = out.gather(&heads, 1)?;
-        let loss = (pred - ys)?.sqr()?.mean_all()?;
-        // d/dW of (prior/N)|W|^2 is 2 prior/N W: applied as decoupled decay.
-        let decay = 2.0 * self.prior_strength / self.rewards.n.max(1) as f64;
-        let grads = loss.backward()?;
-        match &mut self.opt {
-            Opt::Adam(adam) => {
-                let params = ParamsAdamW {
-                    weight_decay: decay,
-                    ..adam.params().clone()
-                };
-                adam.set_params(params);
-                adam.step(&grads)?;
-            }
-            Opt::Sgd(sgd) => {
-                sgd.step(&grads)?;
-                let keep = 1.0 - self.learning_rate * decay;
-                for w in self.net.weight_vars() {
-                    w.set(&(w.as_tensor() * keep)?)?;
-                }
-            }
-        }
-        self.shared.stats.steps.fetch_add(1, Ordering::Relaxed);
-        Ok(f64::from(loss.to_dtype(DType::F32)?.to_scalar::<f32>()?))
+        self.trainer.add(example)
     }
 
     /// Copies the weights into a new snapshot and swaps it in for serving.
     fn publish(&mut self) -> Result<(), Error> {
         self.version += 1;
-        let snapshot = Snapshot {
-            version: self.version,
-            shape: self.net.shape().clone(),
-            weights: self.net.snapshot()?,
-            reward_mean: self.rewards.mean,
-            reward_std: self.rewards.std(),
-        };
+        let snapshot = self.trainer.snapshot(self.version)?;
         self.shared.snapshot.store(Arc::new(snapshot));
         metrics::model_published(&self.model, self.version);
         Ok(())
@@ -398,8 +248,11 @@ impl Worker {
 
 #[cfg(test)]
 mod tests {
+    use rand::SeedableRng;
+    use rand_xoshiro::Xoshiro256PlusPlus;
+
     use super::*;
-    use crate::config::ModelKind;
+    use crate::{config::ModelKind, model::matrix};
 
     fn config() -> ModelConfig {
         let mut config = ModelConfig::new("t", ModelKind::FixedArms, 2);
@@ -540,17 +393,5 @@ mod tests {
         };
         handle.submit(ex.clone()).unwrap();
         assert!(matches!(handle.submit(ex), Err(Error::Overloaded(_))));
-    }
-
-    /// Welford's running statistics match the textbook formulas.
-    #[test]
-    fn running_stats() {
-        let mut s = RunningStats::default();
-        assert_eq!(s.std(), 1.0);
-        for x in [2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0] {
-            s.push(x);
-        }
-        assert!((s.mean - 5.0).abs() < 1e-12);
-        assert!((s.std() - (32.0f64 / 7.0).sqrt()).abs() < 1e-12);
     }
 }
