@@ -23,15 +23,21 @@ pub const SERVICE_NAME: &str = "banditd.v1.BanditService";
 pub async fn router(engine: Arc<Engine>) -> Result<(Router, HealthReporter), Error> {
     let (reporter, health) = tonic_health::server::health_reporter();
     set_health(&reporter, false).await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
+    // Both reflection versions: grpcurl asks for v1, older clients (ghz) for v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_error =
+        |e: tonic_reflection::server::Error| Error::Internal(format!("reflection: {e}"));
+    let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
+    let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
     let bandit = proto::bandit_service_server::BanditServiceServer::new(BanditGrpc::new(engine));
     let router = Server::builder()
         .add_service(health)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(bandit);
     Ok((router, reporter))
 }
