@@ -145,6 +145,10 @@ pub struct ModelConfig {
     /// RESOURCE_EXHAUSTED.
     #[serde(default = "defaults::learner_queue_capacity")]
     pub learner_queue_capacity: usize,
+    /// Most SGD steps the learner may owe; when rewards arrive faster than it can train,
+    /// the excess steps are skipped (counted) rather than rewards refused.
+    #[serde(default = "defaults::max_step_backlog")]
+    pub max_step_backlog: usize,
     /// The learner publishes new weights after this many steps...
     #[serde(default = "defaults::publish_every_steps")]
     pub publish_every_steps: usize,
@@ -191,6 +195,10 @@ mod defaults {
     pub(super) fn learner_queue_capacity() -> usize {
         65_536
     }
+    pub(super) fn max_step_backlog() -> usize {
+        // About a second of training at the default network size.
+        4096
+    }
     pub(super) fn publish_every_steps() -> usize {
         16
     }
@@ -228,6 +236,7 @@ impl ModelConfig {
             seed: defaults::seed(),
             pending_capacity: defaults::pending_capacity(),
             learner_queue_capacity: defaults::learner_queue_capacity(),
+            max_step_backlog: defaults::max_step_backlog(),
             publish_every_steps: defaults::publish_every_steps(),
             publish_interval_ms: defaults::publish_interval_ms(),
         }
@@ -352,6 +361,7 @@ impl ModelConfig {
             ("pending_capacity", self.pending_capacity),
             ("learner_queue_capacity", self.learner_queue_capacity),
             ("publish_every_steps", self.publish_every_steps),
+            ("max_step_backlog", self.max_step_backlog),
         ] {
             if value == 0 {
                 return Err(bad(field, "must be at least 1".into()));

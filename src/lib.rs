@@ -26,6 +26,7 @@ pub mod decisions;
 pub mod engine;
 pub mod error;
 pub mod grpc;
+pub mod harness;
 pub mod learner;
 pub mod metrics;
 pub mod model;

@@ -30,6 +30,8 @@ pub const REQUEST_ERRORS: &str = "banditd_request_errors_total";
 pub const REWARDS_DROPPED: &str = "banditd_rewards_dropped_total";
 /// SGD steps taken, by model.
 pub const LEARNER_STEPS: &str = "banditd_learner_steps_total";
+/// SGD steps skipped because the learner fell behind (backlog over `max_step_backlog`).
+pub const LEARNER_STEPS_SKIPPED: &str = "banditd_learner_steps_skipped_total";
 /// Loss of the latest minibatch (squared error on standardised rewards), by model.
 pub const LEARNER_LOSS: &str = "banditd_learner_loss";
 /// Examples waiting in the learner queue, by model.
@@ -110,6 +112,11 @@ pub fn describe() {
         Unit::Count,
         "SGD steps taken by the learner."
     );
+    describe_counter!(
+        LEARNER_STEPS_SKIPPED,
+        Unit::Count,
+        "SGD steps skipped because the learner fell behind the reward rate."
+    );
     describe_gauge!(
         LEARNER_LOSS,
         "Squared error of the latest minibatch on standardised rewards."
@@ -185,6 +192,11 @@ pub fn learner_progress(
     gauge!(LEARNER_LOSS, "model" => model.to_owned()).set(loss);
     gauge!(LEARNER_QUEUE_DEPTH, "model" => model.to_owned()).set(queue_depth as f64);
     gauge!(REPLAY_SIZE, "model" => model.to_owned()).set(replay_size as f64);
+}
+
+/// The learner fell behind and skipped `steps` steps.
+pub fn learner_steps_skipped(model: &str, steps: u64) {
+    counter!(LEARNER_STEPS_SKIPPED, "model" => model.to_owned()).increment(steps);
 }
 
 /// New weights were published.

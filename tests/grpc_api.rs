@@ -550,6 +550,7 @@ async fn full_learner_queue_fails_fast() {
     model.reward_window_seconds = 3600.0;
     model.learner_queue_capacity = 1;
     model.updates_per_reward = 2_000;
+    model.max_step_backlog = usize::MAX;
     model.hidden_layers = vec![128, 128];
     config.models = vec![model];
     let server = TestServer::start(config).await;

@@ -105,6 +105,7 @@ impl From<ModelStatus> for pb::ModelInfo {
             pending_capacity: _,
             learner_queue_capacity: _,
             publish_every_steps: _,
+            max_step_backlog: _,
             publish_interval_ms: _,
         } = config;
         Self {

@@ -109,6 +109,7 @@ impl Learner {
             trainer,
             publish_every_steps: config.publish_every_steps,
             publish_interval: Duration::from_millis(config.publish_interval_ms),
+            max_step_backlog: config.max_step_backlog,
             rx,
             shared: Arc::clone(&shared),
             version: 0,
@@ -151,6 +152,7 @@ struct Worker {
     trainer: Trainer,
     publish_every_steps: usize,
     publish_interval: Duration,
+    max_step_backlog: usize,
     rx: Receiver<Example>,
     shared: Arc<Shared>,
     version: u64,
@@ -182,6 +184,12 @@ impl Worker {
             let drained: Vec<Example> = self.rx.try_iter().take(MAX_DRAIN).collect();
             for example in drained {
                 owed += self.take(example);
+            }
+            // Under a reward rate the learner cannot keep up with, fewer steps per reward
+            // beat refusing rewards: the backlog is capped and the excess skipped (counted).
+            if owed > self.max_step_backlog {
+                metrics::learner_steps_skipped(&self.model, (owed - self.max_step_backlog) as u64);
+                owed = self.max_step_backlog;
             }
             // Train in slices so publishing keeps its cadence under sustained load.
             let slice = owed.min(self.publish_every_steps.max(1));
