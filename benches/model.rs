@@ -60,28 +60,48 @@ const REPLAY_EXAMPLES: usize = 1000;
 // The plain-Rust reference.
 // ---------------------------------------------------------------------------------------
 
-/// `y += a * x`.
-#[inline]
-fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
-    for (y, x) in y.iter_mut().zip(x) {
-        *y += a * x;
+/// True when the reference's kernels may use AVX2 and FMA (detected at run time, as candle's
+/// `gemm` does; the benches are not built with `-C target-cpu=native`).
+fn fma_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
     }
 }
 
-/// Dot product with eight partial sums, so that it vectorises without fast-math.
-#[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let (a8, a_rest) = a.as_chunks::<8>();
-    let (b8, b_rest) = b.as_chunks::<8>();
-    let mut acc = [0.0f32; 8];
-    for (x, y) in a8.iter().zip(b8) {
-        for ((acc, x), y) in acc.iter_mut().zip(x).zip(y) {
-            *acc += x * y;
+/// `a * b + c`, fused when `FMA` (only ever true inside an `avx2,fma` function; elsewhere
+/// `mul_add` would be a libm call).
+#[inline(always)]
+fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA { a.mul_add(b, c) } else { a * b + c }
+}
+
+/// `y += a * x`.
+#[inline(always)]
+fn axpy<const FMA: bool>(y: &mut [f32], a: f32, x: &[f32]) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y = madd::<FMA>(a, x, *y);
+    }
+}
+
+/// Dot product with sixteen partial sums, so that it vectorises without fast-math.
+#[inline(always)]
+fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
+    let (a16, a_rest) = a.as_chunks::<16>();
+    let (b16, b_rest) = b.as_chunks::<16>();
+    let mut acc = [0.0f32; 16];
+    for (x, y) in a16.iter().zip(b16) {
+        for ((acc, &x), &y) in acc.iter_mut().zip(x).zip(y) {
+            *acc = madd::<FMA>(x, y, *acc);
         }
     }
     let mut sum: f32 = acc.iter().sum();
-    for (x, y) in a_rest.iter().zip(b_rest) {
-        sum += x * y;
+    for (&x, &y) in a_rest.iter().zip(b_rest) {
+        sum = madd::<FMA>(x, y, sum);
     }
     sum
 }
@@ -99,6 +119,7 @@ fn argmax(values: &[f64]) -> usize {
 
 /// Multiplies every row of `h` (rows of `width`) by `mask`: one shared row, one row per row
 /// of `h`, or nothing when `mask` is empty (drop rate 0).
+#[inline(always)]
 fn apply_mask(h: &mut [f32], mask: &[f32], width: usize) {
     if mask.is_empty() {
         return;
@@ -197,7 +218,8 @@ impl PlainNet {
 
     /// Forward pass of `rows` inputs under `buf.masks`; the outputs end up in the last
     /// `buf.z`.
-    fn forward(&self, xs: &[f32], rows: usize, buf: &mut Buffers) {
+    #[inline(always)]
+    fn forward<const FMA: bool>(&self, xs: &[f32], rows: usize, buf: &mut Buffers) {
         for (l, layer) in self.layers.iter().enumerate() {
             let h = &mut buf.h[l];
             h.clear();
@@ -215,7 +237,7 @@ impl PlainNet {
             {
                 zr.copy_from_slice(&layer.b);
                 for (&hi, wi) in hr.iter().zip(layer.w.chunks_exact(layer.fan_out)) {
-                    axpy(zr, hi, wi);
+                    axpy::<FMA>(zr, hi, wi);
                 }
             }
         }
@@ -230,6 +252,7 @@ struct PlainPolicy {
     reward_std: f64,
     buf: Buffers,
     scores: Vec<f64>,
+    fma: bool,
 }
 
 impl PlainPolicy {
@@ -242,14 +265,36 @@ impl PlainPolicy {
             reward_std: snapshot.reward_std,
             buf,
             scores: Vec::new(),
+            fma: fma_available(),
         }
     }
 
     /// The `policy::thompson` of a fixed-arm net: one mask, batch-1 forward, the heads'
     /// scores, argmax. Returns the winner; the scores stay in `self.scores`.
     fn decide_heads<R: Rng>(&mut self, context: &[f32], heads: &[usize], rng: &mut R) -> usize {
+        #[cfg(target_arch = "x86_64")]
+        if self.fma {
+            // SAFETY: `self.fma` is set only when the CPU has AVX2 and FMA.
+            return unsafe { self.decide_heads_fma(context, heads, rng) };
+        }
+        self.decide_heads_impl::<false, R>(context, heads, rng)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn decide_heads_fma<R: Rng>(&mut self, context: &[f32], heads: &[usize], rng: &mut R) -> usize {
+        self.decide_heads_impl::<true, R>(context, heads, rng)
+    }
+
+    #[inline(always)]
+    fn decide_heads_impl<const FMA: bool, R: Rng>(
+        &mut self,
+        context: &[f32],
+        heads: &[usize],
+        rng: &mut R,
+    ) -> usize {
         self.net.draw_masks(rng, 1, &mut self.buf.masks);
-        self.net.forward(context, 1, &mut self.buf);
+        self.net.forward::<FMA>(context, 1, &mut self.buf);
         let out = self.buf.z.last().expect("at least one layer");
         self.scores.clear();
         self.scores.extend(
@@ -262,8 +307,29 @@ impl PlainPolicy {
 
     /// The `policy::thompson` of a per-arm net: one shared mask over every row.
     fn decide_rows<R: Rng>(&mut self, values: &[f32], rows: usize, rng: &mut R) -> usize {
+        #[cfg(target_arch = "x86_64")]
+        if self.fma {
+            // SAFETY: `self.fma` is set only when the CPU has AVX2 and FMA.
+            return unsafe { self.decide_rows_fma(values, rows, rng) };
+        }
+        self.decide_rows_impl::<false, R>(values, rows, rng)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn decide_rows_fma<R: Rng>(&mut self, values: &[f32], rows: usize, rng: &mut R) -> usize {
+        self.decide_rows_impl::<true, R>(values, rows, rng)
+    }
+
+    #[inline(always)]
+    fn decide_rows_impl<const FMA: bool, R: Rng>(
+        &mut self,
+        values: &[f32],
+        rows: usize,
+        rng: &mut R,
+    ) -> usize {
         self.net.draw_masks(rng, 1, &mut self.buf.masks);
-        self.net.forward(values, rows, &mut self.buf);
+        self.net.forward::<FMA>(values, rows, &mut self.buf);
         let out = self.buf.z.last().expect("at least one layer");
         self.scores.clear();
         self.scores.extend(
@@ -318,6 +384,7 @@ struct PlainTrainer {
     inputs: Vec<f32>,
     heads: Vec<usize>,
     targets: Vec<f32>,
+    fma: bool,
 }
 
 impl PlainTrainer {
@@ -346,6 +413,7 @@ impl PlainTrainer {
             inputs: Vec::new(),
             heads: Vec::new(),
             targets: Vec::new(),
+            fma: fma_available(),
         }
     }
 
@@ -357,6 +425,22 @@ impl PlainTrainer {
 
     /// One minibatch step; returns the minibatch loss.
     fn step(&mut self) -> f64 {
+        #[cfg(target_arch = "x86_64")]
+        if self.fma {
+            // SAFETY: `self.fma` is set only when the CPU has AVX2 and FMA.
+            return unsafe { self.step_fma() };
+        }
+        self.step_impl::<false>()
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn step_fma(&mut self) -> f64 {
+        self.step_impl::<true>()
+    }
+
+    #[inline(always)]
+    fn step_impl<const FMA: bool>(&mut self) -> f64 {
         let m = self.batch_size;
         let (mean, std) = (self.rewards.mean, self.rewards.std());
         // Minibatch: uniform with replacement, drawn before the masks (as Replay::sample).
@@ -370,7 +454,7 @@ impl PlainTrainer {
             self.targets.push(((example.reward - mean) / std) as f32);
         }
         self.net.draw_masks(&mut self.rng, m, &mut self.buf.masks);
-        self.net.forward(&self.inputs, m, &mut self.buf);
+        self.net.forward::<FMA>(&self.inputs, m, &mut self.buf);
 
         // Loss: mean squared error on the chosen head; d loss / d out = 2 (pred - y) / m there.
         let last = self.net.layers.len() - 1;
@@ -395,41 +479,46 @@ impl PlainTrainer {
             let layer = &self.net.layers[l];
             let (n_in, n_out) = (layer.fan_in, layer.fan_out);
             let (gw, gb) = &mut self.grads[l];
+            // dW = h^T dz, db = column sums of dz.
             for (hr, dzr) in self.buf.h[l]
                 .chunks_exact(n_in)
                 .zip(self.dz.chunks_exact(n_out))
             {
                 for (&hi, gwi) in hr.iter().zip(gw.chunks_exact_mut(n_out)) {
-                    axpy(gwi, hi, dzr);
+                    axpy::<FMA>(gwi, hi, dzr);
                 }
-                axpy(gb, 1.0, dzr);
+                axpy::<FMA>(gb, 1.0, dzr);
             }
             if l == 0 {
                 break;
             }
-            // The units feeding layer l are relu(z[l-1]) * mask[l].
+            // d h = dz W^T; the units feeding layer l are relu(z[l-1]) * mask[l].
             let mask = &self.buf.masks[l];
-            let shared = mask.len() == n_in;
             self.dz_prev.resize(m * n_in, 0.0);
-            for (r, (dpr, dzr)) in self
+            for (r, ((dpr, dzr), zr)) in self
                 .dz_prev
                 .chunks_exact_mut(n_in)
                 .zip(self.dz.chunks_exact(n_out))
+                .zip(self.buf.z[l - 1].chunks_exact(n_in))
                 .enumerate()
             {
-                let zr = &self.buf.z[l - 1][r * n_in..(r + 1) * n_in];
+                let mask_row = match mask.len() {
+                    0 => None,
+                    len if len == n_in => Some(&mask[..]),
+                    _ => Some(&mask[r * n_in..(r + 1) * n_in]),
+                };
                 for (i, ((dp, wi), &z)) in dpr
                     .iter_mut()
                     .zip(layer.w.chunks_exact(n_out))
                     .zip(zr)
                     .enumerate()
                 {
-                    let keep = match (mask.is_empty(), shared) {
-                        (true, _) => 1.0,
-                        (false, true) => mask[i],
-                        (false, false) => mask[r * n_in + i],
+                    let keep = mask_row.map_or(1.0, |mr| mr[i]);
+                    *dp = if z > 0.0 {
+                        dot::<FMA>(wi, dzr) * keep
+                    } else {
+                        0.0
                     };
-                    *dp = if z > 0.0 { dot(wi, dzr) * keep } else { 0.0 };
                 }
             }
             std::mem::swap(&mut self.dz, &mut self.dz_prev);
@@ -480,10 +569,11 @@ fn examples(config: &ModelConfig, n: usize, seed: u64) -> Vec<Example> {
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
     let heads = config.output_dim() as u32;
     (0..n)
-        .map(|_| Example {
+        .map(|i| Example {
             input: uniform(&mut rng, config.input_dim()),
             head: rng.random_range(0..heads),
             reward: rng.random::<f64>(),
+            seq: i as u64,
         })
         .collect()
 }
@@ -675,8 +765,13 @@ fn bench_sgd_step_1(c: &mut Criterion) {
 
 fn announce(_: &mut Criterion) {
     eprintln!(
-        "allocator: {ALLOCATOR}; RAYON_NUM_THREADS={}",
-        std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "(unset)".into())
+        "allocator: {ALLOCATOR}; RAYON_NUM_THREADS={}; plain-Rust kernels: {}",
+        std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "(unset)".into()),
+        if fma_available() {
+            "avx2+fma"
+        } else {
+            "baseline"
+        }
     );
 }
 

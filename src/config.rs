@@ -19,6 +19,9 @@ pub struct Config {
     /// Request limits shared by all models.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// The data directory and durability.
+    #[serde(default)]
+    pub storage: StorageConfig,
     /// The models this process serves, by name.
     #[serde(default, rename = "models")]
     pub models: Vec<ModelConfig>,
@@ -43,6 +46,53 @@ impl Default for ServerConfig {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
             metrics_addr: SocketAddr::from(([127, 0, 0, 1], 9464)),
             drain_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// How acknowledged data is made durable (see `storage` for what each mode promises).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DurabilityMode {
+    /// Every group commit is fsynced before anything in it is acknowledged.
+    Fsync,
+    /// Commits are fsynced at least every `sync_interval_ms`; a crash may lose the rewards
+    /// acknowledged in the last interval.
+    Periodic,
+}
+
+/// The data directory: the decision/reward log and the model checkpoints.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Where the log (`log.redb`) and `checkpoints/` live.
+    pub data_dir: std::path::PathBuf,
+    /// `fsync` or `periodic`.
+    pub durability: DurabilityMode,
+    /// `periodic`: the longest time between fsynced commits; `fsync`: how long the writer
+    /// idles before checking for compaction.
+    pub sync_interval_ms: u64,
+    /// Make `ChooseArm` wait until its decision is committed (adds a commit's latency).
+    pub sync_decisions: bool,
+    /// Most log operations queued for the writer; past it rewards get RESOURCE_EXHAUSTED.
+    pub writer_queue_capacity: usize,
+    /// How often each learner writes a checkpoint (when it has trained since the last one).
+    pub checkpoint_interval_secs: u64,
+    /// Closed decisions and checkpointed examples are kept this long (for offline evaluation)
+    /// before compaction deletes them.
+    pub retention_hours: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: "data".into(),
+            durability: DurabilityMode::Fsync,
+            sync_interval_ms: 100,
+            sync_decisions: false,
+            writer_queue_capacity: 65_536,
+            checkpoint_interval_secs: 30,
+            retention_hours: 24,
         }
     }
 }
@@ -267,6 +317,14 @@ impl ModelConfig {
         }
     }
 
+    /// Layer widths of the network, input first, output last.
+    pub fn layer_widths(&self) -> Vec<usize> {
+        std::iter::once(self.input_dim())
+            .chain(self.hidden_layers.iter().copied())
+            .chain([self.output_dim()])
+            .collect()
+    }
+
     /// The reward window.
     pub fn reward_window(&self) -> Duration {
         Duration::from_secs_f64(self.reward_window_seconds)
@@ -409,6 +467,7 @@ impl Config {
         Self {
             server: ServerConfig::default(),
             limits: LimitsConfig::default(),
+            storage: StorageConfig::default(),
             models: vec![wheel, items],
         }
     }
@@ -431,6 +490,16 @@ impl Config {
                     why: "two models have this name".into(),
                 });
             }
+        }
+        if self.storage.writer_queue_capacity == 0
+            || self.storage.sync_interval_ms == 0
+            || self.storage.checkpoint_interval_secs == 0
+        {
+            return Err(ConfigError::Invalid {
+                model: String::new(),
+                field: "storage".into(),
+                why: "writer_queue_capacity, sync_interval_ms and checkpoint_interval_secs must be at least 1".into(),
+            });
         }
         if self.limits.max_candidates == 0 || self.limits.max_id_bytes == 0 {
             return Err(ConfigError::Invalid {

@@ -36,11 +36,22 @@ pub struct Decision {
 
 /// What happened to a reward report.
 #[derive(Debug, Clone, PartialEq)]
-pub enum RewardOutcome {
-    /// First reward for the decision: accepted.
-    Accepted,
+pub enum RewardOutcome<T = ()> {
+    /// First reward for the decision: accepted, with what `accept` returned.
+    Accepted(T),
     /// The same reward again (a client retry): nothing to do.
     Duplicate,
+}
+
+/// The result of [`PendingStore::insert`].
+#[derive(Debug)]
+pub struct Inserted {
+    /// The stored decision (the earlier one, for a retried id).
+    pub decision: Arc<Decision>,
+    /// False when a decision with this id was already pending.
+    pub new: bool,
+    /// Old decisions evicted to make room.
+    pub evicted: Vec<Arc<Decision>>,
 }
 
 #[derive(Debug)]
@@ -98,31 +109,60 @@ impl PendingStore {
     }
 
     /// Stores a new decision. If one with the same id is already pending (a concurrent
-    /// retry), that one is kept and returned instead. Returns the stored decision and how
-    /// many old decisions were evicted to make room.
-    pub fn insert(&self, decision: Decision) -> (Arc<Decision>, u64) {
+    /// retry), that one is kept and returned instead.
+    pub fn insert(&self, decision: Decision) -> Inserted {
+        self.insert_at(decision, Instant::now(), None)
+    }
+
+    /// Stores a decision recovered from the log, made `age` ago, with its reward if one had
+    /// arrived. Recovered decisions must be restored oldest first, before new ones.
+    pub fn restore(&self, decision: Decision, age: Duration, reward: Option<f64>) -> Inserted {
+        let now = Instant::now();
+        self.insert_at(decision, now.checked_sub(age).unwrap_or(now), reward)
+    }
+
+    fn insert_at(&self, decision: Decision, created: Instant, reward: Option<f64>) -> Inserted {
         let mut state = self.lock();
         if let Some(existing) = state.map.get(&decision.id) {
-            return (Arc::clone(&existing.decision), 0);
+            return Inserted {
+                decision: Arc::clone(&existing.decision),
+                new: false,
+                evicted: Vec::new(),
+            };
         }
-        let mut evicted = 0;
+        let mut evicted = Vec::new();
         while state.map.len() >= self.capacity {
             let Some((_, old)) = state.order.pop_front() else {
                 break;
             };
-            state.map.remove(&old);
-            evicted += 1;
+            if let Some(entry) = state.map.remove(&old) {
+                evicted.push(entry.decision);
+            }
         }
         let decision = Arc::new(decision);
-        state.order.push_back((Instant::now(), decision.id.clone()));
+        state.order.push_back((created, decision.id.clone()));
         state.map.insert(
             decision.id.clone(),
             Entry {
                 decision: Arc::clone(&decision),
-                reward: None,
+                reward,
             },
         );
-        (decision, evicted)
+        Inserted {
+            decision,
+            new: true,
+            evicted,
+        }
+    }
+
+    /// Forgets a reward recorded by [`PendingStore::record_reward`] whose commit then failed,
+    /// so that the client's retry is accepted.
+    pub fn revert_reward(&self, id: &str, reward: f64) {
+        if let Some(entry) = self.lock().map.get_mut(id)
+            && entry.reward == Some(reward)
+        {
+            entry.reward = None;
+        }
     }
 
     /// Records a reward for a pending decision. `accept` runs under the store's lock with
@@ -133,12 +173,12 @@ impl PendingStore {
     /// [`Error::DecisionNotFound`] for an unknown, expired or evicted id;
     /// [`Error::RewardConflict`] for a different reward than the one accepted; whatever
     /// `accept` returns.
-    pub fn record_reward(
+    pub fn record_reward<T>(
         &self,
         id: &str,
         reward: f64,
-        accept: impl FnOnce(&Decision) -> Result<(), Error>,
-    ) -> Result<RewardOutcome, Error> {
+        accept: impl FnOnce(&Arc<Decision>) -> Result<T, Error>,
+    ) -> Result<RewardOutcome<T>, Error> {
         let mut state = self.lock();
         let entry = state
             .map
@@ -152,9 +192,9 @@ impl PendingStore {
                 offered: reward,
             }),
             None => {
-                accept(&entry.decision)?;
+                let accepted = accept(&entry.decision)?;
                 entry.reward = Some(reward);
-                Ok(RewardOutcome::Accepted)
+                Ok(RewardOutcome::Accepted(accepted))
             }
         }
     }
@@ -217,24 +257,24 @@ mod tests {
     fn reward_outcomes() {
         let store = PendingStore::new(Duration::from_secs(60), 10);
         store.insert(decision("d"));
-        let refused = store.record_reward("d", 1.0, |_| Err(Error::Overloaded("q")));
+        let refused = store.record_reward("d", 1.0, |_| Err::<(), _>(Error::Overloaded("q")));
         assert!(matches!(refused, Err(Error::Overloaded(_))));
         assert_eq!(
             store.record_reward("d", 1.0, |_| Ok(())).unwrap(),
-            RewardOutcome::Accepted
+            RewardOutcome::Accepted(())
         );
         assert_eq!(
             store
-                .record_reward("d", 1.0, |_| panic!("not again"))
+                .record_reward("d", 1.0, |_| -> Result<(), Error> { panic!("not again") })
                 .unwrap(),
             RewardOutcome::Duplicate
         );
         assert!(matches!(
-            store.record_reward("d", 2.0, |_| Ok(())),
+            store.record_reward("d", 2.0, |_| Ok::<(), Error>(())),
             Err(Error::RewardConflict { .. })
         ));
         assert!(matches!(
-            store.record_reward("x", 1.0, |_| Ok(())),
+            store.record_reward("x", 1.0, |_| Ok::<(), Error>(())),
             Err(Error::DecisionNotFound(_))
         ));
     }
@@ -246,8 +286,9 @@ mod tests {
         store.insert(decision("d"));
         let mut other = decision("d");
         other.arm_id = "b".into();
-        let (kept, _) = store.insert(other);
-        assert_eq!(kept.arm_id, "a");
+        let kept = store.insert(other);
+        assert!(!kept.new);
+        assert_eq!(kept.decision.arm_id, "a");
         assert_eq!(store.len(), 1);
     }
 
@@ -255,8 +296,8 @@ mod tests {
     #[test]
     fn bounded_eviction() {
         let store = PendingStore::new(Duration::from_secs(60), 3);
-        let evicted: u64 = (0..5)
-            .map(|i| store.insert(decision(&i.to_string())).1)
+        let evicted: usize = (0..5)
+            .map(|i| store.insert(decision(&i.to_string())).evicted.len())
             .sum();
         assert_eq!(evicted, 2);
         assert_eq!(store.len(), 3);
@@ -270,7 +311,9 @@ mod tests {
         store.insert(decision("old"));
         tokio::time::advance(Duration::from_secs(6)).await;
         store.insert(decision("new"));
-        store.record_reward("new", 1.0, |_| Ok(())).unwrap();
+        store
+            .record_reward("new", 1.0, |_| Ok::<(), Error>(()))
+            .unwrap();
         tokio::time::advance(Duration::from_secs(5)).await;
         let expired = store.expire(Instant::now());
         assert_eq!(expired.len(), 1);

@@ -22,10 +22,28 @@ use crate::{
     config::{Config, LimitsConfig, ModelConfig, ModelKind},
     decisions::{Decision, PendingStore, RewardOutcome},
     error::Error,
-    learner::{Example, Learner, LearnerHandle},
+    learner::{Learner, LearnerHandle, Resume},
     metrics,
     policy::{self, Inputs},
+    storage::{self, Closed, DecisionRow, Log, LogWriter, LoggedCandidate, Storage, checkpoint},
 };
+
+/// The pending-store view of a logged decision.
+fn decision_from_row(row: DecisionRow) -> Decision {
+    Decision {
+        id: row.decision_id,
+        arm_id: row.arm_id,
+        scores: row
+            .candidates
+            .into_iter()
+            .map(|c| c.id)
+            .zip(row.scores)
+            .collect(),
+        model_version: row.model_version,
+        input: row.input,
+        head: row.head,
+    }
+}
 
 /// A candidate arm in a request.
 #[derive(Debug, Clone, PartialEq)]
@@ -101,17 +119,26 @@ pub struct Engine {
     /// Configured order, for `ListModels`.
     order: Vec<String>,
     limits: LimitsConfig,
+    /// The decision/reward log; its writer hands committed examples to the learners.
+    log: Log,
 }
 
-/// Owns the learner threads; dropping it stops and joins them (after they train on what is
-/// queued).
+/// The engine's threads: the log writer and one learner per model. [`Background::shutdown`]
+/// stops them in order: the writer commits and hands over what it has, then every learner
+/// trains on its queue, publishes and writes its final checkpoint.
 #[derive(Debug)]
-pub struct Learners(Vec<Learner>);
+pub struct Background {
+    learners: Vec<Learner>,
+    writer: LogWriter,
+}
 
-impl Learners {
-    /// Stops every learner after it has trained on its queue, and joins it.
-    pub fn shutdown(mut self) {
-        for learner in &mut self.0 {
+impl Background {
+    /// Flushes the log, stops the writer, then stops every learner (final checkpoints).
+    /// Call after serving has stopped.
+    pub fn shutdown(mut self, engine: &Engine) {
+        engine.log.shutdown();
+        self.writer.shutdown();
+        for learner in &mut self.learners {
             learner.shutdown();
         }
     }
@@ -121,40 +148,97 @@ impl Learners {
 const SEED_STRIDE: u64 = 0x9E37_79B9_7F4A_7C15;
 
 impl Engine {
-    /// Builds every model and starts its learner.
+    /// Opens the data directory, recovers every model (newest usable checkpoint, then the
+    /// log after it, then the pending decisions) and starts the learners and the log writer.
+    /// What recovery skips is logged and counted.
     ///
     /// # Errors
-    /// A model's network cannot be built.
-    pub fn start(config: &Config) -> Result<(Arc<Self>, Learners), Error> {
+    /// The data directory cannot be opened, or a checkpoint's shape contradicts the
+    /// configuration.
+    pub fn start(config: &Config) -> Result<(Arc<Self>, Background), Error> {
+        let storage = Storage::open(&config.storage)?;
         let mut models = HashMap::new();
         let mut learners = Vec::new();
+        let mut handles = HashMap::new();
+        let mut next_seq = HashMap::new();
+        let now_ms = storage::now_ms();
         for model in &config.models {
-            let learner = Learner::start(model)?;
+            let (ck, skipped) =
+                checkpoint::load_latest(storage.data_dir(), &model.name, &model.layer_widths())?;
+            for reason in &skipped.reasons {
+                tracing::warn!(model = %model.name, %reason, "skipped a checkpoint");
+            }
+            if !skipped.reasons.is_empty() {
+                metrics::recovery_skipped("checkpoint", skipped.reasons.len() as u64);
+            }
+            let recovery = storage.recover(
+                &model.name,
+                ck.as_ref().map(|c| c.meta.last_seq),
+                model.replay_capacity,
+            )?;
+            tracing::info!(
+                model = %model.name,
+                checkpoint = ck.as_ref().map(|c| c.meta.version),
+                examples = recovery.examples.len(),
+                pending = recovery.pending.len(),
+                "recovered"
+            );
+            let learner = Learner::resume(
+                model,
+                Resume {
+                    checkpoint: ck,
+                    examples: recovery.examples,
+                    max_served_version: recovery.max_version,
+                    data_dir: Some(storage.data_dir().to_owned()),
+                    checkpoint_interval_secs: config.storage.checkpoint_interval_secs,
+                },
+            )?;
+            let pending = PendingStore::new(model.reward_window(), model.pending_capacity);
+            for row in recovery.pending {
+                let age = Duration::from_millis(now_ms.saturating_sub(row.decided_ms));
+                let reward = row.reward;
+                pending.restore(decision_from_row(row), age, reward);
+            }
             let heads = model
                 .arms
                 .iter()
                 .enumerate()
                 .map(|(i, a)| (a.clone(), i))
                 .collect();
+            handles.insert(model.name.clone(), learner.handle());
+            next_seq.insert(model.name.clone(), recovery.next_seq);
             models.insert(
                 model.name.clone(),
                 ModelRuntime {
                     config: model.clone(),
                     heads,
                     learner: learner.handle(),
-                    pending: PendingStore::new(model.reward_window(), model.pending_capacity),
+                    pending,
                     decision_counter: AtomicU64::new(0),
                     rewards: AtomicU64::new(0),
                 },
             );
             learners.push(learner);
         }
+        let (log, writer) = storage.start_writer(handles, next_seq)?;
         let engine = Self {
             models,
             order: config.models.iter().map(|m| m.name.clone()).collect(),
             limits: config.limits.clone(),
+            log,
         };
-        Ok((Arc::new(engine), Learners(learners)))
+        Ok((Arc::new(engine), Background { learners, writer }))
+    }
+
+    /// Resolves once everything logged so far is committed and fsynced.
+    ///
+    /// # Errors
+    /// The log writer has stopped or its commit failed.
+    pub async fn flush(&self) -> Result<(), Error> {
+        self.log
+            .flush()?
+            .await
+            .map_err(|_| Error::Unavailable("log writer stopped".into()))?
     }
 
     fn model(&self, name: &str) -> Result<&ModelRuntime, Error> {
@@ -170,7 +254,7 @@ impl Engine {
     ///
     /// # Errors
     /// NOT_FOUND-class for an unknown model, INVALID_ARGUMENT-class for a malformed request.
-    pub fn choose_arm(&self, req: ChooseArm) -> Result<Arc<Decision>, Error> {
+    pub async fn choose_arm(&self, req: ChooseArm) -> Result<Arc<Decision>, Error> {
         let started = std::time::Instant::now();
         let model = self.model(&req.model)?;
         check_id(&self.limits, "decision_id", &req.decision_id, true)?;
@@ -196,7 +280,7 @@ impl Engine {
         let mut rng =
             Xoshiro256PlusPlus::seed_from_u64(model.config.seed ^ n.wrapping_mul(SEED_STRIDE));
 
-        let (ids, choice, input, head) = match model.config.kind {
+        let (ids, choice, input, head, logged_candidates) = match model.config.kind {
             ModelKind::FixedArms => {
                 let ids = model.fixed_candidates(&req, &excluded)?;
                 let heads: Vec<usize> = ids.iter().map(|id| model.heads[*id]).collect();
@@ -209,7 +293,14 @@ impl Engine {
                     &mut rng,
                 )?;
                 let head = heads[choice.best];
-                (ids, choice, req.context.clone(), head)
+                let logged = ids
+                    .iter()
+                    .map(|id| LoggedCandidate {
+                        id: (*id).to_owned(),
+                        features: Vec::new(),
+                    })
+                    .collect();
+                (ids, choice, req.context.clone(), head, logged)
             }
             ModelKind::PerArmFeatures => {
                 let kept = model.per_arm_candidates(&self.limits, &req, &excluded)?;
@@ -228,11 +319,19 @@ impl Engine {
                     &mut rng,
                 )?;
                 let input = values[choice.best * width..(choice.best + 1) * width].to_vec();
+                let logged = kept
+                    .iter()
+                    .map(|c| LoggedCandidate {
+                        id: c.id.clone(),
+                        features: c.features.clone(),
+                    })
+                    .collect();
                 (
                     kept.iter().map(|c| c.id.as_str()).collect(),
                     choice,
                     input,
                     0,
+                    logged,
                 )
             }
         };
@@ -254,22 +353,57 @@ impl Engine {
             input,
             head: u32::try_from(head).map_err(|_| Error::Internal("head index overflow".into()))?,
         };
-        let (stored, evicted) = model.pending.insert(decision);
-        if evicted > 0 {
-            metrics::decisions_evicted(&model.config.name, evicted);
+        let inserted = model.pending.insert(decision);
+        let name = &model.config.name;
+        if !inserted.evicted.is_empty() {
+            metrics::decisions_evicted(name, inserted.evicted.len() as u64);
+            for old in &inserted.evicted {
+                // Queue full: the decision stays open in the log and expires after a restart.
+                let _ = self.log.close(name, &old.id, Closed::Evicted, None);
+            }
+        }
+        let stored = inserted.decision;
+        if inserted.new {
+            let row = DecisionRow {
+                model: name.clone(),
+                decision_id: stored.id.clone(),
+                decided_ms: storage::now_ms(),
+                context: req.context,
+                candidates: logged_candidates,
+                arm_id: stored.arm_id.clone(),
+                scores: stored.scores.iter().map(|(_, s)| *s).collect(),
+                model_version: stored.model_version,
+                input: stored.input.clone(),
+                head: stored.head,
+                reward: None,
+                reward_ms: None,
+                regret: None,
+                closed: None,
+            };
+            match self.log.decision(row) {
+                Ok(None) => {}
+                Ok(Some(ack)) => ack
+                    .await
+                    .map_err(|_| Error::Unavailable("log writer stopped".into()))??,
+                Err(e) if self.log.sync_decisions() => return Err(e),
+                Err(_) => metrics::decision_unlogged(name),
+            }
         }
         let arm_label =
             (model.config.kind == ModelKind::FixedArms).then_some(stored.arm_id.as_str());
-        metrics::decision_made(&model.config.name, arm_label, started.elapsed());
+        metrics::decision_made(name, arm_label, started.elapsed());
         Ok(stored)
     }
 
-    /// Joins a reward to its decision and queues the example for the learner.
+    /// Joins a reward to its decision, logs it, and answers once the log commit is durable
+    /// (under the configured durability); the log writer then hands the example to the
+    /// model's learner. Returns whether this was a retry of an accepted reward.
     ///
     /// # Errors
     /// Unknown model or decision (NOT_FOUND-class), a non-finite reward or regret
-    /// (INVALID_ARGUMENT-class), a conflicting reward, or a full learner queue.
-    pub fn report_reward(&self, req: ReportReward) -> Result<RewardOutcome, Error> {
+    /// (INVALID_ARGUMENT-class), a conflicting reward, a full log queue (RESOURCE_EXHAUSTED;
+    /// the decision stays open), or a failed commit.
+    pub async fn report_reward(&self, req: ReportReward) -> Result<RewardOutcome, Error> {
         let started = std::time::Instant::now();
         let model = self.model(&req.model)?;
         check_id(&self.limits, "decision_id", &req.decision_id, false)?;
@@ -287,30 +421,32 @@ impl Engine {
                 format!("{regret} is not a finite non-negative number"),
             ));
         }
+        let name = &model.config.name;
         let outcome = model
             .pending
             .record_reward(&req.decision_id, req.reward, |decision| {
-                let example = Example {
-                    input: decision.input.clone(),
-                    head: decision.head,
-                    reward: req.reward,
-                };
-                model.learner.submit(example).inspect_err(|e| {
-                    if matches!(e, Error::Overloaded(_)) {
-                        metrics::reward_dropped(&model.config.name);
-                    }
-                })
+                self.log
+                    .reward(name, decision, req.reward, req.regret)
+                    .inspect_err(|e| {
+                        if matches!(e, Error::Overloaded(_)) {
+                            metrics::reward_dropped(name);
+                        }
+                    })
             })?;
-        if outcome == RewardOutcome::Accepted {
-            model.rewards.fetch_add(1, Ordering::Relaxed);
-            metrics::reward_accepted(
-                &model.config.name,
-                req.reward,
-                req.regret,
-                started.elapsed(),
-            );
+        let RewardOutcome::Accepted(ack) = outcome else {
+            return Ok(RewardOutcome::Duplicate);
+        };
+        let committed = match ack.await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Unavailable("log writer stopped".into())),
+        };
+        if let Err(e) = committed {
+            model.pending.revert_reward(&req.decision_id, req.reward);
+            return Err(e);
         }
-        Ok(outcome)
+        model.rewards.fetch_add(1, Ordering::Relaxed);
+        metrics::reward_accepted(name, req.reward, req.regret, started.elapsed());
+        Ok(RewardOutcome::Accepted(()))
     }
 
     /// One model's configuration and counters.
@@ -338,24 +474,30 @@ impl Engine {
     }
 
     /// Closes the windows that have passed: trains on the default reward where one is
-    /// configured, else drops the decision; both are counted.
+    /// configured, else drops the decision; both are counted and logged.
     pub fn expire(&self, now: Instant) {
         for model in self.models.values() {
+            let name = &model.config.name;
             for expired in model.pending.expire(now) {
+                let id = &expired.decision.id;
                 if expired.rewarded {
+                    // Queue full: it is closed again after a restart; nothing is lost.
+                    let _ = self.log.close(name, id, Closed::Rewarded, None);
                     continue;
                 }
-                let defaulted = model.config.default_reward.is_some_and(|reward| {
-                    let example = Example {
-                        input: expired.decision.input.clone(),
-                        head: expired.decision.head,
-                        reward,
-                    };
-                    model.learner.submit(example).is_ok()
-                });
-                metrics::decision_expired(&model.config.name, defaulted);
+                let defaulted = match model.config.default_reward {
+                    Some(reward) => self
+                        .log
+                        .close(name, id, Closed::Defaulted, Some(reward))
+                        .is_ok(),
+                    None => {
+                        let _ = self.log.close(name, id, Closed::Dropped, None);
+                        false
+                    }
+                };
+                metrics::decision_expired(name, defaulted);
             }
-            metrics::pending_decisions(&model.config.name, model.pending.len());
+            metrics::pending_decisions(name, model.pending.len());
         }
     }
 

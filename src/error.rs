@@ -31,8 +31,8 @@ pub enum Error {
     /// A bounded queue is full; the caller may retry later.
     #[error("{0} is full; retry later")]
     Overloaded(&'static str),
-    /// The model's learner has stopped (shutting down).
-    #[error("model {0:?} is not accepting rewards (shutting down)")]
+    /// The service cannot take the call now (recovering at startup, or shutting down).
+    #[error("unavailable: {0}")]
     Unavailable(String),
     /// A numeric failure inside candle; details are logged, not sent to clients.
     #[error("internal error: {0}")]

@@ -35,6 +35,7 @@ pub mod proto;
 pub mod server;
 pub mod shutdown;
 pub mod sim;
+pub mod storage;
 
 pub use config::Config;
 pub use error::Error;

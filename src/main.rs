@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use anyhow::Context;
 use banditd::{Config, metrics, shutdown};
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
 #[cfg(feature = "mimalloc")]
@@ -28,9 +28,27 @@ struct Cli {
     /// Log format; the level comes from `RUST_LOG` (default `info`).
     #[arg(long, env = "BANDITD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Data directory: the decision/reward log and the checkpoints (overrides the file's
+    /// `storage.data_dir`; default `./data`).
+    #[arg(long, env = "BANDITD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
     /// Print the embedded default configuration as TOML and exit.
     #[arg(long)]
     print_default_config: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Write every logged decision, with its reward, as JSON lines to stdout (context,
+    /// candidates, chosen arm, scores, model version, timestamps), for offline analysis.
+    /// Reads the data directory of a stopped server (the log is locked while one runs).
+    Export {
+        /// Only these models (repeatable); default: every configured model.
+        #[arg(long)]
+        model: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -54,9 +72,13 @@ fn main() -> anyhow::Result<()> {
     }
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     match cli.log_format {
-        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_env_filter(filter)
+            .init(),
         LogFormat::Json => tracing_subscriber::fmt()
             .json()
+            .with_writer(std::io::stderr)
             .with_env_filter(filter)
             .init(),
     }
@@ -69,6 +91,17 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(addr) = cli.metrics_addr {
         config.server.metrics_addr = addr;
+    }
+    if let Some(dir) = cli.data_dir {
+        config.storage.data_dir = dir;
+    }
+    if let Some(Command::Export { model }) = cli.command {
+        let models = if model.is_empty() {
+            config.models.iter().map(|m| m.name.clone()).collect()
+        } else {
+            model
+        };
+        return export(&config, &models);
     }
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -84,4 +117,17 @@ fn main() -> anyhow::Result<()> {
             banditd::run(config, listener, shutdown::signal()).await?;
             Ok(())
         })
+}
+
+/// `banditd export`: the logged decisions as JSON lines.
+fn export(config: &Config, models: &[String]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let storage = banditd::storage::Storage::open(&config.storage)?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for row in storage.export(models)? {
+        serde_json::to_writer(&mut out, &row)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    Ok(())
 }

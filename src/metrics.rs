@@ -46,6 +46,10 @@ pub const PENDING_DECISIONS: &str = "banditd_pending_decisions";
 pub const DECISIONS_EXPIRED: &str = "banditd_decisions_expired_total";
 /// Decisions evicted before their window closed because the store was full, by model.
 pub const DECISIONS_EVICTED: &str = "banditd_decisions_evicted_total";
+/// Things recovery skipped at startup (torn or corrupt files, unreadable rows), by kind.
+pub const RECOVERY_SKIPPED: &str = "banditd_recovery_skipped_total";
+/// Decisions answered but not queued for the log (writer queue full), by model.
+pub const DECISIONS_UNLOGGED: &str = "banditd_decisions_unlogged_total";
 /// Version of the weights serving decisions, by model.
 pub const MODEL_VERSION: &str = "banditd_model_version";
 
@@ -142,6 +146,16 @@ pub fn describe() {
         Unit::Count,
         "Decisions evicted because the pending store was full."
     );
+    describe_counter!(
+        RECOVERY_SKIPPED,
+        Unit::Count,
+        "Torn or corrupt files and unreadable log rows skipped at startup, by kind."
+    );
+    describe_counter!(
+        DECISIONS_UNLOGGED,
+        Unit::Count,
+        "Decisions answered without being logged because the log writer queue was full."
+    );
     describe_gauge!(MODEL_VERSION, "Version of the weights serving decisions.");
 }
 
@@ -197,6 +211,20 @@ pub fn learner_progress(
 /// The learner fell behind and skipped `steps` steps.
 pub fn learner_steps_skipped(model: &str, steps: u64) {
     counter!(LEARNER_STEPS_SKIPPED, "model" => model.to_owned()).increment(steps);
+}
+
+/// Recovery skipped `count` things of `kind` (`log`, `log_row`, `checkpoint`).
+pub fn recovery_skipped(kind: &'static str, count: u64) {
+    counter!(RECOVERY_SKIPPED, "kind" => kind).increment(count);
+}
+
+/// A decision was answered but could not be queued for the log.
+pub fn decision_unlogged(model: &str) {
+    counter!(DECISIONS_UNLOGGED, "model" => model.to_owned()).increment(1);
+    tracing::warn!(
+        model,
+        "log writer queue full: decision answered without being logged"
+    );
 }
 
 /// New weights were published.

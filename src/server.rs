@@ -1,34 +1,103 @@
-//! The composition root: builds the engine and its learners, serves gRPC until the shutdown
-//! future completes, then drains and stops everything in order.
+//! The composition root: serves gRPC at once (health NOT_SERVING, calls UNAVAILABLE) while
+//! the engine recovers, then serves until the shutdown future completes, then drains and
+//! stops everything in order.
 
-use std::{future::Future, time::Duration};
+use std::{
+    future::Future,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::Mutex};
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::{config::Config, engine::Engine, error::Error, grpc};
 
 /// Serves `config`'s models on `listener` until `shutdown` completes.
 ///
+/// Startup: the listener serves health (NOT_SERVING) and answers calls with UNAVAILABLE
+/// while the engine recovers from the data directory; then health turns SERVING.
 /// Shutdown order: health goes NOT_SERVING, tonic drains in-flight calls (for at most
-/// `server.drain_timeout_ms`), the expiry sweep stops, and every learner trains on what it
-/// has queued, publishes and exits.
+/// `server.drain_timeout_ms`), the expiry sweep stops, the log writer commits what it has,
+/// and every learner trains on its queue, publishes and writes its final checkpoint.
 ///
 /// # Errors
-/// A model cannot be built or the transport fails.
+/// Recovery fails (the data directory cannot be opened, a checkpoint contradicts the
+/// configuration) or the transport fails.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    let (engine, learners) = Engine::start(&config)?;
-    let (router, health) = grpc::router(engine.clone()).await?;
+    let slot = Arc::new(OnceLock::new());
+    let (router, health) = grpc::router(Arc::clone(&slot)).await?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::Internal(format!("listener: {e}")))?;
+
+    // Set once shutdown has begun, under the lock, so recovery finishing late cannot flip
+    // health back to SERVING.
+    let stopping = Arc::new(Mutex::new(false));
+    let (abort_tx, abort_rx) = tokio::sync::oneshot::channel::<()>();
+    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+    let signal = {
+        let (health, stopping) = (health.clone(), Arc::clone(&stopping));
+        async move {
+            tokio::select! {
+                () = shutdown => {}
+                _ = abort_rx => {}
+            }
+            let mut stopping = stopping.lock().await;
+            *stopping = true;
+            grpc::set_health(&health, false).await;
+            let _ = drain_tx.send(());
+        }
+    };
+    let drain_timeout = Duration::from_millis(config.server.drain_timeout_ms);
+    let serve = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+    let server = tokio::spawn(async move {
+        tokio::select! {
+            result = serve => result.map_err(|e| Error::Internal(format!("transport: {e}"))),
+            () = async {
+                if drain_rx.await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+                tokio::time::sleep(drain_timeout).await;
+            } => {
+                tracing::warn!(?drain_timeout, "calls still open after the drain timeout: closing them");
+                Ok(())
+            }
+        }
+    });
+    tracing::info!(%addr, "listening; recovering models");
+
+    let models = config.models.len();
+    let started = tokio::task::spawn_blocking(move || Engine::start(&config)).await;
+    let (engine, background) = match started {
+        Ok(Ok(started)) => started,
+        Ok(Err(e)) => return abort(abort_tx, server, e).await,
+        Err(e) => {
+            return abort(
+                abort_tx,
+                server,
+                Error::Internal(format!("recovery panicked: {e}")),
+            )
+            .await;
+        }
+    };
+    let _ = slot.set(Arc::clone(&engine));
+    {
+        let stopping = stopping.lock().await;
+        if !*stopping {
+            grpc::set_health(&health, true).await;
+            tracing::info!(%addr, models, "serving");
+        }
+    }
 
     let sweep = {
-        let engine = engine.clone();
-        let period = engine.sweep_interval();
+        let engine = Arc::clone(&engine);
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(period);
+            let mut tick = tokio::time::interval(engine.sweep_interval());
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
@@ -37,36 +106,27 @@ pub async fn run(
         })
     };
 
-    let addr = listener
-        .local_addr()
-        .map_err(|e| Error::Internal(format!("listener: {e}")))?;
-    grpc::set_health(&health, true).await;
-    tracing::info!(%addr, models = config.models.len(), "serving");
-
-    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
-    let signal_health = health.clone();
-    let serve = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-        shutdown.await;
-        grpc::set_health(&signal_health, false).await;
-        let _ = drain_tx.send(());
-    });
-    let drain_timeout = Duration::from_millis(config.server.drain_timeout_ms);
-    let result = tokio::select! {
-        result = serve => result.map_err(|e| Error::Internal(format!("transport: {e}"))),
-        () = async {
-            if drain_rx.await.is_err() {
-                std::future::pending::<()>().await;
-            }
-            tokio::time::sleep(drain_timeout).await;
-        } => {
-            tracing::warn!(?drain_timeout, "calls still open after the drain timeout: closing them");
-            Ok(())
-        }
-    };
-    sweep.abort();
-    tokio::task::spawn_blocking(move || learners.shutdown())
+    let result = server
         .await
-        .map_err(|e| Error::Internal(format!("learner shutdown: {e}")))?;
+        .map_err(|e| Error::Internal(format!("server task: {e}")))
+        .and_then(|r| r);
+    sweep.abort();
+    let _ = sweep.await;
+    tokio::task::spawn_blocking(move || background.shutdown(&engine))
+        .await
+        .map_err(|e| Error::Internal(format!("background shutdown: {e}")))?;
     tracing::info!("stopped");
     result
+}
+
+/// Stops serving after a failed startup and returns the startup error.
+async fn abort(
+    abort_tx: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<Result<(), Error>>,
+    error: Error,
+) -> Result<(), Error> {
+    tracing::error!(%error, "startup failed");
+    let _ = abort_tx.send(());
+    let _ = server.await;
+    Err(error)
 }

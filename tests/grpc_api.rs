@@ -541,22 +541,27 @@ async fn pending_store_is_bounded() {
     server.stop().await.unwrap();
 }
 
-/// A full learner queue refuses rewards with RESOURCE_EXHAUSTED and the decision stays open
-/// for a retry. (A queue of 1 and a slow learner: many updates per reward.)
-#[tokio::test]
-async fn full_learner_queue_fails_fast() {
+/// When the learner cannot keep up, backpressure reaches the client: the learner queue
+/// fills, the log writer waits on it, the writer queue fills, and further rewards are refused
+/// at once with RESOURCE_EXHAUSTED; the refused decisions stay open for a retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backpressure_fails_fast() {
     let mut config = test_config();
+    config.storage.writer_queue_capacity = 1;
     let mut model = short_window_model("slow", None);
     model.reward_window_seconds = 3600.0;
     model.learner_queue_capacity = 1;
-    model.updates_per_reward = 2_000;
+    // Each reward buys 1000 steps (tens of ms at least) and none are skipped, so 40
+    // concurrent reports (sent within a few ms) cannot all fit in queues of one. A small
+    // network keeps the worst case (every report accepted) to a few seconds of training.
+    model.updates_per_reward = 1000;
     model.max_step_backlog = usize::MAX;
-    model.hidden_layers = vec![128, 128];
+    model.hidden_layers = vec![32];
     config.models = vec![model];
     let server = TestServer::start(config).await;
     let mut client = server.client().await;
     let mut ids = Vec::new();
-    for _ in 0..20 {
+    for _ in 0..40 {
         ids.push(
             client
                 .choose_arm(fixed("slow", vec![0.0, 1.0]))
@@ -566,23 +571,30 @@ async fn full_learner_queue_fails_fast() {
                 .decision_id,
         );
     }
+    let tasks: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let (mut client, id) = (client.clone(), id.clone());
+            tokio::spawn(async move {
+                (
+                    id.clone(),
+                    client.report_reward(reward("slow", &id, 1.0)).await,
+                )
+            })
+        })
+        .collect();
     let mut refused = Vec::new();
-    for id in &ids {
-        match client.report_reward(reward("slow", id, 1.0)).await {
-            Ok(_) => {}
-            Err(status) => {
+    let mut accepted = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            (_, Ok(_)) => accepted += 1,
+            (id, Err(status)) => {
                 assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
-                assert!(
-                    status.message().contains("learner queue"),
-                    "{}",
-                    status.message()
-                );
-                refused.push(id.clone());
+                assert!(status.message().contains("queue"), "{}", status.message());
+                refused.push(id);
             }
         }
     }
-    // Each reward buys 2000 steps of a 128-wide network (tens of ms or more); 20 reports in a
-    // row cannot all fit in a queue of one.
     assert!(!refused.is_empty(), "no report was refused");
     let info = client
         .get_model(GetModelRequest {
@@ -591,7 +603,15 @@ async fn full_learner_queue_fails_fast() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(info.rewards as usize, ids.len() - refused.len());
+    assert_eq!(info.rewards, accepted);
+    // A refused decision is still open: the retry is not NOT_FOUND or ALREADY_EXISTS.
+    let retry = client.report_reward(reward("slow", &refused[0], 1.0)).await;
+    assert!(
+        retry
+            .as_ref()
+            .map_or_else(|s| s.code() == Code::ResourceExhausted, |_| true),
+        "{retry:?}"
+    );
     server.stop().await.unwrap();
 }
 

@@ -4,7 +4,7 @@
 mod convert;
 mod service;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tonic::transport::{Server, server::Router};
 use tonic_health::server::HealthReporter;
@@ -16,11 +16,12 @@ use crate::{engine::Engine, error::Error, proto};
 /// The full name of the bandit service, as health checks name it.
 pub const SERVICE_NAME: &str = "banditd.v1.BanditService";
 
-/// Builds the router and the health reporter (every service starts NOT_SERVING).
+/// Builds the router and the health reporter (every service starts NOT_SERVING). The bandit
+/// service answers UNAVAILABLE until `engine` is set.
 ///
 /// # Errors
 /// The reflection descriptor cannot be decoded (a build problem).
-pub async fn router(engine: Arc<Engine>) -> Result<(Router, HealthReporter), Error> {
+pub async fn router(engine: Arc<OnceLock<Arc<Engine>>>) -> Result<(Router, HealthReporter), Error> {
     let (reporter, health) = tonic_health::server::health_reporter();
     set_health(&reporter, false).await;
     // Both reflection versions: grpcurl asks for v1, older clients (ghz) for v1alpha.

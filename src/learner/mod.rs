@@ -9,6 +9,7 @@ mod replay;
 mod trainer;
 
 use std::{
+    path::PathBuf,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -23,7 +24,13 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 pub use replay::{Example, Replay};
 pub use trainer::Trainer;
 
-use crate::{config::ModelConfig, error::Error, metrics, model::Snapshot};
+use crate::{
+    config::ModelConfig,
+    error::Error,
+    metrics,
+    model::Snapshot,
+    storage::checkpoint::{self, Checkpoint},
+};
 
 /// Counters the learner keeps, readable from any thread.
 #[derive(Debug, Default)]
@@ -40,8 +47,11 @@ struct Shared {
     /// Written only by the learner thread (and once at start); read by every decision.
     snapshot: ArcSwap<Snapshot>,
     stats: LearnerStats,
-    /// Set by [`Learner::shutdown`]: finish the queued work, publish, exit.
+    /// Set by [`Learner::shutdown`]: finish the queued work, publish, checkpoint, exit.
     stop: AtomicBool,
+    /// Log position covered by the newest checkpoint (`u64::MAX`: none yet).
+    checkpoint_seq: AtomicU64,
+    replay_capacity: usize,
 }
 
 /// The cheap, cloneable side of a learner: what request handlers hold.
@@ -71,6 +81,29 @@ impl LearnerHandle {
         }
     }
 
+    /// Hands a committed example to the learner, waiting while its queue is full (the
+    /// learner drains its queue between short training slices, so the wait is bounded by
+    /// one slice). Only the log writer calls this. Dropped (and logged) if the learner has
+    /// stopped: the example is in the log and is trained on after a restart.
+    pub fn send(&self, example: Example) {
+        if self.tx.send(example).is_err() {
+            tracing::warn!("learner stopped: a logged example waits for the next start");
+        }
+    }
+
+    /// The log position the newest checkpoint covers, if any.
+    pub fn checkpoint_seq(&self) -> Option<u64> {
+        match self.shared.checkpoint_seq.load(Ordering::Acquire) {
+            u64::MAX => None,
+            seq => Some(seq),
+        }
+    }
+
+    /// The replay buffer's capacity.
+    pub fn replay_capacity(&self) -> usize {
+        self.shared.replay_capacity
+    }
+
     /// Counters (examples taken, steps).
     pub fn stats(&self) -> &LearnerStats {
         &self.shared.stats
@@ -91,18 +124,60 @@ pub struct Learner {
 }
 
 impl Learner {
-    /// Builds the model's network from its seed and starts its learner thread.
+    /// Builds the model's network from its seed and starts its learner thread, with no
+    /// persistence (tests, benchmarks).
     ///
     /// # Errors
     /// The network cannot be built or the thread cannot be spawned.
     pub fn start(config: &ModelConfig) -> Result<Self, Error> {
-        let trainer = Trainer::new(config)?;
-        let snapshot = trainer.snapshot(0)?;
+        Self::resume(config, Resume::default())
+    }
+
+    /// Starts the learner from `resume`: the newest checkpoint (if any), then the logged
+    /// examples: those the checkpoint covers go back into replay, the later ones are
+    /// trained on as new (at most `max_step_backlog` steps before serving starts).
+    ///
+    /// # Errors
+    /// The network cannot be built, the checkpoint does not fit it, or the thread cannot be
+    /// spawned.
+    pub fn resume(config: &ModelConfig, resume: Resume) -> Result<Self, Error> {
+        let mut trainer = Trainer::new(config)?;
+        let checkpoint_version = match &resume.checkpoint {
+            Some(ck) => {
+                trainer.restore(ck)?;
+                Some(ck.meta.version)
+            }
+            None => None,
+        };
+        let covered = resume.checkpoint.as_ref().map(|ck| ck.meta.last_seq);
+        let mut owed = 0usize;
+        for example in resume.examples {
+            if covered.is_some_and(|c| example.seq <= c) {
+                trainer.push_replay(example);
+            } else {
+                owed += trainer.add(example);
+            }
+        }
+        let trained = owed > 0;
+        trainer.train(owed.min(config.max_step_backlog))?;
+        // Versions never go backwards: past the checkpoint's and every version that served a
+        // logged decision; a new number whenever the weights may differ from both.
+        let base = checkpoint_version
+            .unwrap_or(0)
+            .max(resume.max_served_version);
+        let version = if trained || resume.max_served_version > checkpoint_version.unwrap_or(0) {
+            base + 1
+        } else {
+            base
+        };
+        let snapshot = trainer.snapshot(version)?;
         let (tx, rx) = crossbeam_channel::bounded(config.learner_queue_capacity);
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             stats: LearnerStats::default(),
             stop: AtomicBool::new(false),
+            checkpoint_seq: AtomicU64::new(covered.unwrap_or(u64::MAX)),
+            replay_capacity: config.replay_capacity,
         });
         let worker = Worker {
             model: config.name.clone(),
@@ -112,7 +187,14 @@ impl Learner {
             max_step_backlog: config.max_step_backlog,
             rx,
             shared: Arc::clone(&shared),
-            version: 0,
+            version,
+            dirty: false,
+            checkpoints: resume.data_dir.map(|dir| Checkpoints {
+                data_dir: dir,
+                interval: Duration::from_secs(resume.checkpoint_interval_secs.max(1)),
+                last: Instant::now(),
+                last_version: checkpoint_version,
+            }),
         };
         let thread = std::thread::Builder::new()
             .name(format!("learner-{}", config.name))
@@ -146,6 +228,30 @@ impl Drop for Learner {
     }
 }
 
+/// Where a learner resumes from (see [`Learner::resume`]); the default is a fresh start
+/// without persistence.
+#[derive(Debug, Default)]
+pub struct Resume {
+    /// The newest usable checkpoint.
+    pub checkpoint: Option<Checkpoint>,
+    /// Logged examples in sequence order (see `storage::ModelRecovery::examples`).
+    pub examples: Vec<Example>,
+    /// The highest version that served a logged decision.
+    pub max_served_version: u64,
+    /// Where to write checkpoints; none = never.
+    pub data_dir: Option<PathBuf>,
+    /// How often to write them.
+    pub checkpoint_interval_secs: u64,
+}
+
+/// Checkpoint bookkeeping of a learner with a data directory.
+struct Checkpoints {
+    data_dir: PathBuf,
+    interval: Duration,
+    last: Instant,
+    last_version: Option<u64>,
+}
+
 /// The learner thread's state: a [`Trainer`] plus the queue and publishing cadence.
 struct Worker {
     model: String,
@@ -156,6 +262,9 @@ struct Worker {
     rx: Receiver<Example>,
     shared: Arc<Shared>,
     version: u64,
+    /// Trained since the last publish.
+    dirty: bool,
+    checkpoints: Option<Checkpoints>,
 }
 
 /// Most examples taken off the queue before training on them, so that a burst is folded into
@@ -214,6 +323,7 @@ impl Worker {
                 }
                 owed -= slice;
                 since_publish += slice;
+                self.dirty = true;
             }
             let idle = owed == 0 && self.rx.is_empty();
             if since_publish > 0
@@ -234,7 +344,19 @@ impl Worker {
             if stopping && idle {
                 break;
             }
+            if let Some(ck) = &self.checkpoints
+                && ck.last.elapsed() >= ck.interval
+            {
+                self.checkpoint();
+            }
         }
+        // Publish what the last slices trained, then the final checkpoint.
+        if self.dirty
+            && let Err(e) = self.publish()
+        {
+            tracing::error!(model = %self.model, error = %e, "publishing weights failed");
+        }
+        self.checkpoint();
         tracing::debug!(model = %self.model, version = self.version, "learner stopped");
     }
 
@@ -244,9 +366,38 @@ impl Worker {
         self.trainer.add(example)
     }
 
+    /// Writes a checkpoint of the published version if it is newer than the last one.
+    fn checkpoint(&mut self) {
+        let Some(ck) = &mut self.checkpoints else {
+            return;
+        };
+        ck.last = Instant::now();
+        if ck.last_version == Some(self.version) {
+            return;
+        }
+        let result = self
+            .trainer
+            .checkpoint(self.version)
+            .and_then(|(tensors, meta)| {
+                let seq = meta.last_seq;
+                checkpoint::save(&ck.data_dir, &self.model, &tensors, meta).map(|()| seq)
+            });
+        match result {
+            Ok(seq) => {
+                ck.last_version = Some(self.version);
+                if self.trainer.last_seq().is_some() {
+                    self.shared.checkpoint_seq.store(seq, Ordering::Release);
+                }
+                tracing::debug!(model = %self.model, version = self.version, "checkpoint written");
+            }
+            Err(e) => tracing::error!(model = %self.model, error = %e, "checkpoint failed"),
+        }
+    }
+
     /// Copies the weights into a new snapshot and swaps it in for serving.
     fn publish(&mut self) -> Result<(), Error> {
         self.version += 1;
+        self.dirty = false;
         let snapshot = self.trainer.snapshot(self.version)?;
         self.shared.snapshot.store(Arc::new(snapshot));
         metrics::model_published(&self.model, self.version);
@@ -301,6 +452,7 @@ mod tests {
                     input: vec![x, 1.0 - x],
                     head: i % 2,
                     reward: f64::from(x),
+                    seq: u64::from(i),
                 })
                 .unwrap();
         }
@@ -351,6 +503,7 @@ mod tests {
                     input: vec![x, 1.0],
                     head,
                     reward,
+                    seq: u64::from(i),
                 })
                 .unwrap();
         }
@@ -398,6 +551,7 @@ mod tests {
             input: vec![0.0, 0.0],
             head: 0,
             reward: 1.0,
+            seq: 0,
         };
         handle.submit(ex.clone()).unwrap();
         assert!(matches!(handle.submit(ex), Err(Error::Overloaded(_))));

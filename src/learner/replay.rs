@@ -12,6 +12,8 @@ pub struct Example {
     pub head: u32,
     /// The observed reward, unstandardised.
     pub reward: f64,
+    /// Its sequence number in the model's example log.
+    pub seq: u64,
 }
 
 /// A ring buffer of examples.
@@ -76,6 +78,7 @@ mod tests {
             input: vec![r as f32],
             head: 0,
             reward: r,
+            seq: 0,
         }
     }
 

@@ -12,6 +12,7 @@ use crate::{
     config::{ModelConfig, OptimizerKind},
     error::Error,
     model::{NetShape, Snapshot, TrainableNet, matrix},
+    storage::checkpoint::{Checkpoint, CheckpointMeta},
 };
 
 /// Online mean and variance (Welford), for standardising rewards so that reward scales of
@@ -60,6 +61,10 @@ pub struct Trainer {
     replay: Replay,
     rewards: RunningStats,
     rng: Xoshiro256PlusPlus,
+    /// Sequence number of the last example added.
+    last_seq: Option<u64>,
+    /// Steps over the model's life (restored from checkpoints).
+    steps: u64,
 }
 
 impl Trainer {
@@ -97,13 +102,74 @@ impl Trainer {
             rewards: RunningStats::default(),
             // The decision path seeds from `seed`; a different stream for training.
             rng: Xoshiro256PlusPlus::seed_from_u64(config.seed ^ 0x5eed_1ea7_0000_0001),
+            last_seq: None,
+            steps: 0,
         })
+    }
+
+    /// Layer widths, input first: what a checkpoint must match.
+    pub fn widths(&self) -> Vec<usize> {
+        let shape = self.net.shape();
+        std::iter::once(shape.input_dim)
+            .chain(shape.hidden.iter().copied())
+            .chain([shape.output_dim])
+            .collect()
+    }
+
+    /// Restores weights, reward statistics, step count and log position from a checkpoint.
+    ///
+    /// # Errors
+    /// The checkpoint's tensors do not fit the network.
+    pub fn restore(&mut self, checkpoint: &Checkpoint) -> Result<(), Error> {
+        self.net.load_named(&checkpoint.tensors)?;
+        let meta = &checkpoint.meta;
+        self.rewards = RunningStats {
+            n: meta.reward_n,
+            mean: meta.reward_mean,
+            m2: meta.reward_m2,
+        };
+        self.steps = meta.steps;
+        self.last_seq = Some(meta.last_seq);
+        Ok(())
+    }
+
+    /// Puts an already-counted example (one a checkpoint covers) back into replay only.
+    pub fn push_replay(&mut self, example: Example) {
+        self.replay.push(example);
+    }
+
+    /// The sequence number of the last example added, if any.
+    pub fn last_seq(&self) -> Option<u64> {
+        self.last_seq
+    }
+
+    /// The weights by name and the metadata of a checkpoint at `version`.
+    ///
+    /// # Errors
+    /// candle cannot copy a tensor.
+    pub fn checkpoint(
+        &self,
+        version: u64,
+    ) -> Result<(std::collections::HashMap<String, Tensor>, CheckpointMeta), Error> {
+        let meta = CheckpointMeta {
+            version,
+            widths: self.widths(),
+            last_seq: self.last_seq.unwrap_or(0),
+            reward_n: self.rewards.n,
+            reward_mean: self.rewards.mean,
+            reward_m2: self.rewards.m2,
+            steps: self.steps,
+            created_ms: crate::storage::now_ms(),
+            weights_checksum: 0,
+        };
+        Ok((self.net.named_tensors()?, meta))
     }
 
     /// Folds one example into the replay buffer and the reward statistics; returns the
     /// number of steps it buys (`updates_per_reward`).
     pub fn add(&mut self, example: Example) -> usize {
         self.rewards.push(example.reward);
+        self.last_seq = Some(self.last_seq.map_or(example.seq, |s| s.max(example.seq)));
         self.replay.push(example);
         self.updates_per_reward
     }
@@ -170,6 +236,7 @@ impl Trainer {
                 }
             }
         }
+        self.steps += 1;
         Ok(f64::from(loss.to_dtype(DType::F32)?.to_scalar::<f32>()?))
     }
 

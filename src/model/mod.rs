@@ -153,6 +153,46 @@ impl TrainableNet {
         forward(&layers, xs, masks)
     }
 
+    /// Copies of the variables by name (`l{i}.weight`, `l{i}.bias`), for checkpoints.
+    ///
+    /// # Errors
+    /// candle cannot copy a tensor.
+    pub fn named_tensors(&self) -> Result<std::collections::HashMap<String, Tensor>> {
+        let mut out = std::collections::HashMap::new();
+        for (l, (w, b)) in self.layers.iter().enumerate() {
+            out.insert(format!("l{l}.weight"), w.as_tensor().copy()?);
+            out.insert(format!("l{l}.bias"), b.as_tensor().copy()?);
+        }
+        Ok(out)
+    }
+
+    /// Overwrites the variables from `tensors` (as made by [`TrainableNet::named_tensors`]).
+    ///
+    /// # Errors
+    /// A tensor is missing or has another shape; nothing is changed then.
+    pub fn load_named(&self, tensors: &std::collections::HashMap<String, Tensor>) -> Result<()> {
+        let mut pairs = Vec::new();
+        for (l, (w, b)) in self.layers.iter().enumerate() {
+            for (name, var) in [(format!("l{l}.weight"), w), (format!("l{l}.bias"), b)] {
+                let t = tensors
+                    .get(&name)
+                    .ok_or_else(|| candle_core::Error::Msg(format!("checkpoint lacks {name}")))?;
+                if t.dims() != var.dims() {
+                    return Err(candle_core::Error::Msg(format!(
+                        "{name}: checkpoint shape {:?}, network {:?}",
+                        t.dims(),
+                        var.dims()
+                    )));
+                }
+                pairs.push((var, t.to_dtype(DTYPE)?));
+            }
+        }
+        for (var, t) in pairs {
+            var.set(&t)?;
+        }
+        Ok(())
+    }
+
     /// A deep copy of the current weights. `Tensor::clone` would share storage with the
     /// `Var`s, which the optimizer overwrites in place; `copy` gives the reader its own.
     ///

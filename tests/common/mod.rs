@@ -1,33 +1,56 @@
-//! A real banditd on 127.0.0.1 port 0, stopped by a oneshot.
+//! A real banditd on 127.0.0.1 port 0 with its own temporary data directory, stopped by a
+//! oneshot.
 
 #![allow(dead_code, unreachable_pub)]
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, path::Path, time::Duration};
 
 use banditd::{
     Config, Error,
+    config::DurabilityMode,
     proto::{
         Arm, ChooseArmRequest, ReportRewardRequest, bandit_service_client::BanditServiceClient,
     },
 };
 use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::transport::Channel;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
 
 pub struct TestServer {
     pub addr: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
     handle: JoinHandle<Result<(), Error>>,
+    /// The data directory, removed when the server is dropped (unless the test gave its own).
+    _data: Option<tempfile::TempDir>,
 }
 
-/// The embedded default with a short drain timeout, as tests want.
+/// The embedded default with a short drain timeout and periodic durability (no fsync per
+/// reward: tests that are not about durability should not wait for the disk).
 pub fn test_config() -> Config {
     let mut config = Config::embedded_default();
     config.server.drain_timeout_ms = 1_000;
+    config.storage.durability = DurabilityMode::Periodic;
     config
 }
 
 impl TestServer {
+    /// Starts a server and waits until it is ready; a config still pointing at the default
+    /// `data` directory gets a fresh temporary one instead.
     pub async fn start(config: Config) -> Self {
+        let server = Self::spawn(config).await;
+        server.wait_ready().await;
+        server
+    }
+
+    /// Starts a server without waiting for recovery.
+    pub async fn spawn(mut config: Config) -> Self {
+        let data = (config.storage.data_dir == Path::new("data")).then(|| {
+            let dir = tempfile::tempdir().unwrap();
+            config.storage.data_dir = dir.path().to_owned();
+            dir
+        });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
@@ -38,7 +61,32 @@ impl TestServer {
             addr,
             shutdown: Some(tx),
             handle,
+            _data: data,
         }
+    }
+
+    /// Waits (at most 30 s) until recovery is done and health says SERVING.
+    pub async fn wait_ready(&self) {
+        let channel = Channel::from_shared(self.url())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut health = HealthClient::new(channel);
+        for _ in 0..3000 {
+            let status = health
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            if status.status() == ServingStatus::Serving {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("server not ready after 30 s");
     }
 
     pub fn url(&self) -> String {
@@ -52,10 +100,8 @@ impl TestServer {
 
     /// Sends the shutdown signal and waits for `run` to return.
     pub async fn stop(mut self) -> Result<(), Error> {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        self.handle.await.unwrap()
+        self.signal_shutdown();
+        self.join().await
     }
 
     pub fn signal_shutdown(&mut self) {
@@ -64,8 +110,8 @@ impl TestServer {
         }
     }
 
-    pub async fn join(self) -> Result<(), Error> {
-        self.handle.await.unwrap()
+    pub async fn join(mut self) -> Result<(), Error> {
+        (&mut self.handle).await.unwrap()
     }
 }
 

@@ -1,0 +1,65 @@
+//! A no-op gRPC server implementing banditd's proto: the transport ceiling.
+//!
+//! `ChooseArm` returns the first candidate (the first configured arm when a fixed-arm
+//! request names none) with a counter as decision id, `ReportReward` returns OK, and
+//! `GetModel` / `ListModels` describe the models of the configuration (the embedded default
+//! unless `--config`), so `banditd-loadgen` can run the same load against it as against
+//! banditd and report banditd's throughput as a ratio to it:
+//!
+//! ```sh
+//! cargo run --release --example noop_server &                 # 127.0.0.1:50052
+//! cargo run --release &                                       # banditd on 127.0.0.1:50051
+//! cargo run --release --bin banditd-loadgen -- grpc --workers 64 --connections 4 \
+//!     --duration 10s --baseline http://127.0.0.1:50052
+//! ```
+//!
+//! (`--baseline builtin` starts the same service inside the load generator instead.)
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use anyhow::Context;
+use banditd::{Config, harness::NoopService};
+use clap::Parser;
+
+/// A gRPC server with banditd's API that does no work.
+#[derive(Debug, Parser)]
+struct Cli {
+    /// Listen address.
+    #[arg(long, default_value = "127.0.0.1:50052")]
+    addr: SocketAddr,
+    /// A banditd configuration whose models to describe (default: the embedded default).
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config = match &cli.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::embedded_default(),
+    };
+    let listener = tokio::net::TcpListener::bind(cli.addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", cli.addr))?;
+    eprintln!(
+        "no-op banditd API on {} (models: {})",
+        listener.local_addr()?,
+        config
+            .models
+            .iter()
+            .map(|m| m.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    tonic::transport::Server::builder()
+        .add_service(NoopService::new(&config).into_server())
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            async {
+                let _ = tokio::signal::ctrl_c().await;
+            },
+        )
+        .await?;
+    Ok(())
+}
