@@ -183,6 +183,13 @@ impl Engine {
                 pending = recovery.pending.len(),
                 "recovered"
             );
+            // Example sequence numbers start at 1 and never fall back to what the checkpoint
+            // covers: a checkpoint taken before any example records `last_seq` 0, and a log
+            // moved aside as corrupt restarts empty; an example numbered at or below the
+            // checkpoint's `last_seq` would be taken for already trained by the next recovery.
+            let first_seq = recovery
+                .next_seq
+                .max(ck.as_ref().map_or(1, |c| c.meta.last_seq.saturating_add(1)));
             let learner = Learner::resume(
                 model,
                 Resume {
@@ -206,7 +213,7 @@ impl Engine {
                 .map(|(i, a)| (a.clone(), i))
                 .collect();
             handles.insert(model.name.clone(), learner.handle());
-            next_seq.insert(model.name.clone(), recovery.next_seq);
+            next_seq.insert(model.name.clone(), first_seq);
             models.insert(
                 model.name.clone(),
                 ModelRuntime {

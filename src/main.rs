@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, path::PathBuf};
 
 use anyhow::Context;
-use banditd::{Config, metrics, shutdown};
+use banditd::{Config, config::Secret, metrics, shutdown};
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
@@ -17,7 +17,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     /// Model configuration (TOML). Without it, the embedded default runs: models `wheel`
     /// (fixed arms "0".."4", 2-d context) and `items` (per-arm features, 8-d context and items).
-    #[arg(long, env = "BANDITD_CONFIG")]
+    #[arg(long, env = "BANDITD_CONFIG", global = true)]
     config: Option<PathBuf>,
     /// gRPC listen address (overrides the file's `server.grpc_addr`).
     #[arg(long, env = "BANDITD_GRPC_ADDR")]
@@ -30,7 +30,7 @@ struct Cli {
     log_format: LogFormat,
     /// Data directory: the decision/reward log and the checkpoints (overrides the file's
     /// `storage.data_dir`; default `./data`).
-    #[arg(long, env = "BANDITD_DATA_DIR")]
+    #[arg(long, env = "BANDITD_DATA_DIR", global = true)]
     data_dir: Option<PathBuf>,
     /// Print the embedded default configuration as TOML and exit.
     #[arg(long)]
@@ -95,6 +95,18 @@ fn main() -> anyhow::Result<()> {
     if let Some(dir) = cli.data_dir {
         config.storage.data_dir = dir;
     }
+    // Tokens come from the environment only (never the command line, which `ps` shows).
+    let tokens = |name: &str| -> Vec<Secret> {
+        std::env::var(name)
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(|t| Secret(t.to_owned()))
+            .collect()
+    };
+    config.auth.tokens = tokens("BANDITD_TOKENS");
+    config.auth.admin_tokens = tokens("BANDITD_ADMIN_TOKENS");
     if let Some(Command::Export { model }) = cli.command {
         let models = if model.is_empty() {
             config.models.iter().map(|m| m.name.clone()).collect()

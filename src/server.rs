@@ -30,7 +30,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let slot = Arc::new(OnceLock::new());
-    let (router, health) = grpc::router(Arc::clone(&slot)).await?;
+    let (router, health) = grpc::router(Arc::clone(&slot), &config).await?;
     let addr = listener
         .local_addr()
         .map_err(|e| Error::Internal(format!("listener: {e}")))?;

@@ -4,6 +4,7 @@
 //! breaks the build here, where it must be handled.
 
 use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::{
     config::{ModelConfig, ModelKind as ConfigKind},
@@ -140,7 +141,12 @@ impl From<Error> for Status {
     fn from(e: Error) -> Self {
         let message = e.to_string();
         match e {
-            Error::InvalidArgument { .. } => Status::invalid_argument(message),
+            // The field path also goes out machine-readable, as a google.rpc.BadRequest.
+            Error::InvalidArgument { field, detail } => Status::with_error_details(
+                Code::InvalidArgument,
+                message,
+                ErrorDetails::with_bad_request_violation(field, detail),
+            ),
             Error::ModelNotFound(_) | Error::DecisionNotFound(_) => Status::not_found(message),
             Error::RewardConflict { .. } => Status::already_exists(message),
             Error::Overloaded(_) => Status::resource_exhausted(message),
@@ -204,5 +210,16 @@ mod tests {
             assert_eq!(status.code(), code);
             assert!(!status.message().contains("secret"));
         }
+        // INVALID_ARGUMENT carries the field path as a BadRequest violation.
+        let status = Status::from(Error::invalid(
+            "candidates[2].features",
+            "expected 8 values, got 3",
+        ));
+        let violations = status
+            .get_details_bad_request()
+            .expect("bad request details")
+            .field_violations;
+        assert_eq!(violations[0].field, "candidates[2].features");
+        assert_eq!(violations[0].description, "expected 8 values, got 3");
     }
 }

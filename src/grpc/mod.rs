@@ -1,27 +1,41 @@
 //! The gRPC transport: the only module that knows tonic and the generated code. It assembles
 //! the router (the bandit service, `grpc.health.v1`, server reflection).
 
+mod auth;
 mod convert;
 mod service;
 
-use std::sync::{Arc, OnceLock};
+use std::{
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
-use tonic::transport::{Server, server::Router};
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig, server::Router};
 use tonic_health::server::HealthReporter;
 
 pub use service::BanditGrpc;
 
-use crate::{engine::Engine, error::Error, proto};
+use crate::{
+    config::{Config, TlsConfig},
+    engine::Engine,
+    error::Error,
+    proto,
+};
+
+pub use auth::{Role, Tokens};
 
 /// The full name of the bandit service, as health checks name it.
 pub const SERVICE_NAME: &str = "banditd.v1.BanditService";
 
-/// Builds the router and the health reporter (every service starts NOT_SERVING). The bandit
-/// service answers UNAVAILABLE until `engine` is set.
+/// Builds the router (limits, keepalive, TLS) and the health reporter (every service starts
+/// NOT_SERVING). The bandit service answers UNAVAILABLE until `engine` is set.
 ///
 /// # Errors
-/// The reflection descriptor cannot be decoded (a build problem).
-pub async fn router(engine: Arc<OnceLock<Arc<Engine>>>) -> Result<(Router, HealthReporter), Error> {
+/// A token or TLS file cannot be read or is invalid.
+pub async fn router(
+    engine: Arc<OnceLock<Arc<Engine>>>,
+    config: &Config,
+) -> Result<(Router, HealthReporter), Error> {
     let (reporter, health) = tonic_health::server::health_reporter();
     set_health(&reporter, false).await;
     // Both reflection versions: grpcurl asks for v1, older clients (ghz) for v1alpha.
@@ -34,13 +48,54 @@ pub async fn router(engine: Arc<OnceLock<Arc<Engine>>>) -> Result<(Router, Healt
         |e: tonic_reflection::server::Error| Error::Internal(format!("reflection: {e}"));
     let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
     let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
-    let bandit = proto::bandit_service_server::BanditServiceServer::new(BanditGrpc::new(engine));
-    let router = Server::builder()
+    let server = &config.server;
+    let tokens = Tokens::load(&config.auth)?;
+    if !tokens.enabled() {
+        tracing::info!("no tokens configured: calls are not authenticated");
+    }
+    let bandit = proto::bandit_service_server::BanditServiceServer::new(BanditGrpc::new(
+        engine,
+        tokens,
+        server.max_in_flight,
+    ))
+    .max_decoding_message_size(server.max_message_bytes);
+    let secs = |s: u64| (s > 0).then(|| Duration::from_secs(s));
+    let mut builder = Server::builder()
+        .concurrency_limit_per_connection(server.max_in_flight_per_connection)
+        .load_shed(true)
+        .timeout(Duration::from_millis(server.request_timeout_ms))
+        .http2_keepalive_interval(secs(server.keepalive_interval_secs))
+        .http2_keepalive_timeout(secs(server.keepalive_timeout_secs));
+    if let Some(age) = secs(server.max_connection_age_secs) {
+        builder = builder.max_connection_age(age);
+    }
+    if let Some(tls) = tls_config(&config.tls)? {
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| Error::Internal(format!("tls: {e}")))?;
+    }
+    let router = builder
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(bandit);
     Ok((router, reporter))
+}
+
+/// The rustls configuration from PEM files, if TLS is configured.
+fn tls_config(tls: &TlsConfig) -> Result<Option<ServerTlsConfig>, Error> {
+    let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) else {
+        return Ok(None);
+    };
+    let read = |path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|e| Error::Internal(format!("tls: cannot read {}: {e}", path.display())))
+    };
+    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
+    if let Some(ca) = &tls.client_ca_file {
+        config = config.client_ca_root(Certificate::from_pem(read(ca)?));
+    }
+    Ok(Some(config))
 }
 
 /// Sets the overall status ("") and the bandit service's status.

@@ -1,4 +1,5 @@
-//! `impl BanditService`: each handler converts the request, calls the engine, converts back.
+//! `impl BanditService`: each handler admits the call (token, in-flight limit), converts the
+//! request, calls the engine, converts back.
 //!
 //! Decisions run inline on the tokio worker: one batch-1 forward pass is a few microseconds
 //! with one thread, less than handing work to `spawn_blocking` costs (see README.md
@@ -6,9 +7,13 @@
 
 use std::sync::{Arc, OnceLock};
 
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tonic::{Request, Response, Status};
 
-use super::convert::code_name;
+use super::{
+    auth::{Role, Tokens},
+    convert::code_name,
+};
 use crate::{
     decisions::RewardOutcome,
     engine::Engine,
@@ -23,19 +28,40 @@ use crate::{
 pub struct BanditGrpc {
     /// Set once by `server::run` when recovery is done; read by every call.
     engine: Arc<OnceLock<Arc<Engine>>>,
+    tokens: Arc<Tokens>,
+    /// One permit per bandit call in flight, across connections; none left = shed.
+    in_flight: Arc<Semaphore>,
 }
 
 impl BanditGrpc {
-    /// Serves the engine `slot` will hold.
-    pub fn new(engine: Arc<OnceLock<Arc<Engine>>>) -> Self {
-        Self { engine }
+    /// Serves the engine `engine` will hold, with at most `max_in_flight` calls at once.
+    pub fn new(engine: Arc<OnceLock<Arc<Engine>>>, tokens: Tokens, max_in_flight: usize) -> Self {
+        Self {
+            engine,
+            tokens: Arc::new(tokens),
+            in_flight: Arc::new(Semaphore::new(max_in_flight)),
+        }
     }
 
-    fn engine(&self, method: &'static str) -> Result<&Engine, Status> {
-        self.engine
-            .get()
-            .map(AsRef::as_ref)
-            .ok_or_else(|| failed(method)(Error::Unavailable("recovering at startup".into())))
+    /// Authenticates, takes an in-flight permit (or sheds the call), and returns the engine.
+    fn admit<T>(
+        &self,
+        method: &'static str,
+        role: Role,
+        request: &Request<T>,
+    ) -> Result<(&Engine, SemaphorePermit<'_>), Status> {
+        self.tokens
+            .check(request, role)
+            .inspect_err(|s| metrics::request_failed(method, code_name(s.code())))?;
+        let permit = self
+            .in_flight
+            .try_acquire()
+            .map_err(|_| failed(method)(Error::Overloaded("server in-flight limit")))?;
+        let engine =
+            self.engine.get().map(AsRef::as_ref).ok_or_else(|| {
+                failed(method)(Error::Unavailable("recovering at startup".into()))
+            })?;
+        Ok((engine, permit))
     }
 }
 
@@ -55,8 +81,8 @@ impl BanditService for BanditGrpc {
         request: Request<pb::ChooseArmRequest>,
     ) -> Result<Response<pb::ChooseArmResponse>, Status> {
         const METHOD: &str = "ChooseArm";
-        let decision = self
-            .engine(METHOD)?
+        let (engine, _permit) = self.admit(METHOD, Role::User, &request)?;
+        let decision = engine
             .choose_arm(request.into_inner().into())
             .await
             .map_err(failed(METHOD))?;
@@ -70,8 +96,8 @@ impl BanditService for BanditGrpc {
         request: Request<pb::ReportRewardRequest>,
     ) -> Result<Response<pb::ReportRewardResponse>, Status> {
         const METHOD: &str = "ReportReward";
-        let outcome = self
-            .engine(METHOD)?
+        let (engine, _permit) = self.admit(METHOD, Role::User, &request)?;
+        let outcome = engine
             .report_reward(request.into_inner().into())
             .await
             .map_err(failed(METHOD))?;
@@ -85,24 +111,18 @@ impl BanditService for BanditGrpc {
         request: Request<pb::GetModelRequest>,
     ) -> Result<Response<pb::ModelInfo>, Status> {
         const METHOD: &str = "GetModel";
+        let (engine, _permit) = self.admit(METHOD, Role::Admin, &request)?;
         let pb::GetModelRequest { model } = request.into_inner();
-        let status = self
-            .engine(METHOD)?
-            .model_status(&model)
-            .map_err(failed(METHOD))?;
+        let status = engine.model_status(&model).map_err(failed(METHOD))?;
         Ok(Response::new(status.into()))
     }
 
     async fn list_models(
         &self,
-        _request: Request<pb::ListModelsRequest>,
+        request: Request<pb::ListModelsRequest>,
     ) -> Result<Response<pb::ListModelsResponse>, Status> {
-        let models = self
-            .engine("ListModels")?
-            .list_models()
-            .into_iter()
-            .map(Into::into)
-            .collect();
+        let (engine, _permit) = self.admit("ListModels", Role::Admin, &request)?;
+        let models = engine.list_models().into_iter().map(Into::into).collect();
         Ok(Response::new(pb::ListModelsResponse { models }))
     }
 }

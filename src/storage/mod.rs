@@ -309,7 +309,9 @@ impl Storage {
             ))
         })?;
         let path = config.data_dir.join("log.redb");
-        let db = match Database::create(&path) {
+        let cache = config.cache_mib.max(1).saturating_mul(1024 * 1024);
+        let create = |path: &Path| Database::builder().set_cache_size(cache).create(path);
+        let db = match create(&path) {
             Ok(db) => db,
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
                 return Err(Error::Internal(format!(
@@ -322,7 +324,7 @@ impl Storage {
                 tracing::error!(error = %e, moved_to = %aside.display(), "the log cannot be opened; moving it aside and starting a new one");
                 metrics::recovery_skipped("log", 1);
                 fs::rename(&path, &aside).map_err(db_err)?;
-                Database::create(&path).map_err(db_err)?
+                create(&path).map_err(db_err)?
             }
         };
         Ok(Self {
@@ -612,6 +614,10 @@ impl Writer {
                 for (ack, r) in committed.acks {
                     let _ = ack.send(r);
                 }
+                // Flush requests: everything before them is now committed (and fsynced).
+                for ack in waiters {
+                    let _ = ack.send(Ok(()));
+                }
                 for (model, example) in committed.examples {
                     if let Some(learner) = self.learners.get(&model) {
                         learner.send(example);
@@ -843,5 +849,321 @@ impl Writer {
         self.unsynced = false;
         tracing::info!(removed, "log compacted");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Replaying the log reproduces the live state: a random sequence of decisions, rewards,
+    //! window closings and restarts is written through a real [`Storage`], mirrored in a plain
+    //! in-memory model, and [`Storage::recover`] must give back the model's pending decisions
+    //! and examples for any checkpoint position and replay capacity.
+
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::config::{DurabilityMode, StorageConfig};
+
+    const MODELS: [&str; 2] = ["a", "b"];
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// A new decision of model `MODELS[model]`, made with weights `version`.
+        Decide { model: usize, version: u64 },
+        /// A reward for an earlier decision (picked by index), as the pending store allows.
+        Reward {
+            pick: prop::sample::Index,
+            value: f64,
+        },
+        /// Its window closes (or it is evicted), as the expiry sweep / eviction would log it.
+        Close {
+            pick: prop::sample::Index,
+            how: u8,
+            default: Option<f64>,
+        },
+        /// The process stops cleanly and starts again on the same directory.
+        Restart,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        let value = (-8i32..=8).prop_map(|v| f64::from(v) * 0.25);
+        prop_oneof![
+            4 => (0..2usize, 0..20u64).prop_map(|(model, version)| Step::Decide { model, version }),
+            4 => (any::<prop::sample::Index>(), value.clone())
+                .prop_map(|(pick, value)| Step::Reward { pick, value }),
+            2 => (any::<prop::sample::Index>(), 0..4u8, prop::option::of(value))
+                .prop_map(|(pick, how, default)| Step::Close { pick, how, default }),
+            1 => Just(Step::Restart),
+        ]
+    }
+
+    /// One decision as the in-memory model sees it.
+    #[derive(Debug, Clone)]
+    struct Modelled {
+        model: &'static str,
+        id: String,
+        decided_ms: u64,
+        version: u64,
+        input: Vec<f32>,
+        head: u32,
+        reward: Option<f64>,
+        closed: Option<Closed>,
+    }
+
+    /// The live process as plain data: every decision, and each model's examples in order.
+    #[derive(Debug, Default)]
+    struct Expected {
+        decisions: Vec<Modelled>,
+        examples: BTreeMap<&'static str, Vec<Example>>,
+        next_seq: BTreeMap<&'static str, u64>,
+    }
+
+    impl Expected {
+        fn example(&mut self, d: &Modelled, reward: f64) {
+            let next = self.next_seq.entry(d.model).or_insert(1);
+            self.examples.entry(d.model).or_default().push(Example {
+                input: d.input.clone(),
+                head: d.head,
+                reward,
+                seq: *next,
+            });
+            *next += 1;
+        }
+    }
+
+    fn open(dir: &Path) -> Storage {
+        Storage::open(&StorageConfig {
+            data_dir: dir.to_owned(),
+            durability: DurabilityMode::Periodic,
+            sync_interval_ms: 1_000,
+            ..StorageConfig::default()
+        })
+        .unwrap()
+    }
+
+    /// A started writer; dropping it stops it cleanly (also when a case fails half-way: a
+    /// [`LogWriter`] dropped while its [`Log`] is alive would wait for it forever).
+    struct Running {
+        log: Log,
+        writer: LogWriter,
+    }
+
+    impl Drop for Running {
+        fn drop(&mut self) {
+            self.log.shutdown();
+            self.writer.shutdown();
+        }
+    }
+
+    /// Starts the writer the way the engine does without a checkpoint: each model's next
+    /// sequence number from recovery (1 for an empty log), and no learners (committed examples
+    /// of models without one are not handed on).
+    fn start(storage: &Storage) -> Running {
+        let next_seq = MODELS
+            .iter()
+            .map(|m| {
+                let next = storage
+                    .recover(m, None, usize::MAX)
+                    .unwrap()
+                    .next_seq
+                    .max(1);
+                ((*m).to_owned(), next)
+            })
+            .collect();
+        let (log, writer) = storage.start_writer(HashMap::new(), next_seq).unwrap();
+        Running { log, writer }
+    }
+
+    fn row(d: &Modelled) -> DecisionRow {
+        DecisionRow {
+            model: d.model.to_owned(),
+            decision_id: d.id.clone(),
+            decided_ms: d.decided_ms,
+            context: d.input.clone(),
+            candidates: vec![LoggedCandidate {
+                id: d.head.to_string(),
+                features: Vec::new(),
+            }],
+            arm_id: d.head.to_string(),
+            scores: vec![0.5],
+            model_version: d.version,
+            input: d.input.clone(),
+            head: d.head,
+            reward: None,
+            reward_ms: None,
+            regret: None,
+            closed: None,
+        }
+    }
+
+    fn live(d: &Modelled) -> Arc<Decision> {
+        Arc::new(Decision {
+            id: d.id.clone(),
+            arm_id: d.head.to_string(),
+            scores: vec![(d.head.to_string(), 0.5)],
+            model_version: d.version,
+            input: d.input.clone(),
+            head: d.head,
+        })
+    }
+
+    /// `recover` for `model` at `checkpoint_seq` with `capacity` equals the model's state.
+    fn check(
+        storage: &Storage,
+        expected: &Expected,
+        model: &'static str,
+        checkpoint_seq: Option<u64>,
+        capacity: usize,
+    ) -> Result<(), TestCaseError> {
+        let got = storage.recover(model, checkpoint_seq, capacity).unwrap();
+        let mut pending: Vec<&Modelled> = expected
+            .decisions
+            .iter()
+            .filter(|d| d.model == model && d.closed.is_none())
+            .collect();
+        pending.sort_by_key(|d| d.decided_ms);
+        let want: Vec<(String, Option<f64>, Vec<f32>, u32)> = pending
+            .iter()
+            .map(|d| (d.id.clone(), d.reward, d.input.clone(), d.head))
+            .collect();
+        let have: Vec<(String, Option<f64>, Vec<f32>, u32)> = got
+            .pending
+            .iter()
+            .map(|r| (r.decision_id.clone(), r.reward, r.input.clone(), r.head))
+            .collect();
+        prop_assert_eq!(have, want, "pending of {} at {:?}", model, checkpoint_seq);
+        let all = expected.examples.get(model).cloned().unwrap_or_default();
+        let after = checkpoint_seq.map_or(0, |s| s + 1);
+        let before: Vec<Example> = all.iter().filter(|e| e.seq < after).cloned().collect();
+        let mut want: Vec<Example> = before[before.len().saturating_sub(capacity)..].to_vec();
+        want.extend(all.iter().filter(|e| e.seq >= after).cloned());
+        prop_assert_eq!(
+            &got.examples,
+            &want,
+            "examples of {} at {:?}, capacity {}",
+            model,
+            checkpoint_seq,
+            capacity
+        );
+        let max_version = expected
+            .decisions
+            .iter()
+            .filter(|d| d.model == model)
+            .map(|d| d.version)
+            .max()
+            .unwrap_or(0);
+        prop_assert_eq!(got.max_version, max_version, "max_version of {}", model);
+        prop_assert_eq!(
+            got.next_seq,
+            all.last().map_or(0, |e| e.seq + 1),
+            "next_seq of {}",
+            model
+        );
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: 32,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+
+        /// Replaying the log from any checkpoint position reproduces the live process's
+        /// pending decisions (with their rewards) and its example sequence.
+        #[test]
+        fn recovery_replays_the_live_state(steps in prop::collection::vec(step(), 1..40)) {
+            let dir = tempfile::tempdir().unwrap();
+            let mut storage = open(dir.path());
+            let mut running = start(&storage);
+            let mut expected = Expected::default();
+            for (i, step) in steps.into_iter().enumerate() {
+                match step {
+                    Step::Decide { model, version } => {
+                        let n = expected.decisions.len();
+                        let d = Modelled {
+                            model: MODELS[model],
+                            id: format!("d{n}"),
+                            decided_ms: 1_000 + i as u64,
+                            version,
+                            input: vec![n as f32, -(i as f32)],
+                            head: (n % 3) as u32,
+                            reward: None,
+                            closed: None,
+                        };
+                        prop_assert!(running.log.decision(row(&d)).unwrap().is_none());
+                        expected.decisions.push(d);
+                    }
+                    Step::Reward { pick, value } => {
+                        if expected.decisions.is_empty() {
+                            continue;
+                        }
+                        let k = pick.index(expected.decisions.len());
+                        let d = expected.decisions[k].clone();
+                        // The pending store takes a first reward for an open decision only.
+                        if d.closed.is_some() || d.reward.is_some() {
+                            continue;
+                        }
+                        let ack = running.log.reward(d.model, &live(&d), value, None).unwrap();
+                        prop_assert!(ack.blocking_recv().unwrap().is_ok());
+                        expected.decisions[k].reward = Some(value);
+                        expected.example(&d, value);
+                    }
+                    Step::Close { pick, how, default } => {
+                        if expected.decisions.is_empty() {
+                            continue;
+                        }
+                        let k = pick.index(expected.decisions.len());
+                        let d = expected.decisions[k].clone();
+                        if d.closed.is_some() {
+                            continue;
+                        }
+                        // What `Engine::expire` (or eviction) logs for this decision.
+                        let (closed, default) = match (how, d.reward) {
+                            (0, _) => (Closed::Evicted, None),
+                            (_, Some(_)) => (Closed::Rewarded, None),
+                            (_, None) if default.is_some() => (Closed::Defaulted, default),
+                            (_, None) => (Closed::Dropped, None),
+                        };
+                        running.log.close(d.model, &d.id, closed, default).unwrap();
+                        expected.decisions[k].closed = Some(closed);
+                        if let (Closed::Defaulted, Some(r)) = (closed, default) {
+                            expected.decisions[k].reward = Some(r);
+                            expected.example(&d, r);
+                        }
+                    }
+                    Step::Restart => {
+                        drop(running);
+                        drop(storage);
+                        storage = open(dir.path());
+                        for model in MODELS {
+                            check(&storage, &expected, model, None, usize::MAX)?;
+                        }
+                        running = start(&storage);
+                    }
+                }
+            }
+            flush(&running.log);
+            for model in MODELS {
+                let last = expected.examples.get(model).and_then(|e| e.last()).map(|e| e.seq);
+                let mut positions = vec![None, Some(0)];
+                if let Some(last) = last {
+                    positions.extend([Some(last / 2), Some(last.saturating_sub(1)), Some(last), Some(last + 5)]);
+                }
+                for checkpoint_seq in positions {
+                    for capacity in [0, 1, 3, usize::MAX] {
+                        check(&storage, &expected, model, checkpoint_seq, capacity)?;
+                    }
+                }
+            }
+            drop(running);
+        }
+    }
+
+    /// Waits for everything queued on `log` to be committed and fsynced.
+    fn flush(log: &Log) {
+        log.flush().unwrap().blocking_recv().unwrap().unwrap();
     }
 }
