@@ -157,6 +157,9 @@ impl Engine {
     /// configuration.
     pub fn start(config: &Config) -> Result<(Arc<Self>, Background), Error> {
         let storage = Storage::open(&config.storage)?;
+        // Each start is a new epoch, recorded durably before anything is served: versions of
+        // this run start above every version an earlier run could have published.
+        let epoch = storage.begin_epoch()?;
         let mut models = HashMap::new();
         let mut learners = Vec::new();
         let mut handles = HashMap::new();
@@ -196,6 +199,7 @@ impl Engine {
                     checkpoint: ck,
                     examples: recovery.examples,
                     max_served_version: recovery.max_version,
+                    version_floor: epoch << 32,
                     data_dir: Some(storage.data_dir().to_owned()),
                     checkpoint_interval_secs: config.storage.checkpoint_interval_secs,
                 },

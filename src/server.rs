@@ -9,7 +9,7 @@ use std::{
 };
 
 use tokio::{net::TcpListener, sync::Mutex};
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use crate::{config::Config, engine::Engine, error::Error, grpc};
 
@@ -54,7 +54,10 @@ pub async fn run(
         }
     };
     let drain_timeout = Duration::from_millis(config.server.drain_timeout_ms);
-    let serve = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+    // TCP_NODELAY: HTTP/2 writes a call's frames separately, and Nagle's algorithm against
+    // the peer's delayed ACK would hold the second write for ~40 ms.
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let serve = router.serve_with_incoming_shutdown(incoming, signal);
     let server = tokio::spawn(async move {
         tokio::select! {
             result = serve => result.map_err(|e| Error::Internal(format!("transport: {e}"))),

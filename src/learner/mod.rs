@@ -159,13 +159,16 @@ impl Learner {
             }
         }
         let trained = owed > 0;
-        trainer.train(owed.min(config.max_step_backlog))?;
-        // Versions never go backwards: past the checkpoint's and every version that served a
-        // logged decision; a new number whenever the weights may differ from both.
+        let resumed_steps = owed.min(config.max_step_backlog);
+        trainer.train(resumed_steps)?;
+        // Versions never go backwards: past the checkpoint's, every version that served a
+        // logged decision, and the floor of this process's epoch (above anything an earlier
+        // process published, logged or not); a new number whenever the weights may differ.
         let base = checkpoint_version
             .unwrap_or(0)
-            .max(resume.max_served_version);
-        let version = if trained || resume.max_served_version > checkpoint_version.unwrap_or(0) {
+            .max(resume.max_served_version)
+            .max(resume.version_floor);
+        let version = if trained || base > checkpoint_version.unwrap_or(0) {
             base + 1
         } else {
             base
@@ -179,6 +182,10 @@ impl Learner {
             checkpoint_seq: AtomicU64::new(covered.unwrap_or(u64::MAX)),
             replay_capacity: config.replay_capacity,
         });
+        shared
+            .stats
+            .steps
+            .store(resumed_steps as u64, Ordering::Relaxed);
         let worker = Worker {
             model: config.name.clone(),
             trainer,
@@ -238,6 +245,8 @@ pub struct Resume {
     pub examples: Vec<Example>,
     /// The highest version that served a logged decision.
     pub max_served_version: u64,
+    /// The lowest version this process may publish (its restart epoch × 2^32).
+    pub version_floor: u64,
     /// Where to write checkpoints; none = never.
     pub data_dir: Option<PathBuf>,
     /// How often to write them.

@@ -333,6 +333,27 @@ impl Storage {
         })
     }
 
+    /// Starts a new epoch: increments the durable start counter and returns it (1 on the
+    /// first start). Model versions are `epoch × 2^32 + publishes`, so they never go
+    /// backwards across restarts, even after a crash lost the newest log entries.
+    ///
+    /// # Errors
+    /// A storage failure.
+    pub fn begin_epoch(&self) -> Result<u64, Error> {
+        let mut txn = self.db.begin_write().map_err(db_err)?;
+        txn.set_durability(Durability::Immediate).map_err(db_err)?;
+        let epoch = {
+            let mut table = txn
+                .open_table(TableDefinition::<&str, u64>::new("meta"))
+                .map_err(db_err)?;
+            let epoch = table.get("epoch").map_err(db_err)?.map_or(0, |v| v.value()) + 1;
+            table.insert("epoch", epoch).map_err(db_err)?;
+            epoch
+        };
+        txn.commit().map_err(db_err)?;
+        Ok(epoch)
+    }
+
     /// Reads what `model` needs to resume: pending decisions, the examples after the
     /// checkpoint at `checkpoint_seq` (plus up to `replay_capacity` before it), the highest
     /// version served. Unreadable rows are skipped and counted.

@@ -388,7 +388,8 @@ impl BuiltinNoop {
                     tonic::transport::Server::builder()
                         .add_service(NoopService::from_models(models).into_server())
                         .serve_with_incoming_shutdown(
-                            tokio_stream::wrappers::TcpListenerStream::new(listener),
+                            tonic::transport::server::TcpIncoming::from(listener)
+                                .with_nodelay(Some(true)),
                             async {
                                 let _ = rx.await;
                             },
