@@ -160,7 +160,7 @@ impl From<Error> for Status {
 }
 
 /// The canonical name of a status code, as a metric label.
-pub(crate) fn code_name(code: Code) -> &'static str {
+pub fn code_name(code: Code) -> &'static str {
     match code {
         Code::Ok => "OK",
         Code::Cancelled => "CANCELLED",

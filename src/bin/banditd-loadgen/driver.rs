@@ -33,10 +33,7 @@ use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use tokio::{sync::Semaphore, task::JoinSet};
-use tonic::{
-    Code,
-    transport::{Channel, Endpoint},
-};
+use tonic::transport::{Channel, Endpoint};
 
 use crate::{
     cli::{GrpcArgs, RewardDelay},
@@ -249,7 +246,7 @@ impl Shared {
         let response = match result {
             Ok(response) => response.into_inner(),
             Err(status) => {
-                stats.error("ChooseArm", code_name(status.code()));
+                stats.error("ChooseArm", banditd::grpc::code_name(status.code()));
                 return None;
             }
         };
@@ -296,31 +293,8 @@ impl Shared {
                 stats.rewards_accepted += 1;
                 stats.regret_reported += regret;
             }
-            Err(status) => stats.error("ReportReward", code_name(status.code())),
+            Err(status) => stats.error("ReportReward", banditd::grpc::code_name(status.code())),
         }
-    }
-}
-
-/// The canonical name of a gRPC status code.
-fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }
 
@@ -355,7 +329,7 @@ async fn get_model(channel: &Channel, url: &str, model: &str) -> anyhow::Result<
         Ok(info) => Ok(info.into_inner()),
         Err(status) => bail!(
             "{url}: GetModel({model:?}) failed: {}: {}",
-            code_name(status.code()),
+            banditd::grpc::code_name(status.code()),
             status.message()
         ),
     }
