@@ -1,0 +1,161 @@
+//! Hostile and malformed input against a real server: a table of bad requests with their
+//! exact codes and field paths, and a property test that arbitrary requests never crash the
+//! service, always get a valid status, and leave it answering well-formed requests.
+
+mod common;
+
+use banditd::proto::{Arm, ChooseArmRequest, ReportRewardRequest};
+use common::{TestServer, arm, fixed, test_config};
+use proptest::prelude::*;
+use tonic::Code;
+
+/// Oversized and odd inputs: each gets its code and a message naming the field.
+#[tokio::test]
+async fn oversized_and_odd_inputs() {
+    let server = TestServer::start(test_config()).await;
+    let mut client = server.client().await;
+    let huge_id = "x".repeat(1 << 20);
+    let cases: Vec<(&str, ChooseArmRequest, Code, &str)> = vec![
+        (
+            "1 MB decision id",
+            ChooseArmRequest {
+                decision_id: huge_id.clone(),
+                ..fixed("wheel", vec![0.0, 0.0])
+            },
+            Code::InvalidArgument,
+            "decision_id: 1048576 bytes",
+        ),
+        (
+            "1 MB arm id",
+            ChooseArmRequest {
+                model: "items".into(),
+                context: vec![0.0; 8],
+                candidates: vec![arm(&huge_id, vec![0.0; 8])],
+                ..Default::default()
+            },
+            Code::InvalidArgument,
+            "candidates[0].id: 1048576 bytes",
+        ),
+        (
+            "100,000 candidates",
+            ChooseArmRequest {
+                model: "items".into(),
+                context: vec![0.0; 8],
+                candidates: (0..100_000).map(|i| arm(&i.to_string(), vec![])).collect(),
+                ..Default::default()
+            },
+            Code::InvalidArgument,
+            "candidates: 100000 candidates",
+        ),
+        (
+            "empty context",
+            fixed("wheel", vec![]),
+            Code::InvalidArgument,
+            "context: expected 2 values, got 0",
+        ),
+        (
+            "enormous context",
+            fixed("wheel", vec![0.0; 100_000]),
+            Code::InvalidArgument,
+            "context: expected 2 values, got 100000",
+        ),
+        (
+            "empty arm id on fixed",
+            ChooseArmRequest {
+                candidates: vec![arm("", vec![])],
+                ..fixed("wheel", vec![0.0, 0.0])
+            },
+            Code::InvalidArgument,
+            "candidates[0].id: unknown arm",
+        ),
+    ];
+    for (name, req, code, message) in cases {
+        let status = client.choose_arm(req).await.expect_err(name);
+        assert_eq!(status.code(), code, "{name}: {status:?}");
+        assert!(
+            status.message().contains(message),
+            "{name}: {:?} lacks {message:?}",
+            &status.message()[..status.message().len().min(200)]
+        );
+    }
+    // Subnormal values are finite: accepted.
+    client
+        .choose_arm(fixed("wheel", vec![f32::MIN_POSITIVE / 2.0, -1e-40]))
+        .await
+        .unwrap();
+    server.stop().await.unwrap();
+}
+
+fn any_f32() -> impl Strategy<Value = f32> {
+    prop_oneof![
+        any::<f32>(),
+        Just(f32::NAN),
+        Just(f32::INFINITY),
+        -2.0f32..2.0
+    ]
+}
+
+fn any_choose() -> impl Strategy<Value = ChooseArmRequest> {
+    (
+        prop_oneof![Just("wheel".to_owned()), Just("items".to_owned()), ".{0,6}"],
+        prop::collection::vec(any_f32(), 0..12),
+        prop::collection::vec(
+            ("[0-9a-z]{0,3}", prop::collection::vec(any_f32(), 0..10))
+                .prop_map(|(id, features)| Arm { id, features }),
+            0..12,
+        ),
+        prop::collection::vec("[0-9a-z]{0,3}", 0..4),
+        "[a-z0-9-]{0,8}",
+    )
+        .prop_map(
+            |(model, context, candidates, excluded_arm_ids, decision_id)| ChooseArmRequest {
+                model,
+                context,
+                candidates,
+                excluded_arm_ids,
+                decision_id,
+            },
+        )
+}
+
+fn any_report() -> impl Strategy<Value = ReportRewardRequest> {
+    (
+        prop_oneof![Just("wheel".to_owned()), Just("items".to_owned()), ".{0,6}"],
+        "[a-z0-9-]{0,8}",
+        prop_oneof![any::<f64>(), Just(f64::NAN), -1.0f64..1.0],
+        prop::option::of(prop_oneof![any::<f64>(), Just(-1.0), 0.0f64..1.0]),
+    )
+        .prop_map(|(model, decision_id, reward, regret)| ReportRewardRequest {
+            model,
+            decision_id,
+            reward,
+            regret,
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Arbitrary requests: never a panic or an unexpected code, and the server still
+    /// answers a well-formed decision afterwards.
+    #[test]
+    fn arbitrary_requests_get_a_valid_status(chooses in prop::collection::vec(any_choose(), 1..8), reports in prop::collection::vec(any_report(), 1..8)) {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let server = TestServer::start(test_config()).await;
+            let mut client = server.client().await;
+            for req in chooses {
+                if let Err(status) = client.choose_arm(req).await {
+                    assert!(matches!(status.code(), Code::InvalidArgument | Code::NotFound), "{status:?}");
+                }
+            }
+            for req in reports {
+                if let Err(status) = client.report_reward(req).await {
+                    assert!(matches!(status.code(), Code::InvalidArgument | Code::NotFound | Code::AlreadyExists), "{status:?}");
+                }
+            }
+            client.choose_arm(fixed("wheel", vec![0.1, 0.2])).await.expect("still serving");
+            server.stop().await.unwrap();
+        });
+    }
+}
