@@ -11,8 +11,7 @@ mod common;
 use std::{
     collections::HashMap,
     fs,
-    io::{Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpListener},
     path::PathBuf,
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
@@ -27,7 +26,12 @@ use banditd::{
     },
     storage::{Storage, checkpoint::CheckpointMeta},
 };
-use common::{TestServer, fixed, reward, test_config};
+use common::{TestServer, fixed, reward, scrape, series, test_config};
+
+/// The value of the series `name{labels}` (0 when absent).
+fn metric(text: &str, name: &str) -> f64 {
+    series(text, name).unwrap_or(0.0)
+}
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use serde_json::Value;
@@ -270,30 +274,6 @@ impl Drop for Banditd {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// A `/metrics` scrape over plain HTTP/1.1.
-fn scrape(addr: SocketAddr) -> String {
-    let mut stream = TcpStream::connect(addr).expect("cannot connect to /metrics");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    response
-}
-
-/// The value of the series `name{labels}` (0 when absent).
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
 }
 
 fn choose(context: Vec<f32>) -> ChooseArmRequest {

@@ -3,7 +3,6 @@
 //! to the regret the tool sent), the in-process mode's report and determinism, and `dump`.
 
 use std::{
-    io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     path::Path,
     process::{Child, Command, Output, Stdio},
@@ -12,7 +11,14 @@ use std::{
 
 use serde_json::Value;
 
-const LOADGEN: &str = env!("CARGO_BIN_EXE_banditd-loadgen");
+mod common;
+
+use common::{LOADGEN, loadgen, scrape, series};
+
+/// The value of a metric line `name{labels} value`.
+fn metric(text: &str, name: &str) -> f64 {
+    series(text, name).unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+}
 const BANDITD: &str = env!("CARGO_BIN_EXE_banditd");
 
 /// A `banditd` process, killed on drop.
@@ -79,22 +85,6 @@ fn words(line: &str) -> Vec<String> {
     line.split_whitespace().map(str::to_owned).collect()
 }
 
-/// Runs the load generator; panics with its stderr if it fails.
-fn loadgen(args: &[String]) -> Output {
-    let output = Command::new(LOADGEN)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("cannot run banditd-loadgen");
-    assert!(
-        output.status.success(),
-        "banditd-loadgen {args:?} failed: {}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
-
 fn json(output: &Output) -> Value {
     serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
         panic!(
@@ -114,30 +104,6 @@ fn u(report: &Value, key: &str) -> u64 {
     report[key]
         .as_u64()
         .unwrap_or_else(|| panic!("{key} missing or not an integer in {report}"))
-}
-
-/// A `/metrics` scrape over plain HTTP/1.1.
-fn scrape(addr: SocketAddr) -> String {
-    let mut stream = TcpStream::connect(addr).expect("cannot connect to /metrics");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    response
-}
-
-/// The value of a metric line `name{labels} value`.
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
 }
 
 fn assert_latency_ordered(report: &Value, rpc: &str) {

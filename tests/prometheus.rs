@@ -14,13 +14,15 @@ use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
+    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
 
-const LOADGEN: &str = env!("CARGO_BIN_EXE_banditd-loadgen");
+mod common;
+
+use common::loadgen;
 const BANDITD: &str = env!("CARGO_BIN_EXE_banditd");
 
 fn repo() -> PathBuf {
@@ -251,21 +253,6 @@ fn start_banditd(data_dir: &Path) -> (Proc, SocketAddr, SocketAddr) {
         }
     }
     panic!("banditd (with deploy/k8s/base/banditd.toml) did not start listening in 3 attempts");
-}
-
-fn loadgen(args: &[String]) -> Output {
-    let output = Command::new(LOADGEN)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("cannot run banditd-loadgen");
-    assert!(
-        output.status.success(),
-        "banditd-loadgen {args:?} failed: {}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
 }
 
 fn num(report: &Value, path: &[&str]) -> f64 {

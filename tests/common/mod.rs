@@ -138,3 +138,46 @@ pub fn reward(model: &str, decision_id: &str, reward: f64) -> ReportRewardReques
         regret: None,
     }
 }
+
+/// The load generator binary of this build.
+pub const LOADGEN: &str = env!("CARGO_BIN_EXE_banditd-loadgen");
+
+/// Runs the load generator; panics with its stderr if it fails.
+pub fn loadgen(args: &[String]) -> std::process::Output {
+    let output = std::process::Command::new(LOADGEN)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("cannot run banditd-loadgen");
+    assert!(
+        output.status.success(),
+        "banditd-loadgen {args:?} failed: {}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// A `/metrics` scrape over plain HTTP/1.1.
+pub fn scrape(addr: SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("cannot connect to /metrics");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
+}
+
+/// The value of the series `name{labels}` in a scrape, if present.
+pub fn series(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+}
