@@ -32,7 +32,7 @@ use std::{hint::black_box, time::Duration};
 
 use banditd::{
     config::{ModelConfig, ModelKind, OptimizerKind},
-    learner::{Example, Trainer},
+    learner::{Example, RunningStats, Trainer},
     model::{Snapshot, Weights},
     policy::{self, Inputs},
 };
@@ -340,31 +340,6 @@ impl PlainPolicy {
     }
 }
 
-/// Welford's running mean and standard deviation, as the trainer keeps them.
-#[derive(Debug, Default, Clone, Copy)]
-struct RunningStats {
-    n: u64,
-    mean: f64,
-    m2: f64,
-}
-
-impl RunningStats {
-    fn push(&mut self, x: f64) {
-        self.n += 1;
-        let delta = x - self.mean;
-        self.mean += delta / self.n as f64;
-        self.m2 += delta * (x - self.mean);
-    }
-
-    fn std(&self) -> f64 {
-        if self.n < 2 {
-            return 1.0;
-        }
-        let std = (self.m2 / (self.n - 1) as f64).sqrt();
-        if std > 1e-6 { std } else { 1.0 }
-    }
-}
-
 /// `Trainer::step` with plain SGD in plain Rust.
 #[derive(Debug)]
 struct PlainTrainer {
@@ -442,7 +417,7 @@ impl PlainTrainer {
     #[inline(always)]
     fn step_impl<const FMA: bool>(&mut self) -> f64 {
         let m = self.batch_size;
-        let (mean, std) = (self.rewards.mean, self.rewards.std());
+        let (mean, std) = (self.rewards.mean(), self.rewards.std());
         // Minibatch: uniform with replacement, drawn before the masks (as Replay::sample).
         self.inputs.clear();
         self.heads.clear();
@@ -526,7 +501,7 @@ impl PlainTrainer {
 
         // Plain SGD, then the prior as decay of the weight matrices (the trainer's SGD path).
         let lr = self.learning_rate as f32;
-        let decay = 2.0 * self.prior_strength / self.rewards.n.max(1) as f64;
+        let decay = 2.0 * self.prior_strength / self.rewards.count().max(1) as f64;
         let keep = (1.0 - self.learning_rate * decay) as f32;
         for (layer, (gw, gb)) in self.net.layers.iter_mut().zip(&self.grads) {
             for (w, g) in layer.w.iter_mut().zip(gw) {

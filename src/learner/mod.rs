@@ -22,7 +22,7 @@ use arc_swap::ArcSwap;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 
 pub use replay::{Example, Replay};
-pub use trainer::Trainer;
+pub use trainer::{RunningStats, Trainer};
 
 use crate::{
     config::ModelConfig,

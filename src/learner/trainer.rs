@@ -18,14 +18,15 @@ use crate::{
 /// Online mean and variance (Welford), for standardising rewards so that reward scales of
 /// 0/1 and 0..50 train with the same learning rate.
 #[derive(Debug, Default, Clone, Copy)]
-struct RunningStats {
+pub struct RunningStats {
     n: u64,
     mean: f64,
     m2: f64,
 }
 
 impl RunningStats {
-    fn push(&mut self, x: f64) {
+    /// Folds in one value.
+    pub fn push(&mut self, x: f64) {
         self.n += 1;
         let delta = x - self.mean;
         self.mean += delta / self.n as f64;
@@ -34,12 +35,22 @@ impl RunningStats {
 
     /// The standard deviation, or 1 while it is undefined or degenerate (so a constant
     /// reward does not divide by zero).
-    fn std(&self) -> f64 {
+    pub fn std(&self) -> f64 {
         if self.n < 2 {
             return 1.0;
         }
         let std = (self.m2 / (self.n - 1) as f64).sqrt();
         if std > 1e-6 { std } else { 1.0 }
+    }
+
+    /// The mean of the values folded in (0 before any).
+    pub fn mean(&self) -> f64 {
+        self.mean
+    }
+
+    /// How many values were folded in.
+    pub fn count(&self) -> u64 {
+        self.n
     }
 }
 

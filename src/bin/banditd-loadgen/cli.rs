@@ -86,10 +86,18 @@ pub(crate) struct GrpcArgs {
     /// Per-request deadline.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub(crate) request_timeout: Duration,
+    /// Report, plot and progress options.
+    #[command(flatten)]
+    pub(crate) output: OutputArgs,
+}
+
+/// How `grpc` and `inproc` report: a table or JSON, an optional plot, a progress bar.
+#[derive(Debug, Args)]
+pub(crate) struct OutputArgs {
     /// Print the report as JSON on stdout instead of a table.
     #[arg(long)]
     pub(crate) json: bool,
-    /// Write a regret-over-time plot (SVG).
+    /// Write a regret-over-time plot (SVG), one line per run (environment and seed).
     #[arg(long)]
     pub(crate) plot: Option<PathBuf>,
     /// What the plot's y axis shows.
@@ -122,21 +130,9 @@ pub(crate) struct InprocArgs {
     /// The model of `--model-config` to use (needed when it has several).
     #[arg(long, requires = "model_config")]
     pub(crate) model: Option<String>,
-    /// Print the report as JSON on stdout instead of a table.
-    #[arg(long)]
-    pub(crate) json: bool,
-    /// Write a regret-over-time plot (SVG), one line per environment and seed.
-    #[arg(long)]
-    pub(crate) plot: Option<PathBuf>,
-    /// What the plot's y axis shows.
-    #[arg(long, value_enum, default_value_t = PlotY::Normalized)]
-    pub(crate) plot_y: PlotY,
-    /// A name for this run in reports.
-    #[arg(long)]
-    pub(crate) label: Option<String>,
-    /// No progress bar.
-    #[arg(long, short)]
-    pub(crate) quiet: bool,
+    /// Report, plot and progress options.
+    #[command(flatten)]
+    pub(crate) output: OutputArgs,
 }
 
 #[derive(Debug, Args)]

@@ -400,7 +400,7 @@ async fn run(args: GrpcArgs) -> anyhow::Result<()> {
         (None, None) => Some(DEFAULT_ROUNDS),
         (rounds, _) => rounds,
     };
-    if let Some(path) = &args.plot {
+    if let Some(path) = &args.output.plot {
         plot::check_path(path)?;
     }
     let env = sim::from_spec(&args.env, args.seed)?;
@@ -434,7 +434,11 @@ async fn run(args: GrpcArgs) -> anyhow::Result<()> {
         }
     };
 
-    let label = args.label.clone().unwrap_or_else(|| "banditd".into());
+    let label = args
+        .output
+        .label
+        .clone()
+        .unwrap_or_else(|| "banditd".into());
     let mut report = drive(&args, &args.target, &label, target.clone(), &plan, rounds).await?;
     report.server_model = get_model(&target[0], &args.target, &args.model)
         .await
@@ -451,18 +455,18 @@ async fn run(args: GrpcArgs) -> anyhow::Result<()> {
         report.baseline = Some(Box::new(base));
     }
 
-    if let Some(path) = &args.plot {
+    if let Some(path) = &args.output.plot {
         let series = [plot::Series {
             name: format!("{} {} seed {}", report.label, report.env, report.seed),
             curve: report.curve.clone(),
         }];
-        plot::draw(path, "banditd over gRPC", &series, args.plot_y)?;
+        plot::draw(path, "banditd over gRPC", &series, args.output.plot_y)?;
     }
-    if args.json {
+    if args.output.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         report.print_table();
-        if let Some(path) = &args.plot {
+        if let Some(path) = &args.output.plot {
             println!("  plot              {}", path.display());
         }
     }
@@ -500,12 +504,12 @@ async fn drive(
     let bar = match (rounds, args.duration) {
         (Some(n), _) => crate::progress_bar(
             n,
-            args.quiet,
+            args.output.quiet,
             "{msg} [{bar:30}] {pos}/{len} rounds, {per_sec}, eta {eta}",
         ),
         (None, Some(d)) => crate::progress_bar(
             u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
-            args.quiet,
+            args.output.quiet,
             "{msg} [{bar:30}] {elapsed}",
         ),
         (None, None) => crate::progress_bar(0, true, ""),

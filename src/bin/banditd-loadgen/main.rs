@@ -133,7 +133,7 @@ fn inproc(args: &InprocArgs) -> anyhow::Result<()> {
     if args.seeds.is_empty() {
         bail!("--seeds: give at least one seed");
     }
-    if let Some(path) = &args.plot {
+    if let Some(path) = &args.output.plot {
         plot::check_path(path)?;
     }
     let base = base_model(args)?;
@@ -145,7 +145,7 @@ fn inproc(args: &InprocArgs) -> anyhow::Result<()> {
     let total = args.envs.len() as u64 * args.seeds.len() as u64 * args.rounds;
     let bar = progress_bar(
         total,
-        args.quiet,
+        args.output.quiet,
         "{msg:32} [{bar:30}] {pos}/{len} rounds, {elapsed} (eta {eta})",
     );
     let mut runs = Vec::new();
@@ -190,14 +190,14 @@ fn inproc(args: &InprocArgs) -> anyhow::Result<()> {
     bar.finish_and_clear();
     let report = InprocReport {
         mode: "inproc",
-        label: args.label.clone(),
+        label: args.output.label.clone(),
         rounds: args.rounds,
         seeds: args.seeds.clone(),
         model_config: args.model_config.as_ref().map(|p| p.display().to_string()),
         runs,
         summary,
     };
-    if let Some(path) = &args.plot {
+    if let Some(path) = &args.output.plot {
         let series: Vec<plot::Series> = report
             .runs
             .iter()
@@ -206,13 +206,13 @@ fn inproc(args: &InprocArgs) -> anyhow::Result<()> {
                 curve: r.curve.clone(),
             })
             .collect();
-        plot::draw(path, "in-process", &series, args.plot_y)?;
+        plot::draw(path, "in-process", &series, args.output.plot_y)?;
     }
-    if args.json {
+    if args.output.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         report.print_table();
-        if let Some(path) = &args.plot {
+        if let Some(path) = &args.output.plot {
             println!("plot: {}", path.display());
         }
     }
