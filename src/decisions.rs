@@ -15,7 +15,7 @@ use std::{
 
 use tokio::time::Instant;
 
-use crate::error::Error;
+use crate::{error::Error, policy::Spread};
 
 /// What was decided, kept until the reward arrives or the window closes.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,6 +32,11 @@ pub struct Decision {
     pub input: Vec<f32>,
     /// The output head that trains (the chosen arm's index, or 0 for per-arm models).
     pub head: u32,
+    /// The probability the policy had of choosing `arm_id`, if known (logged).
+    pub propensity: Option<f64>,
+    /// Posterior mean and spread per scored candidate, if asked for (not logged: a retry
+    /// after a restart answers without it).
+    pub explanation: Option<Vec<Spread>>,
 }
 
 /// What happened to a reward report.
@@ -248,6 +253,8 @@ mod tests {
             model_version: 0,
             input: vec![1.0],
             head: 0,
+            propensity: None,
+            explanation: None,
         }
     }
 

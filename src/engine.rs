@@ -19,7 +19,7 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 use tokio::time::Instant;
 
 use crate::{
-    config::{Config, LimitsConfig, ModelConfig, ModelKind},
+    config::{Config, LimitsConfig, ModelConfig, ModelKind, PolicyKind},
     decisions::{Decision, PendingStore, RewardOutcome},
     error::Error,
     learner::{Learner, LearnerHandle, Resume},
@@ -42,6 +42,8 @@ fn decision_from_row(row: DecisionRow) -> Decision {
         model_version: row.model_version,
         input: row.input,
         head: row.head,
+        propensity: row.propensity,
+        explanation: None,
     }
 }
 
@@ -67,6 +69,10 @@ pub struct ChooseArm {
     pub excluded_arm_ids: Vec<String>,
     /// Client-chosen id, or empty for a server-made one.
     pub decision_id: String,
+    /// Posterior samples estimating the propensity (0 = the model's setting).
+    pub propensity_samples: u32,
+    /// Posterior samples explaining every candidate (0 = no explanation).
+    pub explain_samples: u32,
 }
 
 /// A `ReportReward` request.
@@ -142,6 +148,79 @@ impl Background {
             learner.shutdown();
         }
     }
+}
+
+/// Posterior samples a decision asks for beyond its own.
+#[derive(Debug, Clone, Copy)]
+struct Samples {
+    propensity: usize,
+    explain: usize,
+}
+
+/// A decision with the propensity and explanation asked for.
+struct Explained {
+    choice: policy::Choice,
+    propensity: Option<f64>,
+    explanation: Option<Vec<policy::Spread>>,
+}
+
+impl std::ops::Deref for Explained {
+    type Target = policy::Choice;
+    fn deref(&self) -> &policy::Choice {
+        &self.choice
+    }
+}
+
+/// Decides by the snapshot's policy, then (with the same RNG) estimates the propensity (exact
+/// and always for the baselines; from `samples.propensity` more posterior samples for the
+/// Thompson policies, if any) and the explanation (if asked).
+fn decide(
+    snapshot: &crate::model::Snapshot,
+    inputs: Inputs<'_>,
+    samples: Samples,
+    rng: &mut Xoshiro256PlusPlus,
+) -> Result<Explained, Error> {
+    let choice = policy::decide(snapshot, inputs, rng)?;
+    let thompson = matches!(
+        snapshot.policy.kind,
+        PolicyKind::McDropout | PolicyKind::NeuralLinear
+    );
+    let propensity = if !thompson || samples.propensity > 0 {
+        Some(policy::propensity(
+            snapshot,
+            inputs,
+            choice.best,
+            samples.propensity,
+            rng,
+        )?)
+    } else {
+        None
+    };
+    let explanation = if samples.explain > 0 {
+        Some(policy::explain(snapshot, inputs, samples.explain, rng)?)
+    } else {
+        None
+    };
+    Ok(Explained {
+        choice,
+        propensity,
+        explanation,
+    })
+}
+
+/// A requested number of posterior samples, at most `limits.max_posterior_samples`.
+fn check_samples(limits: &LimitsConfig, field: &str, value: u32) -> Result<usize, Error> {
+    let value = usize::try_from(value).unwrap_or(usize::MAX);
+    if value > limits.max_posterior_samples {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "{value} samples is more than the limit of {}",
+                limits.max_posterior_samples
+            ),
+        ));
+    }
+    Ok(value)
 }
 
 /// Odd 64-bit constant (2^64 / golden ratio) spreading decision numbers over seed space.
@@ -285,6 +364,17 @@ impl Engine {
                 ),
             ));
         }
+        let samples = Samples {
+            propensity: match check_samples(
+                &self.limits,
+                "propensity_samples",
+                req.propensity_samples,
+            )? {
+                0 => model.config.propensity_samples,
+                n => n,
+            },
+            explain: check_samples(&self.limits, "explain_samples", req.explain_samples)?,
+        };
         let excluded: HashSet<&str> = req.excluded_arm_ids.iter().map(String::as_str).collect();
         let snapshot = model.learner.snapshot();
         let n = model.decision_counter.fetch_add(1, Ordering::Relaxed);
@@ -295,12 +385,13 @@ impl Engine {
             ModelKind::FixedArms => {
                 let ids = model.fixed_candidates(&req, &excluded)?;
                 let heads: Vec<usize> = ids.iter().map(|id| model.heads[*id]).collect();
-                let choice = policy::thompson(
+                let choice = decide(
                     &snapshot,
                     Inputs::Heads {
                         context: &req.context,
                         heads: &heads,
                     },
+                    samples,
                     &mut rng,
                 )?;
                 let head = heads[choice.best];
@@ -321,12 +412,13 @@ impl Engine {
                     values.extend_from_slice(&req.context);
                     values.extend_from_slice(&c.features);
                 }
-                let choice = policy::thompson(
+                let choice = decide(
                     &snapshot,
                     Inputs::Rows {
                         values: &values,
                         rows: kept.len(),
                     },
+                    samples,
                     &mut rng,
                 )?;
                 let input = values[choice.best * width..(choice.best + 1) * width].to_vec();
@@ -358,9 +450,11 @@ impl Engine {
             scores: ids
                 .iter()
                 .map(|s| (*s).to_owned())
-                .zip(choice.scores)
+                .zip(choice.choice.scores)
                 .collect(),
             model_version: snapshot.version,
+            propensity: choice.propensity,
+            explanation: choice.explanation,
             input,
             head: u32::try_from(head).map_err(|_| Error::Internal("head index overflow".into()))?,
         };
@@ -386,6 +480,7 @@ impl Engine {
                 model_version: stored.model_version,
                 input: stored.input.clone(),
                 head: stored.head,
+                propensity: stored.propensity,
                 reward: None,
                 reward_ms: None,
                 regret: None,

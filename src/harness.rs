@@ -24,7 +24,7 @@ use crate::{
     config::{Config, ModelConfig, ModelKind},
     error::Error,
     learner::{Example, Trainer},
-    policy::{Inputs, thompson},
+    policy::{Inputs, decide},
     proto,
     sim::{Environment, Round},
 };
@@ -292,7 +292,7 @@ pub fn run_inproc(
                 })?;
                 heads.push(head);
             }
-            let choice = thompson(
+            let choice = decide(
                 &snapshot,
                 Inputs::Heads {
                     context: &round.context,
@@ -316,7 +316,7 @@ pub fn run_inproc(
                 rows.extend_from_slice(&round.context);
                 rows.extend_from_slice(&c.features);
             }
-            let choice = thompson(
+            let choice = decide(
                 &snapshot,
                 Inputs::Rows {
                     values: &rows,
@@ -384,6 +384,9 @@ pub fn model_info(config: &ModelConfig) -> proto::ModelInfo {
         reward_window_seconds: config.reward_window_seconds,
         default_reward: config.default_reward,
         seed: config.seed,
+        policy: config.policy.as_str().to_owned(),
+        epsilon: config.epsilon,
+        propensity_samples: u32_of(config.propensity_samples),
         ..Default::default()
     }
 }
@@ -450,9 +453,11 @@ impl proto::bandit_service_server::BanditService for NoopService {
                 .map(|id| proto::ArmScore {
                     arm_id: (*id).to_owned(),
                     score: 0.0,
+                    ..Default::default()
                 })
                 .collect(),
             model_version: 0,
+            propensity: None,
         }))
     }
 

@@ -22,6 +22,8 @@ impl From<pb::ChooseArmRequest> for ChooseArm {
             candidates,
             excluded_arm_ids,
             decision_id,
+            propensity_samples,
+            explain_samples,
         } = req;
         Self {
             model,
@@ -32,6 +34,8 @@ impl From<pb::ChooseArmRequest> for ChooseArm {
                 .collect(),
             excluded_arm_ids,
             decision_id,
+            propensity_samples,
+            explain_samples,
         }
     }
 }
@@ -44,12 +48,19 @@ impl From<&Decision> for pb::ChooseArmResponse {
             scores: d
                 .scores
                 .iter()
-                .map(|(arm_id, score)| pb::ArmScore {
-                    arm_id: arm_id.clone(),
-                    score: *score,
+                .enumerate()
+                .map(|(i, (arm_id, score))| {
+                    let spread = d.explanation.as_ref().and_then(|e| e.get(i));
+                    pb::ArmScore {
+                        arm_id: arm_id.clone(),
+                        score: *score,
+                        posterior_mean: spread.map(|s| s.mean),
+                        posterior_std: spread.map(|s| s.std),
+                    }
                 })
                 .collect(),
             model_version: d.model_version,
+            propensity: d.propensity,
         }
     }
 }
@@ -94,6 +105,10 @@ impl From<ModelStatus> for pb::ModelInfo {
             arm_feature_dim,
             hidden_layers,
             drop_rates: _,
+            policy,
+            epsilon,
+            neural_linear: _,
+            propensity_samples,
             learning_rate,
             optimizer: _,
             batch_size,
@@ -133,6 +148,9 @@ impl From<ModelStatus> for pb::ModelInfo {
             rewards,
             training_steps,
             pending_decisions,
+            policy: policy.as_str().to_owned(),
+            epsilon,
+            propensity_samples: u32_of(propensity_samples),
         }
     }
 }

@@ -161,6 +161,11 @@ impl Learner {
         let trained = owed > 0;
         let resumed_steps = owed.min(config.max_step_backlog);
         trainer.train(resumed_steps)?;
+        // NeuralLinear's regressions are not checkpointed: refit them on the replay buffer
+        // with the resumed network. From here on refreshes are throttled to the learner's
+        // time budget.
+        trainer.refresh_linear()?;
+        trainer.throttle_refreshes(REFRESH_THROTTLE);
         // Versions never go backwards: past the checkpoint's, every version that served a
         // logged decision, and the floor of this process's epoch (above anything an earlier
         // process published, logged or not); a new number whenever the weights may differ.
@@ -275,6 +280,10 @@ struct Worker {
     dirty: bool,
     checkpoints: Option<Checkpoints>,
 }
+
+/// A NeuralLinear refresh waits at least this many times its own duration after the last
+/// one, so refreshing takes at most ~1/(1+4) = 20% of the learner thread.
+const REFRESH_THROTTLE: u32 = 4;
 
 /// Most examples taken off the queue before training on them, so that a burst is folded into
 /// the replay buffer in one go but publishing is not starved.

@@ -44,6 +44,11 @@ impl Replay {
         self.next = (self.next + 1) % self.capacity;
     }
 
+    /// Every example held, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &Example> {
+        self.items.iter()
+    }
+
     /// Number of examples held.
     pub fn len(&self) -> usize {
         self.items.len()

@@ -2,6 +2,11 @@
 //! buffer and the reward statistics. The learner thread drives it; benchmarks and the
 //! in-process simulation harness drive it directly.
 
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, SGD};
 use rand::SeedableRng;
@@ -9,9 +14,13 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 
 use super::replay::{Example, Replay};
 use crate::{
-    config::{ModelConfig, OptimizerKind},
+    config::{ModelConfig, OptimizerKind, PolicyKind},
     error::Error,
-    model::{NetShape, Snapshot, TrainableNet, matrix},
+    model::{
+        NetShape, NeuralLinear, Policy, Snapshot, TrainableNet, Weights,
+        linear::{LinearPosterior, LinearPrior, LinearStats},
+        matrix, neural_linear_features,
+    },
     storage::checkpoint::{Checkpoint, CheckpointMeta},
 };
 
@@ -54,6 +63,35 @@ impl RunningStats {
     }
 }
 
+/// NeuralLinear's training half: the regressions' sufficient statistics on the features of
+/// a frozen copy of the network, refreshed (features recomputed with the latest network,
+/// statistics refitted on the whole replay buffer) every `refresh_every` examples.
+#[derive(Debug)]
+struct LinearState {
+    prior: LinearPrior,
+    refresh_every: usize,
+    /// The frozen feature network.
+    features: Weights,
+    /// The reward standardisation frozen with it.
+    reward_mean: f64,
+    reward_std: f64,
+    /// One regression per output head.
+    stats: Vec<LinearStats>,
+    /// Factorised posteriors of `stats`; `None` = changed since the last snapshot.
+    posteriors: Vec<Option<Arc<LinearPosterior>>>,
+    since_refresh: usize,
+    /// With a throttle (the learner thread), a refresh waits until the time since the last
+    /// one is at least `throttle` times what that one took, so refreshing costs at most
+    /// about 1/(1+throttle) of the learner's time whatever the replay size. `None`
+    /// (simulations) refreshes exactly on schedule, deterministically.
+    throttle: Option<u32>,
+    last_refresh: Instant,
+    last_cost: Duration,
+}
+
+/// Examples per batched forward pass when the features are recomputed.
+const REFRESH_CHUNK: usize = 1024;
+
 #[derive(Debug)]
 enum Opt {
     Adam(AdamW),
@@ -76,6 +114,9 @@ pub struct Trainer {
     last_seq: Option<u64>,
     /// Steps over the model's life (restored from checkpoints).
     steps: u64,
+    policy: Policy,
+    /// The `neural_linear` policy's regressions.
+    linear: Option<LinearState>,
 }
 
 impl Trainer {
@@ -102,7 +143,7 @@ impl Trainer {
             )?),
             OptimizerKind::Sgd => Opt::Sgd(SGD::new(net.vars(), config.learning_rate)?),
         };
-        Ok(Self {
+        Self {
             net,
             opt,
             learning_rate: config.learning_rate,
@@ -115,7 +156,128 @@ impl Trainer {
             rng: Xoshiro256PlusPlus::seed_from_u64(config.seed ^ 0x5eed_1ea7_0000_0001),
             last_seq: None,
             steps: 0,
-        })
+            policy: Policy {
+                kind: config.policy,
+                epsilon: config.epsilon,
+            },
+            linear: None,
+        }
+        .with_linear(config)
+    }
+
+    /// Sets up NeuralLinear's regressions on the initial network when the policy needs them.
+    fn with_linear(mut self, config: &ModelConfig) -> Result<Self, Error> {
+        if config.policy != PolicyKind::NeuralLinear {
+            return Ok(self);
+        }
+        let nl = config.neural_linear;
+        let dim = config.hidden_layers.last().copied().unwrap_or(0) + 1;
+        let prior = LinearPrior {
+            precision: nl.prior_precision,
+            shape: nl.prior_shape,
+            scale: nl.prior_scale,
+        };
+        self.linear = Some(LinearState {
+            prior,
+            refresh_every: nl.refresh_every,
+            features: self.net.snapshot()?,
+            reward_mean: 0.0,
+            reward_std: 1.0,
+            stats: (0..config.output_dim())
+                .map(|_| LinearStats::new(dim, prior))
+                .collect(),
+            posteriors: vec![None; config.output_dim()],
+            since_refresh: 0,
+            throttle: None,
+            last_refresh: Instant::now(),
+            last_cost: Duration::ZERO,
+        });
+        Ok(self)
+    }
+
+    /// Throttles NeuralLinear refreshes to at most about `1/(1+factor)` of the time (see
+    /// `LinearState::throttle`): for the learner thread, where the replay buffer may be large
+    /// and rewards fast. Without it refreshes run exactly every `refresh_every` examples.
+    pub fn throttle_refreshes(&mut self, factor: u32) {
+        if let Some(lin) = &mut self.linear {
+            lin.throttle = Some(factor);
+        }
+    }
+
+    /// Recomputes NeuralLinear's features with the current network and refits every head's
+    /// regression on the whole replay buffer (rewards standardised with the current
+    /// statistics). Nothing for other policies.
+    ///
+    /// # Errors
+    /// candle cannot copy the weights or compute the features.
+    pub fn refresh_linear(&mut self) -> Result<(), Error> {
+        let Some(lin) = &mut self.linear else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        let features = self.net.snapshot()?;
+        let (mean, std) = (self.rewards.mean, self.rewards.std());
+        let dim = lin.stats.first().map_or(1, LinearStats::dim);
+        let mut stats: Vec<LinearStats> = (0..lin.stats.len())
+            .map(|_| LinearStats::new(dim, lin.prior))
+            .collect();
+        let input_dim = self.net.shape().input_dim;
+        let items: Vec<&Example> = self.replay.iter().collect();
+        for chunk in items.chunks(REFRESH_CHUNK) {
+            let mut inputs = Vec::with_capacity(chunk.len() * input_dim);
+            for example in chunk {
+                inputs.extend_from_slice(&example.input);
+            }
+            let xs = matrix(inputs, chunk.len(), input_dim)?;
+            let (phi, width) = neural_linear_features(&features, &xs)?;
+            // Group the rows by head, one batched update per head.
+            let mut by_head: Vec<(Vec<f32>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); stats.len()];
+            for (example, row) in chunk.iter().zip(phi.chunks(width)) {
+                if let Some((rows, ys)) = by_head.get_mut(example.head as usize) {
+                    rows.extend_from_slice(row);
+                    ys.push((example.reward - mean) / std);
+                }
+            }
+            for (head, (rows, ys)) in by_head.iter().enumerate() {
+                stats[head].add_batch(rows, ys);
+            }
+        }
+        lin.features = features;
+        lin.reward_mean = mean;
+        lin.reward_std = std;
+        lin.stats = stats;
+        lin.posteriors.iter_mut().for_each(|p| *p = None);
+        lin.since_refresh = 0;
+        lin.last_refresh = Instant::now();
+        lin.last_cost = started.elapsed();
+        Ok(())
+    }
+
+    /// NeuralLinear's share of [`Trainer::add`]: the example updates its head's regression
+    /// on the frozen features, or triggers a refresh when one is due.
+    fn add_linear(&mut self, example: &Example) -> Result<(), Error> {
+        let Some(lin) = &mut self.linear else {
+            return Ok(());
+        };
+        lin.since_refresh += 1;
+        let due = lin.since_refresh >= lin.refresh_every
+            && lin.throttle.is_none_or(|factor| {
+                lin.last_refresh.elapsed() >= lin.last_cost * factor
+            });
+        if due {
+            // The example is already in replay, so the refit covers it.
+            return self.refresh_linear();
+        }
+        let head = example.head as usize;
+        if head >= lin.stats.len() {
+            return Err(Error::Internal(format!("example for head {head}")));
+        }
+        let xs = matrix(example.input.clone(), 1, self.net.shape().input_dim)?;
+        let (phi, _) = neural_linear_features(&lin.features, &xs)?;
+        let y = (example.reward - lin.reward_mean) / lin.reward_std;
+        lin.stats[head].add(&phi, y);
+        lin.posteriors[head] = None;
+        Ok(())
     }
 
     /// Layer widths, input first: what a checkpoint must match.
@@ -181,7 +343,13 @@ impl Trainer {
     pub fn add(&mut self, example: Example) -> usize {
         self.rewards.push(example.reward);
         self.last_seq = Some(self.last_seq.map_or(example.seq, |s| s.max(example.seq)));
+        let linear = self.linear.is_some().then(|| example.clone());
         self.replay.push(example);
+        if let Some(example) = linear
+            && let Err(e) = self.add_linear(&example)
+        {
+            tracing::error!(error = %e, "neural_linear update failed");
+        }
         self.updates_per_reward
     }
 
@@ -255,13 +423,38 @@ impl Trainer {
     ///
     /// # Errors
     /// candle cannot copy a tensor.
-    pub fn snapshot(&self, version: u64) -> Result<Snapshot, Error> {
+    pub fn snapshot(&mut self, version: u64) -> Result<Snapshot, Error> {
+        let linear = match &mut self.linear {
+            None => None,
+            Some(lin) => {
+                let mut heads = Vec::with_capacity(lin.stats.len());
+                for (stats, cached) in lin.stats.iter().zip(lin.posteriors.iter_mut()) {
+                    let posterior = match cached {
+                        Some(p) => Arc::clone(p),
+                        None => {
+                            let p = Arc::new(stats.posterior().map_err(Error::Internal)?);
+                            *cached = Some(Arc::clone(&p));
+                            p
+                        }
+                    };
+                    heads.push(posterior);
+                }
+                Some(Arc::new(NeuralLinear {
+                    features: lin.features.clone(),
+                    reward_mean: lin.reward_mean,
+                    reward_std: lin.reward_std,
+                    heads,
+                }))
+            }
+        };
         Ok(Snapshot {
             version,
             shape: self.net.shape().clone(),
             weights: self.net.snapshot()?,
             reward_mean: self.rewards.mean,
             reward_std: self.rewards.std(),
+            policy: self.policy,
+            linear,
         })
     }
 

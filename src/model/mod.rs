@@ -8,12 +8,17 @@
 //! transpose. Nothing here knows tokio, gRPC or the domain types.
 
 pub mod dropout;
+pub mod linear;
+
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
 pub use dropout::{Masks, draw_masks};
+
+use crate::config::PolicyKind;
 
 /// The network's shape and drop rates.
 #[derive(Debug, Clone, PartialEq)]
@@ -82,6 +87,23 @@ impl Weights {
     /// Shapes that do not fit the network.
     pub fn forward(&self, xs: &Tensor, masks: Option<&Masks>) -> Result<Tensor> {
         forward(&self.layers, xs, masks)
+    }
+
+    /// The last hidden layer's activations for a batch `xs` (no dropout): the features
+    /// NeuralLinear regresses on, `(rows, hidden.last())`.
+    ///
+    /// # Errors
+    /// Shapes that do not fit the network, or a network without hidden layers.
+    pub fn last_hidden(&self, xs: &Tensor) -> Result<Tensor> {
+        let n = self.layers.len();
+        if n < 2 {
+            return Err(candle_core::Error::Msg("the network has no hidden layer".into()));
+        }
+        let mut h = xs.clone();
+        for (w, b) in &self.layers[..n - 1] {
+            h = h.matmul(w)?.broadcast_add(b)?.relu()?;
+        }
+        Ok(h)
     }
 
     /// The raw `(weight (in, out), bias (out))` tensors, for benchmarks and checks.
@@ -222,6 +244,70 @@ pub struct Snapshot {
     pub reward_mean: f64,
     /// See `reward_mean`.
     pub reward_std: f64,
+    /// How decisions are made from it.
+    pub policy: Policy,
+    /// The linear posteriors of the `neural_linear` policy (none for the other policies).
+    pub linear: Option<Arc<NeuralLinear>>,
+}
+
+/// The decision rule a snapshot serves with (a model's `policy` and `epsilon` settings).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Policy {
+    /// Which rule.
+    pub kind: PolicyKind,
+    /// Probability of a uniformly random choice (`epsilon_greedy`).
+    pub epsilon: f64,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            kind: PolicyKind::McDropout,
+            epsilon: 0.0,
+        }
+    }
+}
+
+/// NeuralLinear's serving half: the network that computes the features (frozen at the last
+/// refresh), the reward standardisation the regressions were fitted with, and one linear
+/// posterior per output head over `[last hidden layer, 1]`.
+#[derive(Debug)]
+pub struct NeuralLinear {
+    /// The feature network.
+    pub features: Weights,
+    /// A regression target `t` means reward `t * reward_std + reward_mean`.
+    pub reward_mean: f64,
+    /// See `reward_mean`.
+    pub reward_std: f64,
+    /// One posterior per output head (fixed arms), or one (per-arm features).
+    pub heads: Vec<Arc<linear::LinearPosterior>>,
+}
+
+impl NeuralLinear {
+    /// Features `[last hidden, 1]` of each row of `xs`, row-major, and their width.
+    ///
+    /// # Errors
+    /// Shapes that do not fit the network.
+    pub fn features_of(&self, xs: &Tensor) -> Result<(Vec<f32>, usize)> {
+        neural_linear_features(&self.features, xs)
+    }
+}
+
+/// `[last hidden layer, 1]` of every row of `xs`, row-major, and its width: what NeuralLinear
+/// regresses on (the trailing 1 is the intercept).
+///
+/// # Errors
+/// Shapes that do not fit the network.
+pub fn neural_linear_features(weights: &Weights, xs: &Tensor) -> Result<(Vec<f32>, usize)> {
+    let h = weights.last_hidden(xs)?;
+    let (rows, width) = h.dims2()?;
+    let h: Vec<f32> = h.flatten_all()?.to_vec1()?;
+    let mut out = Vec::with_capacity(rows * (width + 1));
+    for row in h.chunks(width.max(1)) {
+        out.extend_from_slice(row);
+        out.push(1.0);
+    }
+    Ok((out, width + 1))
 }
 
 /// A `(rows, cols)` f32 tensor on the CPU from row-major values.

@@ -106,6 +106,10 @@ pub struct DecisionRow {
     pub input: Vec<f32>,
     /// The output head trained.
     pub head: u32,
+    /// The probability the policy had of choosing `arm_id`, when it was known (exact for the
+    /// baselines, estimated from posterior samples for the Thompson policies when asked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub propensity: Option<f64>,
     /// The reward, once reported (or the default reward, if it closed as `defaulted`).
     pub reward: Option<f64>,
     /// When the reward was reported, ms since the Unix epoch.
@@ -714,6 +718,7 @@ impl Writer {
                         arm_id: decision.arm_id.clone(),
                         scores: decision.scores.iter().map(|(_, s)| *s).collect(),
                         model_version: decision.model_version,
+                        propensity: decision.propensity,
                         input: decision.input.clone(),
                         head: decision.head,
                         reward: None,
@@ -1012,6 +1017,7 @@ mod tests {
             model_version: d.version,
             input: d.input.clone(),
             head: d.head,
+            propensity: None,
             reward: None,
             reward_ms: None,
             regret: None,
@@ -1027,6 +1033,8 @@ mod tests {
             model_version: d.version,
             input: d.input.clone(),
             head: d.head,
+            propensity: None,
+            explanation: None,
         })
     }
 

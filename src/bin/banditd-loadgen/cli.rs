@@ -130,6 +130,11 @@ pub(crate) struct InprocArgs {
     /// The model of `--model-config` to use (needed when it has several).
     #[arg(long, requires = "model_config")]
     pub(crate) model: Option<String>,
+    /// Change a model setting, as in its `[[models]]` table; repeatable. Values are TOML,
+    /// dotted keys reach sub-tables: `--set policy=neural_linear`, `--set epsilon=0.1`,
+    /// `--set neural_linear.refresh_every=100`, `--set 'hidden_layers=[50, 50]'`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub(crate) settings: Vec<String>,
     /// Report, plot and progress options.
     #[command(flatten)]
     pub(crate) output: OutputArgs,

@@ -140,7 +140,7 @@ fn inproc(args: &InprocArgs) -> anyhow::Result<()> {
     // Build every environment once up front so a bad spec fails before any work.
     for spec in &args.envs {
         let env = sim::from_spec(spec, args.seeds[0])?;
-        model_for_env(&*env, base.as_ref())?;
+        model_for_env(&*env, base.as_ref())?.with_settings(&args.settings)?;
     }
     let total = args.envs.len() as u64 * args.seeds.len() as u64 * args.rounds;
     let bar = progress_bar(
@@ -158,7 +158,7 @@ fn inproc(args: &InprocArgs) -> anyhow::Result<()> {
         let mut name = String::new();
         for &seed in &args.seeds {
             let mut env = sim::from_spec(spec, seed)?;
-            let mut model = model_for_env(&*env, base.as_ref())?;
+            let mut model = model_for_env(&*env, base.as_ref())?.with_settings(&args.settings)?;
             model.seed = mix_seed(model.seed, seed);
             name = env.name();
             bar.set_message(format!("{name} seed {seed}"));
@@ -194,6 +194,7 @@ fn inproc(args: &InprocArgs) -> anyhow::Result<()> {
         rounds: args.rounds,
         seeds: args.seeds.clone(),
         model_config: args.model_config.as_ref().map(|p| p.display().to_string()),
+        settings: args.settings.clone(),
         runs,
         summary,
     };

@@ -285,6 +285,8 @@ pub(crate) struct InprocReport {
     pub(crate) seeds: Vec<u64>,
     /// The `--model-config` file, or none for the embedded default's models.
     pub(crate) model_config: Option<String>,
+    /// The `--set` settings applied to the model.
+    pub(crate) settings: Vec<String>,
     pub(crate) runs: Vec<InprocRunReport>,
     pub(crate) summary: Vec<InprocSummary>,
 }
@@ -293,10 +295,15 @@ impl InprocReport {
     /// The per-run lines and the per-environment summary.
     pub(crate) fn print_table(&self) {
         println!(
-            "banditd-loadgen inproc: {} rounds, seeds {:?}, model {}",
+            "banditd-loadgen inproc: {} rounds, seeds {:?}, model {}{}",
             self.rounds,
             self.seeds,
-            self.model_config.as_deref().unwrap_or("embedded default")
+            self.model_config.as_deref().unwrap_or("embedded default"),
+            if self.settings.is_empty() {
+                String::new()
+            } else {
+                format!(" with {}", self.settings.join(" "))
+            }
         );
         let w = self
             .runs

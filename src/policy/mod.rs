@@ -1,16 +1,28 @@
-//! Thompson sampling over a published model snapshot (THEORY.md §3).
+//! Decisions from a published model snapshot: the policies of THEORY.md §3 and their
+//! baselines, plus the two questions a client may ask about a decision (how likely was it,
+//! and how sure is the model).
 //!
-//! One call draws ONE set of dropout masks (one posterior sample of the weights) and scores
-//! every candidate with that same sample; the best score wins. Synchronous and deterministic
-//! given the RNG, so it is tested without a server.
+//! - `mc_dropout`: ONE set of dropout masks (one posterior sample of the weights) scores
+//!   every candidate; the best score wins.
+//! - `neural_linear`: one draw from each candidate head's exact linear posterior on the
+//!   network's last hidden layer (one draw shared by every row for per-arm models).
+//! - `greedy`, `epsilon_greedy`, `uniform`: the baselines, on the network without dropout.
+//!
+//! Everything here is synchronous and deterministic given the RNG, so it is tested without a
+//! server.
 
 use candle_core::Tensor;
 use rand::Rng;
 
 use crate::{
+    config::PolicyKind,
     error::Error,
-    model::{Snapshot, matrix},
+    model::{Masks, NeuralLinear, Snapshot, matrix},
 };
+
+mod draws;
+
+pub use draws::{Spread, explain, propensity};
 
 /// What the network is asked to score.
 #[derive(Debug, Clone, Copy)]
@@ -32,46 +44,113 @@ pub enum Inputs<'a> {
 }
 
 impl Inputs<'_> {
-    fn len(&self) -> usize {
+    /// Number of candidates.
+    pub fn len(&self) -> usize {
         match self {
             Self::Heads { heads, .. } => heads.len(),
             Self::Rows { rows, .. } => *rows,
         }
     }
+
+    /// True when there is no candidate.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
-/// The outcome of one Thompson sample.
+/// The outcome of one decision.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Choice {
     /// Position of the chosen candidate in the inputs.
     pub best: usize,
-    /// Expected reward of every candidate under the one sample, in input order.
+    /// Expected reward of every candidate, in input order: under the one posterior sample
+    /// (Thompson policies) or the network's mean prediction (the baselines).
     pub scores: Vec<f64>,
 }
 
-/// Scores every candidate under one posterior sample drawn from `rng` and picks the best
-/// (the first on ties).
+/// Decides by the snapshot's policy. Random draws come from `rng` only.
 ///
 /// # Errors
 /// No candidates, or a shape that does not fit the snapshot (the caller validates both, so
 /// either is a bug and maps to INTERNAL).
-pub fn thompson<R: Rng>(
+pub fn decide<R: Rng>(
     snapshot: &Snapshot,
     inputs: Inputs<'_>,
     rng: &mut R,
 ) -> Result<Choice, Error> {
     let n = inputs.len();
     if n == 0 {
+        return Err(Error::Internal("decide: no candidates".into()));
+    }
+    match snapshot.policy.kind {
+        PolicyKind::McDropout => thompson(snapshot, inputs, rng),
+        PolicyKind::NeuralLinear => {
+            let scores =
+                draws::neural_linear_draws(linear_of(snapshot)?, snapshot, inputs, 1, rng)?
+                    .pop()
+                    .ok_or_else(|| Error::Internal("no neural_linear draw".into()))?;
+            Ok(Choice {
+                best: argmax(&scores),
+                scores,
+            })
+        }
+        PolicyKind::Greedy => {
+            let scores = network_scores(snapshot, inputs, None)?;
+            Ok(Choice {
+                best: argmax(&scores),
+                scores,
+            })
+        }
+        PolicyKind::EpsilonGreedy => {
+            // Both draws always happen, so the RNG stream does not depend on the outcome.
+            let explore = rng.random::<f64>() < snapshot.policy.epsilon;
+            let random = rng.random_range(0..n);
+            let scores = network_scores(snapshot, inputs, None)?;
+            let best = if explore { random } else { argmax(&scores) };
+            Ok(Choice { best, scores })
+        }
+        PolicyKind::Uniform => {
+            let best = rng.random_range(0..n);
+            let scores = network_scores(snapshot, inputs, None)?;
+            Ok(Choice { best, scores })
+        }
+    }
+}
+
+/// MC-dropout Thompson sampling: scores every candidate under ONE posterior sample (one set of
+/// dropout masks) drawn from `rng` and picks the best (the first on ties), whatever the
+/// snapshot's policy.
+///
+/// # Errors
+/// As [`decide`].
+pub fn thompson<R: Rng>(
+    snapshot: &Snapshot,
+    inputs: Inputs<'_>,
+    rng: &mut R,
+) -> Result<Choice, Error> {
+    if inputs.is_empty() {
         return Err(Error::Internal("thompson: no candidates".into()));
     }
     let masks = snapshot.shape.draw_masks(rng, 1)?;
+    let scores = network_scores(snapshot, inputs, Some(&masks))?;
+    let best = argmax(&scores);
+    Ok(Choice { best, scores })
+}
+
+/// The network's expected reward of every candidate under `masks` (one row of masks shared by
+/// every candidate; `None` = the mean network), mapped back from the standardised scale.
+fn network_scores(
+    snapshot: &Snapshot,
+    inputs: Inputs<'_>,
+    masks: Option<&Masks>,
+) -> Result<Vec<f64>, Error> {
     let input_dim = snapshot.shape.input_dim;
     let outputs: Vec<f32> = match inputs {
         Inputs::Heads { context, heads } => {
             let xs = matrix(context.to_vec(), 1, input_dim)?;
             let out: Vec<f32> = snapshot
                 .weights
-                .forward(&xs, Some(&masks))?
+                .forward(&xs, masks)?
                 .flatten_all()?
                 .to_vec1()?;
             heads
@@ -87,21 +166,41 @@ pub fn thompson<R: Rng>(
             let xs: Tensor = matrix(values.to_vec(), rows, input_dim)?;
             snapshot
                 .weights
-                .forward(&xs, Some(&masks))?
+                .forward(&xs, masks)?
                 .flatten_all()?
                 .to_vec1()?
         }
     };
-    let scores: Vec<f64> = outputs
+    Ok(outputs
         .iter()
         .map(|&y| f64::from(y) * snapshot.reward_std + snapshot.reward_mean)
-        .collect();
-    let best = argmax(&scores);
-    Ok(Choice { best, scores })
+        .collect())
+}
+
+fn linear_of(snapshot: &Snapshot) -> Result<&NeuralLinear, Error> {
+    snapshot
+        .linear
+        .as_deref()
+        .ok_or_else(|| Error::Internal("neural_linear snapshot without posteriors".into()))
+}
+
+/// The features `[last hidden, 1]` of the candidates' inputs: one row for a fixed-arm
+/// network (every head reads the same context), one per candidate for a per-arm network.
+fn linear_features(
+    lin: &NeuralLinear,
+    snapshot: &Snapshot,
+    inputs: Inputs<'_>,
+) -> Result<(Vec<f32>, usize), Error> {
+    let input_dim = snapshot.shape.input_dim;
+    let xs = match inputs {
+        Inputs::Heads { context, .. } => matrix(context.to_vec(), 1, input_dim)?,
+        Inputs::Rows { values, rows } => matrix(values.to_vec(), rows, input_dim)?,
+    };
+    Ok(lin.features_of(&xs)?)
 }
 
 /// Index of the largest value, the first on ties; NaN never wins.
-fn argmax(values: &[f64]) -> usize {
+pub(crate) fn argmax(values: &[f64]) -> usize {
     let mut best = 0;
     for (i, &v) in values.iter().enumerate() {
         if v > values[best] || values[best].is_nan() {

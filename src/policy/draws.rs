@@ -1,0 +1,224 @@
+//! Many posterior samples for one request: the propensity of a decision (how likely the
+//! policy was to choose that arm) and the posterior's mean and spread per candidate.
+//!
+//! Samples are drawn in batches: S dropout mask sets are one forward pass of S rows (fixed
+//! arms) or S·n rows (per-arm), chunked so that no pass exceeds [`MAX_ROWS_PER_PASS`] rows;
+//! NeuralLinear computes the features once and draws S weight vectors per head.
+
+use candle_core::Tensor;
+use rand::Rng;
+
+use super::{Inputs, argmax, linear_features, linear_of, network_scores};
+use crate::{
+    config::PolicyKind,
+    error::Error,
+    model::{NeuralLinear, Snapshot, linear, matrix},
+};
+
+/// Rows of one batched forward pass at most (bounds the memory of a large request).
+const MAX_ROWS_PER_PASS: usize = 4096;
+
+/// The posterior predictive mean and standard deviation of one candidate's expected reward.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Spread {
+    /// Mean over the samples.
+    pub mean: f64,
+    /// Sample standard deviation over the samples (0 for one sample).
+    pub std: f64,
+}
+
+/// The probability that the snapshot's policy chooses candidate `chosen` for `inputs`.
+///
+/// Exact for the baselines: `greedy` 1 or 0, `epsilon_greedy` `(1−ε)·[chosen is the greedy
+/// choice] + ε/n`, `uniform` `1/n`. Estimated for the Thompson policies from `samples` more
+/// posterior samples, counting the decision's own sample as one more:
+/// `(1 + #{samples whose best is chosen}) / (samples + 1)`, which is never 0 (so importance
+/// weights stay finite) and overstates a probability `p` by at most `(1 − p)/(samples + 1)`.
+///
+/// # Errors
+/// As [`super::decide`], or `samples == 0` for a Thompson policy.
+pub fn propensity<R: Rng>(
+    snapshot: &Snapshot,
+    inputs: Inputs<'_>,
+    chosen: usize,
+    samples: usize,
+    rng: &mut R,
+) -> Result<f64, Error> {
+    let n = inputs.len();
+    if chosen >= n {
+        return Err(Error::Internal(format!(
+            "propensity: candidate {chosen} of {n}"
+        )));
+    }
+    let greedy_is_chosen =
+        |snapshot| network_scores(snapshot, inputs, None).map(|s| argmax(&s) == chosen);
+    match snapshot.policy.kind {
+        PolicyKind::Greedy => Ok(if greedy_is_chosen(snapshot)? { 1.0 } else { 0.0 }),
+        PolicyKind::EpsilonGreedy => {
+            let eps = snapshot.policy.epsilon;
+            let greedy = if greedy_is_chosen(snapshot)? { 1.0 } else { 0.0 };
+            Ok((1.0 - eps) * greedy + eps / n as f64)
+        }
+        PolicyKind::Uniform => Ok(1.0 / n as f64),
+        PolicyKind::McDropout | PolicyKind::NeuralLinear => {
+            if samples == 0 {
+                return Err(Error::Internal("propensity: 0 samples".into()));
+            }
+            let draws = posterior_draws(snapshot, inputs, samples, rng)?;
+            let wins = draws.iter().filter(|d| argmax(d) == chosen).count();
+            Ok((1 + wins) as f64 / (samples + 1) as f64)
+        }
+    }
+}
+
+/// The posterior mean and standard deviation of every candidate's expected reward over
+/// `samples` posterior samples: NeuralLinear's linear posterior for that policy, MC dropout
+/// (the network's own drop rates) for every other.
+///
+/// # Errors
+/// As [`super::decide`], or `samples == 0`.
+pub fn explain<R: Rng>(
+    snapshot: &Snapshot,
+    inputs: Inputs<'_>,
+    samples: usize,
+    rng: &mut R,
+) -> Result<Vec<Spread>, Error> {
+    if samples == 0 {
+        return Err(Error::Internal("explain: 0 samples".into()));
+    }
+    let draws = posterior_draws(snapshot, inputs, samples, rng)?;
+    let n = inputs.len();
+    let s = draws.len() as f64;
+    Ok((0..n)
+        .map(|i| {
+            let mean = draws.iter().map(|d| d[i]).sum::<f64>() / s;
+            let std = if draws.len() > 1 {
+                (draws.iter().map(|d| (d[i] - mean).powi(2)).sum::<f64>() / (s - 1.0)).sqrt()
+            } else {
+                0.0
+            };
+            Spread { mean, std }
+        })
+        .collect())
+}
+
+/// `samples` posterior samples of every candidate's expected reward (sample-major).
+fn posterior_draws<R: Rng>(
+    snapshot: &Snapshot,
+    inputs: Inputs<'_>,
+    samples: usize,
+    rng: &mut R,
+) -> Result<Vec<Vec<f64>>, Error> {
+    if inputs.is_empty() {
+        return Err(Error::Internal("no candidates".into()));
+    }
+    match snapshot.policy.kind {
+        PolicyKind::NeuralLinear => {
+            neural_linear_draws(linear_of(snapshot)?, snapshot, inputs, samples, rng)
+        }
+        _ => dropout_draws(snapshot, inputs, samples, rng),
+    }
+}
+
+/// NeuralLinear: the features once, then `samples` draws of the candidates' weights.
+pub(super) fn neural_linear_draws<R: Rng>(
+    lin: &NeuralLinear,
+    snapshot: &Snapshot,
+    inputs: Inputs<'_>,
+    samples: usize,
+    rng: &mut R,
+) -> Result<Vec<Vec<f64>>, Error> {
+    let (phi, width) = linear_features(lin, snapshot, inputs)?;
+    let head = |h: usize| {
+        lin.heads
+            .get(h)
+            .ok_or_else(|| Error::Internal(format!("no linear head {h}")))
+    };
+    let to_reward = |t: f64| t * lin.reward_std + lin.reward_mean;
+    (0..samples)
+        .map(|_| match inputs {
+            Inputs::Heads { heads, .. } => heads
+                .iter()
+                .map(|&h| Ok(to_reward(linear::dot(&phi, &head(h)?.sample(rng)))))
+                .collect(),
+            Inputs::Rows { .. } => {
+                let beta = head(0)?.sample(rng);
+                Ok(phi
+                    .chunks(width)
+                    .map(|row| to_reward(linear::dot(row, &beta)))
+                    .collect())
+            }
+        })
+        .collect()
+}
+
+/// MC dropout: `samples` mask sets, each shared by every candidate of its sample, evaluated
+/// in batched forward passes.
+fn dropout_draws<R: Rng>(
+    snapshot: &Snapshot,
+    inputs: Inputs<'_>,
+    samples: usize,
+    rng: &mut R,
+) -> Result<Vec<Vec<f64>>, Error> {
+    let n = inputs.len();
+    let input_dim = snapshot.shape.input_dim;
+    let rows_per_sample = match inputs {
+        Inputs::Heads { .. } => 1,
+        Inputs::Rows { rows, .. } => rows,
+    };
+    let per_pass = (MAX_ROWS_PER_PASS / rows_per_sample).max(1);
+    let to_reward = |y: f32| f64::from(y) * snapshot.reward_std + snapshot.reward_mean;
+    let mut draws = Vec::with_capacity(samples);
+    let mut left = samples;
+    while left > 0 {
+        let s = left.min(per_pass);
+        left -= s;
+        // One mask row per sample, repeated over that sample's rows.
+        let masks = snapshot.shape.draw_masks(rng, s)?;
+        match inputs {
+            Inputs::Heads { context, heads } => {
+                let xs = matrix(context.repeat(s), s, input_dim)?;
+                let out: Vec<Vec<f32>> = snapshot.weights.forward(&xs, Some(&masks))?.to_vec2()?;
+                for row in out {
+                    draws.push(
+                        heads
+                            .iter()
+                            .map(|&h| {
+                                row.get(h)
+                                    .copied()
+                                    .map(to_reward)
+                                    .ok_or_else(|| Error::Internal(format!("no head {h}")))
+                            })
+                            .collect::<Result<Vec<f64>, Error>>()?,
+                    );
+                }
+            }
+            Inputs::Rows { values, rows } => {
+                let xs = matrix(values.repeat(s), s * rows, input_dim)?;
+                let masks = masks
+                    .into_iter()
+                    .map(|m| m.map(|m| repeat_rows(&m, rows)).transpose())
+                    .collect::<Result<Vec<Option<Tensor>>, candle_core::Error>>()?;
+                let out: Vec<f32> = snapshot
+                    .weights
+                    .forward(&xs, Some(&masks))?
+                    .flatten_all()?
+                    .to_vec1()?;
+                draws.extend(
+                    out.chunks(n)
+                        .map(|c| c.iter().copied().map(to_reward).collect()),
+                );
+            }
+        }
+    }
+    Ok(draws)
+}
+
+/// `(s, d)` -> `(s * rows, d)`, each row repeated `rows` times in place.
+fn repeat_rows(m: &Tensor, rows: usize) -> Result<Tensor, candle_core::Error> {
+    let (s, d) = m.dims2()?;
+    m.unsqueeze(1)?
+        .broadcast_as((s, rows, d))?
+        .contiguous()?
+        .reshape((s * rows, d))
+}
