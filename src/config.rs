@@ -615,7 +615,10 @@ impl ModelConfig {
             }
         }
         if nl.refresh_every == 0 {
-            return Err(bad("neural_linear.refresh_every", "must be at least 1".into()));
+            return Err(bad(
+                "neural_linear.refresh_every",
+                "must be at least 1".into(),
+            ));
         }
         if self.policy == PolicyKind::NeuralLinear && self.hidden_layers.is_empty() {
             return Err(bad(
@@ -830,9 +833,8 @@ mod tests {
     #[test]
     fn settings_override_a_model() {
         let base = Config::embedded_default().models[0].clone();
-        let set = |s: &[&str]| {
-            base.with_settings(&s.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())
-        };
+        let set =
+            |s: &[&str]| base.with_settings(&s.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>());
         let m = set(&[
             "policy=neural_linear",
             "neural_linear.refresh_every=7",
@@ -845,8 +847,16 @@ mod tests {
         assert_eq!(m.neural_linear.prior_shape, 6.0);
         assert_eq!(m.hidden_layers, vec![20, 10]);
         assert_eq!(m.learning_rate, 0.01);
-        assert_eq!(set(&["policy=\"greedy\""]).unwrap().policy, PolicyKind::Greedy);
-        for bad in ["policy=sometimes", "epsilon=2", "no_such_setting=1", "learning_rate"] {
+        assert_eq!(
+            set(&["policy=\"greedy\""]).unwrap().policy,
+            PolicyKind::Greedy
+        );
+        for bad in [
+            "policy=sometimes",
+            "epsilon=2",
+            "no_such_setting=1",
+            "learning_rate",
+        ] {
             assert!(set(&[bad]).is_err(), "{bad} was accepted");
         }
     }

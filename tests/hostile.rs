@@ -106,14 +106,26 @@ fn any_choose() -> impl Strategy<Value = ChooseArmRequest> {
         ),
         prop::collection::vec("[0-9a-z]{0,3}", 0..4),
         "[a-z0-9-]{0,8}",
+        prop_oneof![Just(0u32), 1u32..20, any::<u32>()],
+        prop_oneof![Just(0u32), 1u32..20, any::<u32>()],
     )
         .prop_map(
-            |(model, context, candidates, excluded_arm_ids, decision_id)| ChooseArmRequest {
+            |(
                 model,
                 context,
                 candidates,
                 excluded_arm_ids,
                 decision_id,
+                propensity_samples,
+                explain_samples,
+            )| ChooseArmRequest {
+                model,
+                context,
+                candidates,
+                excluded_arm_ids,
+                decision_id,
+                propensity_samples,
+                explain_samples,
             },
         )
 }

@@ -231,7 +231,8 @@ impl Trainer {
             let xs = matrix(inputs, chunk.len(), input_dim)?;
             let (phi, width) = neural_linear_features(&features, &xs)?;
             // Group the rows by head, one batched update per head.
-            let mut by_head: Vec<(Vec<f32>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); stats.len()];
+            let mut by_head: Vec<(Vec<f32>, Vec<f64>)> =
+                vec![(Vec::new(), Vec::new()); stats.len()];
             for (example, row) in chunk.iter().zip(phi.chunks(width)) {
                 if let Some((rows, ys)) = by_head.get_mut(example.head as usize) {
                     rows.extend_from_slice(row);
@@ -261,9 +262,9 @@ impl Trainer {
         };
         lin.since_refresh += 1;
         let due = lin.since_refresh >= lin.refresh_every
-            && lin.throttle.is_none_or(|factor| {
-                lin.last_refresh.elapsed() >= lin.last_cost * factor
-            });
+            && lin
+                .throttle
+                .is_none_or(|factor| lin.last_refresh.elapsed() >= lin.last_cost * factor);
         if due {
             // The example is already in replay, so the refit covers it.
             return self.refresh_linear();

@@ -97,7 +97,9 @@ impl Weights {
     pub fn last_hidden(&self, xs: &Tensor) -> Result<Tensor> {
         let n = self.layers.len();
         if n < 2 {
-            return Err(candle_core::Error::Msg("the network has no hidden layer".into()));
+            return Err(candle_core::Error::Msg(
+                "the network has no hidden layer".into(),
+            ));
         }
         let mut h = xs.clone();
         for (w, b) in &self.layers[..n - 1] {

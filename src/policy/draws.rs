@@ -53,10 +53,18 @@ pub fn propensity<R: Rng>(
     let greedy_is_chosen =
         |snapshot| network_scores(snapshot, inputs, None).map(|s| argmax(&s) == chosen);
     match snapshot.policy.kind {
-        PolicyKind::Greedy => Ok(if greedy_is_chosen(snapshot)? { 1.0 } else { 0.0 }),
+        PolicyKind::Greedy => Ok(if greedy_is_chosen(snapshot)? {
+            1.0
+        } else {
+            0.0
+        }),
         PolicyKind::EpsilonGreedy => {
             let eps = snapshot.policy.epsilon;
-            let greedy = if greedy_is_chosen(snapshot)? { 1.0 } else { 0.0 };
+            let greedy = if greedy_is_chosen(snapshot)? {
+                1.0
+            } else {
+                0.0
+            };
             Ok((1.0 - eps) * greedy + eps / n as f64)
         }
         PolicyKind::Uniform => Ok(1.0 / n as f64),

@@ -232,7 +232,157 @@ mod tests {
             weights: net.snapshot().unwrap(),
             reward_mean: 0.5,
             reward_std: 2.0,
+            policy: crate::model::Policy::default(),
+            linear: None,
         }
+    }
+
+    fn with_policy(mut snap: Snapshot, kind: PolicyKind, epsilon: f64) -> Snapshot {
+        snap.policy = crate::model::Policy { kind, epsilon };
+        snap
+    }
+
+    fn heads<'a>(context: &'a [f32], heads: &'a [usize]) -> Inputs<'a> {
+        Inputs::Heads { context, heads }
+    }
+
+    /// How often `decide` picks each of `n` candidates over `trials` seeded calls.
+    fn frequencies(snap: &Snapshot, inputs: Inputs<'_>, trials: usize) -> Vec<f64> {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(42);
+        let mut counts = vec![0usize; inputs.len()];
+        for _ in 0..trials {
+            counts[decide(snap, inputs, &mut rng).unwrap().best] += 1;
+        }
+        counts.iter().map(|&c| c as f64 / trials as f64).collect()
+    }
+
+    /// Greedy always picks the mean network's best; its propensity is exactly 1 there and 0
+    /// elsewhere; it never varies.
+    #[test]
+    fn greedy_is_the_mean_argmax() {
+        let snap = with_policy(snapshot(3, 5, 0.3), PolicyKind::Greedy, 0.0);
+        let context = [0.2f32, 0.4, -0.1];
+        let all = [0, 1, 2, 3, 4];
+        let mean = network_scores(&snap, heads(&context, &all), None).unwrap();
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(1);
+        for _ in 0..20 {
+            let c = decide(&snap, heads(&context, &all), &mut rng).unwrap();
+            assert_eq!(c.best, argmax(&mean));
+            assert_eq!(c.scores, mean);
+        }
+        let best = argmax(&mean);
+        let mut p = |i| propensity(&snap, heads(&context, &all), i, 0, &mut rng).unwrap();
+        assert_eq!(p(best), 1.0);
+        assert_eq!(p((best + 1) % 5), 0.0);
+    }
+
+    /// Epsilon-greedy and uniform choose with the frequencies their exact propensities give
+    /// (4000 seeded trials: binomial sd <= 0.008; margin 0.04).
+    #[test]
+    fn baseline_propensities_match_frequencies() {
+        let context = [0.2f32, 0.4, -0.1];
+        let all = [0, 1, 2, 3, 4];
+        for (kind, eps) in [(PolicyKind::EpsilonGreedy, 0.3), (PolicyKind::Uniform, 0.0)] {
+            let snap = with_policy(snapshot(3, 5, 0.3), kind, eps);
+            let freq = frequencies(&snap, heads(&context, &all), 4000);
+            let mut rng = Xoshiro256PlusPlus::seed_from_u64(2);
+            let mut total = 0.0;
+            for (i, f) in freq.iter().enumerate() {
+                let p = propensity(&snap, heads(&context, &all), i, 0, &mut rng).unwrap();
+                assert!(
+                    (p - f).abs() < 0.04,
+                    "{kind:?} arm {i}: propensity {p}, seen {f}"
+                );
+                total += p;
+            }
+            assert!(
+                (total - 1.0).abs() < 1e-9,
+                "{kind:?}: propensities sum to {total}"
+            );
+        }
+    }
+
+    /// MC dropout: the sampled propensity of each arm matches how often `decide` picks it
+    /// (4000 trials and 4000 samples: sd <= 0.008 each; margin 0.05), and the estimates sum
+    /// to about 1.
+    #[test]
+    fn dropout_propensity_matches_frequencies() {
+        let snap = snapshot(3, 4, 0.5);
+        let context = [0.2f32, 0.4, -0.1];
+        let all = [0, 1, 2, 3];
+        let freq = frequencies(&snap, heads(&context, &all), 4000);
+        assert!(
+            freq.iter().filter(|&&f| f > 0.05).count() >= 2,
+            "the test needs a spread of choices: {freq:?}"
+        );
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(3);
+        let ps: Vec<f64> = (0..4)
+            .map(|i| propensity(&snap, heads(&context, &all), i, 4000, &mut rng).unwrap())
+            .collect();
+        for (p, f) in ps.iter().zip(&freq) {
+            assert!(
+                (p - f).abs() < 0.05,
+                "propensities {ps:?}, frequencies {freq:?}"
+            );
+        }
+    }
+
+    /// The explanation's mean is the mean of single decisions' scores; with rate 0 it is the
+    /// score itself with spread 0; with rate > 0 the spread is positive.
+    #[test]
+    fn explanation_mean_and_spread() {
+        let context = [0.2f32, 0.4, -0.1];
+        let all = [0, 1, 2];
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(4);
+        let fixed = snapshot(3, 3, 0.0);
+        let score = decide(&fixed, heads(&context, &all), &mut rng)
+            .unwrap()
+            .scores;
+        let spread = explain(&fixed, heads(&context, &all), 10, &mut rng).unwrap();
+        for (s, sc) in spread.iter().zip(&score) {
+            assert!(
+                (s.mean - sc).abs() < 1e-6 && s.std == 0.0,
+                "{spread:?} vs {score:?}"
+            );
+        }
+        let noisy = snapshot(3, 3, 0.3);
+        let spread = explain(&noisy, heads(&context, &all), 3000, &mut rng).unwrap();
+        let singles: Vec<Vec<f64>> = (0..3000)
+            .map(|_| {
+                decide(&noisy, heads(&context, &all), &mut rng)
+                    .unwrap()
+                    .scores
+            })
+            .collect();
+        for (i, s) in spread.iter().enumerate() {
+            let m = singles.iter().map(|v| v[i]).sum::<f64>() / 3000.0;
+            // Standard error of each mean is std/sqrt(3000) < 0.02 std; margin 0.15 std.
+            assert!(s.std > 0.0);
+            assert!(
+                (s.mean - m).abs() < 0.15 * s.std,
+                "arm {i}: {} vs {m}",
+                s.mean
+            );
+        }
+    }
+
+    /// Per-arm rows: each sample's mask is shared by every row of that sample (identical rows
+    /// give identical draws), in batched passes too.
+    #[test]
+    fn batched_row_draws_share_each_mask() {
+        let snap = snapshot(6, 1, 0.5);
+        let row = [0.3f32, -1.0, 0.5, 2.0, 0.1, -0.4];
+        let values: Vec<f32> = row.iter().copied().cycle().take(6 * 5).collect();
+        let inputs = Inputs::Rows {
+            values: &values,
+            rows: 5,
+        };
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(5);
+        let spread = explain(&snap, inputs, 50, &mut rng).unwrap();
+        assert!(spread.iter().all(|s| s == &spread[0]), "{spread:?}");
+        assert!(spread[0].std > 0.0);
+        // Candidate 0 wins every tie, so its propensity is exactly 1.
+        assert_eq!(propensity(&snap, inputs, 0, 50, &mut rng).unwrap(), 1.0);
     }
 
     /// All arms of one decision are scored with the same mask: scoring N identical candidate
