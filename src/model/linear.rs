@@ -149,6 +149,23 @@ impl LinearPosterior {
         &self.mean + v * sigma2.sqrt()
     }
 
+    /// The posterior of the scalar `φᵀβ` for one feature vector, for drawing it without
+    /// drawing β: given σ², `φᵀβ ~ N(φᵀμ, σ² φᵀΛ⁻¹φ)`, and `φᵀΛ⁻¹φ = ‖L⁻¹φ‖²` costs one
+    /// triangular solve. Each draw is then O(1) instead of O(d²).
+    pub fn predictive(&self, phi: &[f32]) -> Predictive<'_> {
+        let phi = DVector::from_iterator(self.dim(), phi.iter().map(|&v| f64::from(v)));
+        let mean = phi.dot(&self.mean);
+        let spread = self
+            .chol_l
+            .solve_lower_triangular(&phi)
+            .map_or(0.0, |w| w.norm_squared());
+        Predictive {
+            posterior: self,
+            mean,
+            spread,
+        }
+    }
+
     /// One draw of σ² from its inverse-gamma posterior.
     fn sample_noise_variance<R: Rng>(&self, rng: &mut R) -> f64 {
         // σ² = 1/τ with τ ~ Gamma(shape a, scale 1/b). Both parameters are positive and
@@ -157,6 +174,31 @@ impl LinearPosterior {
             Ok(gamma) => 1.0 / gamma.sample(rng).max(f64::MIN_POSITIVE),
             Err(_) => self.scale / (self.shape - 1.0).max(1.0),
         }
+    }
+}
+
+/// The posterior of `φᵀβ` for one `φ` (see [`LinearPosterior::predictive`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Predictive<'a> {
+    posterior: &'a LinearPosterior,
+    /// `φᵀμ`.
+    mean: f64,
+    /// `φᵀΛ⁻¹φ`.
+    spread: f64,
+}
+
+impl Predictive<'_> {
+    /// One draw of `φᵀβ`: `σ² ~ IG(a, b)`, then `φᵀμ + σ √(φᵀΛ⁻¹φ) z`, `z ~ N(0, 1)`: the
+    /// same distribution as `φᵀ` of a [`LinearPosterior::sample`].
+    pub fn sample<R: Rng>(&self, rng: &mut R) -> f64 {
+        let sigma2 = self.posterior.sample_noise_variance(rng);
+        let z: f64 = rng.sample(StandardNormal);
+        self.mean + (sigma2 * self.spread).sqrt() * z
+    }
+
+    /// The posterior mean of `φᵀβ`.
+    pub fn mean(&self) -> f64 {
+        self.mean
     }
 }
 
@@ -226,6 +268,45 @@ mod tests {
         let (a, b) = (one.posterior().unwrap(), batch.posterior().unwrap());
         assert!((a.mean() - b.mean()).amax() < 1e-9);
         assert!((a.scale - b.scale).abs() < 1e-9 && a.shape == b.shape);
+    }
+
+    /// The scalar shortcut draws `φᵀβ` with the same mean and spread as `φᵀ` of full draws
+    /// (4000 each; the sd's standard error is about 1.1%, the margins 6 to 10 of them).
+    #[test]
+    fn predictive_matches_full_draws() {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(9);
+        let mut stats = LinearStats::new(3, PRIOR);
+        for i in 0..40 {
+            let x = i as f32 / 40.0;
+            stats.add(
+                &[x, 1.0 - x, 1.0],
+                f64::from(x) * 2.0 + 0.3 * ((i % 3) as f64 - 1.0),
+            );
+        }
+        let post = stats.posterior().unwrap();
+        let phi = [0.9f32, -0.5, 1.0];
+        let moments = |v: &[f64]| {
+            let m = v.iter().sum::<f64>() / v.len() as f64;
+            let sd = (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len() - 1) as f64).sqrt();
+            (m, sd)
+        };
+        let full: Vec<f64> = (0..4000)
+            .map(|_| dot(&phi, &post.sample(&mut rng)))
+            .collect();
+        let pred = post.predictive(&phi);
+        let fast: Vec<f64> = (0..4000).map(|_| pred.sample(&mut rng)).collect();
+        let ((m1, s1), (m2, s2)) = (moments(&full), moments(&fast));
+        assert!(
+            (m1 - pred.mean()).abs() < 0.1 * s1,
+            "{m1} vs {}",
+            pred.mean()
+        );
+        assert!(
+            (m2 - pred.mean()).abs() < 0.1 * s1,
+            "{m2} vs {}",
+            pred.mean()
+        );
+        assert!((s1 / s2 - 1.0).abs() < 0.07, "sd {s1} vs {s2}");
     }
 
     /// Without data, draws follow the prior: wide (σ²/λ with E σ² = 1.2 gives sd ≈ 2.2),

@@ -143,21 +143,36 @@ pub(super) fn neural_linear_draws<R: Rng>(
             .ok_or_else(|| Error::Internal(format!("no linear head {h}")))
     };
     let to_reward = |t: f64| t * lin.reward_std + lin.reward_mean;
-    (0..samples)
-        .map(|_| match inputs {
-            Inputs::Heads { heads, .. } => heads
+    match inputs {
+        // Independent posteriors per head and one context: only each head's scalar φᵀβ
+        // matters, drawn in O(1) after one triangular solve per head.
+        Inputs::Heads { heads, .. } => {
+            let predictive = heads
                 .iter()
-                .map(|&h| Ok(to_reward(linear::dot(&phi, &head(h)?.sample(rng)))))
-                .collect(),
-            Inputs::Rows { .. } => {
-                let beta = head(0)?.sample(rng);
-                Ok(phi
-                    .chunks(width)
-                    .map(|row| to_reward(linear::dot(row, &beta)))
-                    .collect())
-            }
-        })
-        .collect()
+                .map(|&h| Ok(head(h)?.predictive(&phi)))
+                .collect::<Result<Vec<_>, Error>>()?;
+            Ok((0..samples)
+                .map(|_| {
+                    predictive
+                        .iter()
+                        .map(|p| to_reward(p.sample(rng)))
+                        .collect()
+                })
+                .collect())
+        }
+        // One β shared by every row: the rows' scores are correlated, so β is drawn whole.
+        Inputs::Rows { .. } => {
+            let posterior = head(0)?;
+            Ok((0..samples)
+                .map(|_| {
+                    let beta = posterior.sample(rng);
+                    phi.chunks(width)
+                        .map(|row| to_reward(linear::dot(row, &beta)))
+                        .collect()
+                })
+                .collect())
+        }
+    }
 }
 
 /// MC dropout: `samples` mask sets, each shared by every candidate of its sample, evaluated
