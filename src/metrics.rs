@@ -52,6 +52,10 @@ pub const RECOVERY_SKIPPED: &str = "banditd_recovery_skipped_total";
 pub const DECISIONS_UNLOGGED: &str = "banditd_decisions_unlogged_total";
 /// Version of the weights serving decisions, by model.
 pub const MODEL_VERSION: &str = "banditd_model_version";
+/// Drop rate the serving weights draw their masks at, by model and layer (`0` = the input
+/// units, then each hidden layer): the configured rate, or the learned one with
+/// `concrete_dropout`.
+pub const DROP_RATE: &str = "banditd_drop_rate";
 
 /// Latency buckets in seconds: the service answers in tens of microseconds, a slow one in
 /// milliseconds; 25 µs to 1 s covers both with about two buckets per doubling at the low end.
@@ -157,6 +161,10 @@ pub fn describe() {
         "Decisions answered without being logged because the log writer queue was full."
     );
     describe_gauge!(MODEL_VERSION, "Version of the weights serving decisions.");
+    describe_gauge!(
+        DROP_RATE,
+        "Drop rate of the units feeding each weight layer of the serving weights (layer 0 = input); learned with concrete_dropout."
+    );
 }
 
 /// A decision was made. `arm` is `Some` only for fixed-arm models (bounded by config).
@@ -227,9 +235,13 @@ pub fn decision_unlogged(model: &str) {
     );
 }
 
-/// New weights were published.
-pub fn model_published(model: &str, version: u64) {
+/// New weights were published, drawing their masks at `drop_rates` (one per weight layer,
+/// input first: the layer label is bounded by the configured network depth).
+pub fn model_published(model: &str, version: u64, drop_rates: &[f64]) {
     gauge!(MODEL_VERSION, "model" => model.to_owned()).set(version as f64);
+    for (layer, rate) in drop_rates.iter().enumerate() {
+        gauge!(DROP_RATE, "model" => model.to_owned(), "layer" => layer.to_string()).set(*rate);
+    }
 }
 
 /// The number of pending decisions changed.

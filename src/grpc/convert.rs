@@ -105,6 +105,7 @@ impl From<ModelStatus> for pb::ModelInfo {
             arm_feature_dim,
             hidden_layers,
             drop_rates: _,
+            concrete_dropout: _,
             policy,
             epsilon,
             neural_linear: _,

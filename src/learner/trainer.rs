@@ -103,6 +103,8 @@ enum Opt {
 pub struct Trainer {
     net: TrainableNet,
     opt: Opt,
+    /// Concrete Dropout's optimizer of the drop rates' logits (`None`: fixed rates).
+    rate_opt: Option<AdamW>,
     learning_rate: f64,
     prior_strength: f64,
     batch_size: usize,
@@ -131,7 +133,23 @@ impl Trainer {
             output_dim: config.output_dim(),
             drop_rates: config.effective_drop_rates(),
         };
-        let net = TrainableNet::new(shape, config.seed)?;
+        let mut net = TrainableNet::new(shape, config.seed)?;
+        if config.concrete_dropout {
+            net = net.with_concrete_dropout()?;
+        }
+        // The rates' logits get an Adam of their own: the same step size, and no weight
+        // decay (decay would pull every rate towards 0.5, which is the entropy term's job).
+        let rate_opt = match net.drop_logit_vars() {
+            logits if logits.is_empty() => None,
+            logits => Some(AdamW::new(
+                logits,
+                ParamsAdamW {
+                    lr: config.learning_rate,
+                    weight_decay: 0.0,
+                    ..ParamsAdamW::default()
+                },
+            )?),
+        };
         let opt = match config.optimizer {
             OptimizerKind::Adam => Opt::Adam(AdamW::new(
                 net.vars(),
@@ -146,6 +164,7 @@ impl Trainer {
         Self {
             net,
             opt,
+            rate_opt,
             learning_rate: config.learning_rate,
             prior_strength: config.prior_strength,
             batch_size: config.batch_size,
@@ -369,7 +388,11 @@ impl Trainer {
     /// One SGD step on a minibatch drawn from replay, with fresh dropout masks per example
     /// and squared error on the chosen head only. The prior enters as weight decay weighing
     /// `prior_strength / N` (THEORY.md §1), N = examples seen, so the data dominates as N
-    /// grows. Returns the minibatch loss; does nothing (NaN) while replay is empty.
+    /// grows. With Concrete Dropout the masks are relaxed ones that depend on the learned
+    /// rates, the loss adds the rates' regulariser (see
+    /// [`TrainableNet::concrete_regulariser`]) and layer `l`'s weights decay by
+    /// `2 prior / (N (1-p_l))` instead. Returns the minibatch squared error (without the
+    /// regulariser); does nothing (NaN) while replay is empty.
     ///
     /// # Errors
     /// A numeric failure inside candle.
@@ -392,13 +415,26 @@ impl Trainer {
         let xs = matrix(inputs, m, input_dim)?;
         let heads = Tensor::from_vec(heads, (m, 1), &Device::Cpu)?;
         let ys = Tensor::from_vec(targets, (m, 1), &Device::Cpu)?;
-        let masks = self.net.shape().draw_masks(&mut self.rng, m)?;
+        let masks = match self.net.concrete_masks(&mut self.rng, m)? {
+            Some(relaxed) => relaxed,
+            None => self.net.shape().draw_masks(&mut self.rng, m)?,
+        };
+        // The rates the masks were drawn at, for the weights' decay below.
+        let rates = self.net.drop_rates()?;
         let out = self.net.forward(&xs, Some(&masks))?;
         let pred = out.gather(&heads, 1)?;
         let loss = (pred - ys)?.sqr()?.mean_all()?;
         // d/dW of (prior/N)|W|^2 is 2 prior/N W: applied as (decoupled) decay.
         let decay = 2.0 * self.prior_strength / self.rewards.n.max(1) as f64;
-        let grads = loss.backward()?;
+        let objective = match self
+            .net
+            .concrete_regulariser(self.rewards.n as f64, self.prior_strength)?
+        {
+            Some(reg) => (&loss + reg)?,
+            None => loss.clone(),
+        };
+        let grads = objective.backward()?;
+        let concrete = self.net.learns_drop_rates();
         match &mut self.opt {
             Opt::Adam(adam) => {
                 let params = ParamsAdamW {
@@ -407,14 +443,27 @@ impl Trainer {
                 };
                 adam.set_params(params);
                 adam.step(&grads)?;
+                if concrete {
+                    // Adam decayed every variable by lr·decay; layer l's weights owe
+                    // lr·decay·(1/(1-p) - 1) = lr·decay·p/(1-p) more.
+                    for (w, p) in self.net.weight_vars().iter().zip(&rates) {
+                        let keep = 1.0 - self.learning_rate * decay * p / (1.0 - p);
+                        w.set(&(w.as_tensor() * keep)?)?;
+                    }
+                }
             }
             Opt::Sgd(sgd) => {
                 sgd.step(&grads)?;
-                let keep = 1.0 - self.learning_rate * decay;
-                for w in self.net.weight_vars() {
+                for (w, p) in self.net.weight_vars().iter().zip(&rates) {
+                    let scale = if concrete { 1.0 / (1.0 - p) } else { 1.0 };
+                    let keep = 1.0 - self.learning_rate * decay * scale;
                     w.set(&(w.as_tensor() * keep)?)?;
                 }
             }
+        }
+        if let Some(rate_opt) = &mut self.rate_opt {
+            rate_opt.step(&grads)?;
+            self.net.clamp_drop_logits()?;
         }
         self.steps += 1;
         Ok(f64::from(loss.to_dtype(DType::F32)?.to_scalar::<f32>()?))
@@ -450,7 +499,7 @@ impl Trainer {
         };
         Ok(Snapshot {
             version,
-            shape: self.net.shape().clone(),
+            shape: self.net.current_shape()?,
             weights: self.net.snapshot()?,
             reward_mean: self.rewards.mean,
             reward_std: self.rewards.std(),
@@ -473,6 +522,100 @@ impl Trainer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ModelKind;
+
+    /// Two arms on a 2-d context, rewards `x0` and `-x0` (no noise), starting rates 0.2
+    /// and 0.3, learned.
+    fn concrete_config() -> ModelConfig {
+        let mut config = ModelConfig::new("c", ModelKind::FixedArms, 2);
+        config.arms = vec!["a".into(), "b".into()];
+        config.hidden_layers = vec![32];
+        config.drop_rates = Some(vec![0.2, 0.3]);
+        config.concrete_dropout = true;
+        config
+    }
+
+    /// `examples` examples of the noiseless two-arm problem, then `steps` steps.
+    fn trained(config: &ModelConfig, examples: u64, steps: usize) -> Trainer {
+        let mut trainer = Trainer::new(config).unwrap();
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(9);
+        for seq in 0..examples {
+            let x: [f32; 2] = [
+                rand::Rng::random_range(&mut rng, -1.0..1.0),
+                rand::Rng::random_range(&mut rng, -1.0..1.0),
+            ];
+            let head = (seq % 2) as u32;
+            let reward = if head == 0 { x[0] } else { -x[0] };
+            trainer.add(Example {
+                input: x.to_vec(),
+                head,
+                reward: f64::from(reward),
+                seq,
+            });
+        }
+        trainer.train(steps).unwrap();
+        trainer
+    }
+
+    /// Concrete Dropout on a seeded noiseless problem: with abundant data (4000 examples)
+    /// every learned rate falls below its start, as the data term (which prefers less
+    /// noise) outweighs the regulariser fading as 1/N; with 10 examples the entropy term
+    /// dominates and the rates end higher than with 4000. The snapshot serves the learned
+    /// rates.
+    #[test]
+    fn concrete_rates_shrink_with_abundant_data() {
+        let config = concrete_config();
+        let mut abundant = trained(&config, 4000, 1500);
+        let mut scarce = trained(&config, 10, 1500);
+        let many = abundant.net.drop_rates().unwrap();
+        let few = scarce.net.drop_rates().unwrap();
+        for (l, ((p, q), start)) in many.iter().zip(&few).zip([0.2, 0.3]).enumerate() {
+            assert!(
+                *p < start - 0.05,
+                "layer {l}: {p} after 4000 examples, start {start}"
+            );
+            assert!(q > p, "layer {l}: {q} after 10 examples, {p} after 4000");
+        }
+        assert_eq!(abundant.snapshot(1).unwrap().shape.drop_rates, many);
+        assert_eq!(scarce.snapshot(1).unwrap().shape.drop_rates, few);
+        // Fixed rates stay fixed.
+        let mut fixed = config.clone();
+        fixed.concrete_dropout = false;
+        let mut fixed = trained(&fixed, 100, 50);
+        assert_eq!(fixed.snapshot(1).unwrap().shape.drop_rates, vec![0.2, 0.3]);
+    }
+
+    /// A checkpoint carries the learned rates through the checkpoint files into a fresh
+    /// trainer; one without them (written by a fixed-rate model) restores the starting rates.
+    #[test]
+    fn concrete_rates_checkpoint_round_trip() {
+        let config = concrete_config();
+        let mut trainer = trained(&config, 500, 300);
+        let learned = trainer.snapshot(1).unwrap().shape.drop_rates;
+        assert!(
+            learned
+                .iter()
+                .zip([0.2, 0.3])
+                .all(|(p, s)| (p - s).abs() > 1e-3)
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let (tensors, meta) = trainer.checkpoint(7).unwrap();
+        crate::storage::checkpoint::save(dir.path(), "c", &tensors, meta).unwrap();
+        let (ck, _) =
+            crate::storage::checkpoint::load_latest(dir.path(), "c", &trainer.widths()).unwrap();
+        let mut ck = ck.unwrap();
+        let mut restored = Trainer::new(&config).unwrap();
+        restored.restore(&ck).unwrap();
+        let back = restored.snapshot(8).unwrap().shape.drop_rates;
+        for (a, b) in learned.iter().zip(&back) {
+            assert!((a - b).abs() < 1e-6, "{learned:?} vs {back:?}");
+        }
+        ck.tensors.retain(|name, _| !name.ends_with("drop_logit"));
+        let mut old = Trainer::new(&config).unwrap();
+        old.restore(&ck).unwrap();
+        let start = old.snapshot(8).unwrap().shape.drop_rates;
+        assert!((start[0] - 0.2).abs() < 1e-6 && (start[1] - 0.3).abs() < 1e-6);
+    }
 
     /// Welford's running statistics match the textbook formulas.
     #[test]
