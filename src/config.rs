@@ -325,6 +325,12 @@ pub struct ModelConfig {
     /// starting rate must be in `(0, 1)`.
     #[serde(default)]
     pub concrete_dropout: bool,
+    /// Give every output head a second output, its log noise variance, and train the pair
+    /// by the Gaussian negative log-likelihood instead of the squared error (THEORY.md §2):
+    /// noisy arms are then fitted as noisy, not kept uncertain. Decisions score the means
+    /// only.
+    #[serde(default)]
+    pub heteroscedastic: bool,
     /// Optimizer step size.
     #[serde(default = "defaults::learning_rate")]
     pub learning_rate: f64,
@@ -449,6 +455,7 @@ impl ModelConfig {
             propensity_samples: 0,
             drop_rates: None,
             concrete_dropout: false,
+            heteroscedastic: false,
             learning_rate: defaults::learning_rate(),
             optimizer: defaults::optimizer(),
             batch_size: defaults::batch_size(),

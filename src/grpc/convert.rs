@@ -106,6 +106,7 @@ impl From<ModelStatus> for pb::ModelInfo {
             hidden_layers,
             drop_rates: _,
             concrete_dropout: _,
+            heteroscedastic: _,
             policy,
             epsilon,
             neural_linear: _,

@@ -133,7 +133,11 @@ impl Trainer {
             output_dim: config.output_dim(),
             drop_rates: config.effective_drop_rates(),
         };
-        let mut net = TrainableNet::new(shape, config.seed)?;
+        let mut net = if config.heteroscedastic {
+            TrainableNet::new_heteroscedastic(shape, config.seed)?
+        } else {
+            TrainableNet::new(shape, config.seed)?
+        };
         if config.concrete_dropout {
             net = net.with_concrete_dropout()?;
         }
@@ -300,12 +304,14 @@ impl Trainer {
         Ok(())
     }
 
-    /// Layer widths, input first: what a checkpoint must match.
+    /// Layer widths, input first: what a checkpoint must match (a heteroscedastic network's
+    /// output counts its log variances too, so a checkpoint of the other kind is refused).
     pub fn widths(&self) -> Vec<usize> {
         let shape = self.net.shape();
+        let outputs = if self.net.has_variance_heads() { 2 } else { 1 } * shape.output_dim;
         std::iter::once(shape.input_dim)
             .chain(shape.hidden.iter().copied())
-            .chain([shape.output_dim])
+            .chain([outputs])
             .collect()
     }
 
@@ -413,6 +419,12 @@ impl Trainer {
             targets.push(((example.reward - mean) / std) as f32);
         }
         let xs = matrix(inputs, m, input_dim)?;
+        // A heteroscedastic network's log variance of head h is output output_dim + h.
+        let output_dim = self.net.shape().output_dim as u32;
+        let variance_heads: Option<Vec<u32>> = self
+            .net
+            .has_variance_heads()
+            .then(|| heads.iter().map(|h| h + output_dim).collect());
         let heads = Tensor::from_vec(heads, (m, 1), &Device::Cpu)?;
         let ys = Tensor::from_vec(targets, (m, 1), &Device::Cpu)?;
         let masks = match self.net.concrete_masks(&mut self.rng, m)? {
@@ -423,15 +435,23 @@ impl Trainer {
         let rates = self.net.drop_rates()?;
         let out = self.net.forward(&xs, Some(&masks))?;
         let pred = out.gather(&heads, 1)?;
-        let loss = (pred - ys)?.sqr()?.mean_all()?;
+        let squared = (pred - ys)?.sqr()?;
+        let loss = squared.mean_all()?;
+        let data = match variance_heads {
+            Some(variance_heads) => {
+                let variance_heads = Tensor::from_vec(variance_heads, (m, 1), &Device::Cpu)?;
+                heteroscedastic_loss(&squared, &out.gather(&variance_heads, 1)?)?
+            }
+            None => loss.clone(),
+        };
         // d/dW of (prior/N)|W|^2 is 2 prior/N W: applied as (decoupled) decay.
         let decay = 2.0 * self.prior_strength / self.rewards.n.max(1) as f64;
         let objective = match self
             .net
             .concrete_regulariser(self.rewards.n as f64, self.prior_strength)?
         {
-            Some(reg) => (&loss + reg)?,
-            None => loss.clone(),
+            Some(reg) => (data + reg)?,
+            None => data,
         };
         let grads = objective.backward()?;
         let concrete = self.net.learns_drop_rates();
@@ -519,6 +539,23 @@ impl Trainer {
     }
 }
 
+/// Bounds on a heteroscedastic head's log variance `s` (standardised rewards) in the loss:
+/// the variance stays within `e^±7` (about 0.001 to 1100) of the reward variance, so one
+/// example's weight `e^-s` is at most `e^14` times another's and a head that has seen only
+/// constant rewards cannot drive `e^-s` (and its gradients) to overflow.
+const LOG_VARIANCE_BOUND: f64 = 7.0;
+
+/// The heteroscedastic data term for `squared` errors `(y - μ)²` and log variances `s` of the
+/// same examples: the minibatch mean of `e^-s (y - μ)² + s`, twice the Gaussian negative
+/// log-likelihood `0.5 (e^-s (y - μ)² + s)` up to a constant. Twice, so that at `s = 0` it is
+/// the squared error the fixed-noise loss uses: the prior's decay `2 prior / N` and Concrete
+/// Dropout's `2/N` terms are scaled for that loss and keep their meaning. `s` is clamped to
+/// `±LOG_VARIANCE_BOUND` (no gradient beyond).
+fn heteroscedastic_loss(squared: &Tensor, log_variance: &Tensor) -> candle_core::Result<Tensor> {
+    let s = log_variance.clamp(-LOG_VARIANCE_BOUND, LOG_VARIANCE_BOUND)?;
+    ((s.neg()?.exp()? * squared)? + s)?.mean_all()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -583,6 +620,204 @@ mod tests {
         fixed.concrete_dropout = false;
         let mut fixed = trained(&fixed, 100, 50);
         assert_eq!(fixed.snapshot(1).unwrap().shape.drop_rates, vec![0.2, 0.3]);
+    }
+
+    /// Two arms on a 2-d context: arm 0 pays `x0 + N(0, 0.1²)`, arm 1 pays `-x0 + N(0, 1)`.
+    fn noisy_examples(trainer: &mut Trainer, examples: u64) {
+        use rand_distr::{Distribution, Normal};
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(17);
+        let noise = Normal::new(0.0, 1.0).unwrap();
+        for seq in 0..examples {
+            let x: [f32; 2] = [
+                rand::Rng::random_range(&mut rng, -1.0..1.0),
+                rand::Rng::random_range(&mut rng, -1.0..1.0),
+            ];
+            let head = (seq % 2) as u32;
+            let e: f64 = noise.sample(&mut rng);
+            let reward = if head == 0 {
+                f64::from(x[0]) + 0.1 * e
+            } else {
+                -f64::from(x[0]) + e
+            };
+            trainer.add(Example {
+                input: x.to_vec(),
+                head,
+                reward,
+                seq,
+            });
+        }
+    }
+
+    fn heteroscedastic_config() -> ModelConfig {
+        let mut config = ModelConfig::new("h", ModelKind::FixedArms, 2);
+        config.arms = vec!["quiet".into(), "noisy".into()];
+        config.hidden_layers = vec![32];
+        config.drop_rates = Some(vec![0.05, 0.1]);
+        config.heteroscedastic = true;
+        config
+    }
+
+    /// The loss is the minibatch mean of `e^-s (y-μ)² + s` with `s` clamped; a
+    /// heteroscedastic network trains on `2 * output_dim` outputs and serves `output_dim`
+    /// means, with the log variances readable apart; its checkpoint widths count both.
+    #[test]
+    fn heteroscedastic_shapes_and_loss() {
+        let squared = Tensor::new(&[[4.0f32], [1.0]], &Device::Cpu).unwrap();
+        let s = Tensor::new(&[[4f32.ln()], [0.0]], &Device::Cpu).unwrap();
+        let loss: f32 = heteroscedastic_loss(&squared, &s)
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(
+            (loss - (1.0 + 4f32.ln() + 1.0) / 2.0).abs() < 1e-5,
+            "{loss}"
+        );
+        let s = Tensor::new(&[[100.0f32], [-100.0]], &Device::Cpu).unwrap();
+        let loss: f32 = heteroscedastic_loss(&squared, &s)
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        let want = (4.0 * (-7f32).exp() + 7.0 + 7f32.exp() - 7.0) / 2.0;
+        assert!((loss - want).abs() < 1e-2 * want, "{loss} vs {want}");
+
+        let mut trainer = Trainer::new(&heteroscedastic_config()).unwrap();
+        assert_eq!(trainer.widths(), vec![2, 32, 4]);
+        noisy_examples(&mut trainer, 50);
+        let loss = trainer.train(5).unwrap();
+        assert!(loss.is_finite());
+        let xs = matrix(vec![0.1, 0.2, -0.3, 0.4, 0.5, -0.6], 3, 2).unwrap();
+        assert_eq!(trainer.net.forward(&xs, None).unwrap().dims(), [3, 4]);
+        let snap = trainer.snapshot(1).unwrap();
+        assert_eq!(snap.weights.forward(&xs, None).unwrap().dims(), [3, 2]);
+        let log_var = snap.weights.log_variance(&xs).unwrap().unwrap();
+        assert_eq!(log_var.dims(), [3, 2]);
+        let plain = Trainer::new(&concrete_config())
+            .unwrap()
+            .snapshot(0)
+            .unwrap();
+        assert!(plain.weights.log_variance(&xs).unwrap().is_none());
+    }
+
+    /// Decisions of every policy read only the mean outputs: replacing the variance
+    /// outputs' weights changes the log variances but no choice and no score.
+    #[test]
+    fn decisions_ignore_the_variance_outputs() {
+        use crate::policy::{Inputs, decide};
+        let mut trainer = Trainer::new(&heteroscedastic_config()).unwrap();
+        noisy_examples(&mut trainer, 200);
+        trainer.train(100).unwrap();
+        let before = trainer.snapshot(1).unwrap();
+        let (w, b) = (&trainer.net.weight_vars()[1], &trainer.net.vars()[3]);
+        let w_new = Tensor::cat(
+            &[
+                w.as_tensor().narrow(1, 0, 2).unwrap(),
+                (w.as_tensor().narrow(1, 2, 2).unwrap() * 50.0).unwrap(),
+            ],
+            1,
+        )
+        .unwrap();
+        let b_new = Tensor::cat(
+            &[
+                b.as_tensor().narrow(0, 0, 2).unwrap(),
+                Tensor::new(&[5.0f32, -5.0], &Device::Cpu).unwrap(),
+            ],
+            0,
+        )
+        .unwrap();
+        w.set(&w_new).unwrap();
+        b.set(&b_new).unwrap();
+        let after = trainer.snapshot(2).unwrap();
+        let xs = matrix(vec![0.3, -0.2], 1, 2).unwrap();
+        let lv = |s: &Snapshot| -> Vec<f32> {
+            s.weights
+                .log_variance(&xs)
+                .unwrap()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        };
+        assert_ne!(lv(&before), lv(&after));
+        for kind in [
+            PolicyKind::McDropout,
+            PolicyKind::Greedy,
+            PolicyKind::EpsilonGreedy,
+            PolicyKind::Uniform,
+        ] {
+            let (mut a, mut b) = (before.policy, after.policy);
+            a.kind = kind;
+            b.kind = kind;
+            a.epsilon = 0.3;
+            b.epsilon = 0.3;
+            let with = |snap: &Snapshot, policy: Policy| Snapshot {
+                version: snap.version,
+                shape: snap.shape.clone(),
+                weights: snap.weights.clone(),
+                reward_mean: snap.reward_mean,
+                reward_std: snap.reward_std,
+                policy,
+                linear: None,
+            };
+            let (sa, sb) = (with(&before, a), with(&after, b));
+            let (mut ra, mut rb) = (
+                Xoshiro256PlusPlus::seed_from_u64(5),
+                Xoshiro256PlusPlus::seed_from_u64(5),
+            );
+            for _ in 0..20 {
+                let inputs = Inputs::Heads {
+                    context: &[0.3, -0.2],
+                    heads: &[0, 1],
+                };
+                let (ca, cb) = (
+                    decide(&sa, inputs, &mut ra).unwrap(),
+                    decide(&sb, inputs, &mut rb).unwrap(),
+                );
+                assert_eq!(ca, cb, "{kind:?}");
+                assert_eq!(ca.scores.len(), 2);
+            }
+        }
+    }
+
+    /// A seeded run on two arms with noise sd 0.1 and 1 learns a log variance about
+    /// ln(100) ≈ 4.6 larger for the noisy arm (asserted: more than 2 larger at every
+    /// context of a grid), and a mean that still tracks each arm's expected reward.
+    #[test]
+    fn noisy_arm_learns_larger_variance() {
+        let mut trainer = Trainer::new(&heteroscedastic_config()).unwrap();
+        noisy_examples(&mut trainer, 3000);
+        trainer.train(2000).unwrap();
+        let snap = trainer.snapshot(1).unwrap();
+        let grid: Vec<f32> = (0..5)
+            .flat_map(|i| {
+                let x = -0.8 + 0.4 * i as f32;
+                [x, 0.0]
+            })
+            .collect();
+        let xs = matrix(grid.clone(), 5, 2).unwrap();
+        let lv: Vec<Vec<f32>> = snap
+            .weights
+            .log_variance(&xs)
+            .unwrap()
+            .unwrap()
+            .to_vec2()
+            .unwrap();
+        for (row, x) in lv.iter().zip(grid.chunks(2)) {
+            assert!(
+                row[1] - row[0] > 2.0,
+                "x0 = {}: log variances {row:?}",
+                x[0]
+            );
+        }
+        let means: Vec<Vec<f32>> = snap.weights.forward(&xs, None).unwrap().to_vec2().unwrap();
+        for (row, x) in means.iter().zip(grid.chunks(2)) {
+            let quiet = f64::from(row[0]) * snap.reward_std + snap.reward_mean;
+            assert!(
+                (quiet - f64::from(x[0])).abs() < 0.25,
+                "x0 = {}: {quiet}",
+                x[0]
+            );
+        }
     }
 
     /// A checkpoint carries the learned rates through the checkpoint files into a fresh

@@ -57,7 +57,8 @@ impl NetShape {
 }
 
 /// The forward pass shared by serving and training: `masks[l]` (if any) multiplies the units
-/// feeding layer `l`; ReLU after every layer but the last.
+/// feeding layer `l`; ReLU after every layer but the last. A heteroscedastic network's last
+/// layer has `2 * output_dim` outputs: the means, then the log variances in the same order.
 fn forward(layers: &[(Tensor, Tensor)], xs: &Tensor, masks: Option<&Masks>) -> Result<Tensor> {
     let last = layers.len() - 1;
     let mut h = xs.clone();
@@ -77,16 +78,39 @@ fn forward(layers: &[(Tensor, Tensor)], xs: &Tensor, masks: Option<&Masks>) -> R
 #[derive(Debug, Clone)]
 pub struct Weights {
     layers: Vec<(Tensor, Tensor)>,
+    /// Mean outputs (`output_dim`); a heteroscedastic network has as many log variances
+    /// after them, which [`Weights::forward`] leaves out.
+    means: usize,
 }
 
 impl Weights {
-    /// Outputs for a batch `xs` of shape `(rows, input_dim)`, masked by `masks` (`None` = the
-    /// plain network with every unit kept).
+    /// The mean outputs for a batch `xs` of shape `(rows, input_dim)`, masked by `masks`
+    /// (`None` = the plain network with every unit kept): `(rows, output_dim)`. Every policy
+    /// scores with these; a heteroscedastic network's log variances are never among them.
     ///
     /// # Errors
     /// Shapes that do not fit the network.
     pub fn forward(&self, xs: &Tensor, masks: Option<&Masks>) -> Result<Tensor> {
-        forward(&self.layers, xs, masks)
+        let out = forward(&self.layers, xs, masks)?;
+        if out.dim(1)? > self.means {
+            out.narrow(1, 0, self.means)
+        } else {
+            Ok(out)
+        }
+    }
+
+    /// A heteroscedastic network's log noise variances (standardised reward scale) for a
+    /// batch `xs`, without dropout: `(rows, output_dim)`; `None` for a plain network.
+    ///
+    /// # Errors
+    /// Shapes that do not fit the network.
+    pub fn log_variance(&self, xs: &Tensor) -> Result<Option<Tensor>> {
+        let out = forward(&self.layers, xs, None)?;
+        if out.dim(1)? > self.means {
+            out.narrow(1, self.means, self.means).map(Some)
+        } else {
+            Ok(None)
+        }
     }
 
     /// The last hidden layer's activations for a batch `xs` (no dropout): the features
@@ -133,6 +157,8 @@ const MAX_DROP_LOGIT: f64 = 10.0;
 pub struct TrainableNet {
     shape: NetShape,
     layers: Vec<(Var, Var)>,
+    /// The last layer also outputs one log variance per head (after the means).
+    variance_heads: bool,
     /// Concrete Dropout: per weight layer, the logit `ln(p/(1-p))` of the drop rate of the
     /// units feeding it, shape `(1,)`. `None` = the fixed rates of `shape`.
     drop_logits: Option<Vec<Var>>,
@@ -145,9 +171,28 @@ impl TrainableNet {
     /// # Errors
     /// Only if candle cannot build a tensor.
     pub fn new(shape: NetShape, seed: u64) -> Result<Self> {
+        Self::build(shape, seed, false)
+    }
+
+    /// A heteroscedastic network: as [`TrainableNet::new`], but the last layer has
+    /// `2 * output_dim` outputs, the means and then one log noise variance per head, so that
+    /// head indices (and NeuralLinear's regressions, which use the last hidden layer) are
+    /// the same as without.
+    ///
+    /// # Errors
+    /// Only if candle cannot build a tensor.
+    pub fn new_heteroscedastic(shape: NetShape, seed: u64) -> Result<Self> {
+        Self::build(shape, seed, true)
+    }
+
+    fn build(shape: NetShape, seed: u64, variance_heads: bool) -> Result<Self> {
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
         let mut layers = Vec::new();
-        for (fan_in, fan_out) in shape.layer_dims() {
+        let mut dims = shape.layer_dims();
+        if variance_heads && let Some(last) = dims.last_mut() {
+            last.1 *= 2;
+        }
+        for (fan_in, fan_out) in dims {
             let bound = 1.0 / (fan_in as f32).sqrt();
             let mut uniform = |n: usize| -> Vec<f32> {
                 (0..n).map(|_| rng.random_range(-bound..bound)).collect()
@@ -163,6 +208,7 @@ impl TrainableNet {
         Ok(Self {
             shape,
             layers,
+            variance_heads,
             drop_logits: None,
         })
     }
@@ -189,6 +235,11 @@ impl TrainableNet {
             .collect::<Result<Vec<_>>>()?;
         self.drop_logits = Some(logits);
         Ok(self)
+    }
+
+    /// Whether the last layer also outputs log variances (after the means).
+    pub fn has_variance_heads(&self) -> bool {
+        self.variance_heads
     }
 
     /// Whether the drop rates are learned (Concrete Dropout).
@@ -338,7 +389,8 @@ impl TrainableNet {
         self.layers.iter().map(|(w, _)| w.clone()).collect()
     }
 
-    /// Outputs of the trainable network (gradients flow to its `Var`s).
+    /// Outputs of the trainable network (gradients flow to its `Var`s): `(rows, output_dim)`,
+    /// or `(rows, 2 * output_dim)` with the log variances after the means.
     ///
     /// # Errors
     /// Shapes that do not fit the network.
@@ -421,7 +473,10 @@ impl TrainableNet {
             .iter()
             .map(|(w, b)| Ok((w.as_tensor().copy()?, b.as_tensor().copy()?)))
             .collect::<Result<_>>()?;
-        Ok(Weights { layers })
+        Ok(Weights {
+            layers,
+            means: self.shape.output_dim,
+        })
     }
 }
 
