@@ -696,6 +696,24 @@ mod tests {
             .snapshot(0)
             .unwrap();
         assert!(plain.weights.log_variance(&xs).unwrap().is_none());
+
+        // A per-arm network: one mean per candidate row, for single and batched draws.
+        let mut per_arm = ModelConfig::new("p", ModelKind::PerArmFeatures, 1);
+        per_arm.arm_feature_dim = 1;
+        per_arm.hidden_layers = vec![8];
+        per_arm.drop_rates = Some(vec![0.1, 0.2]);
+        per_arm.heteroscedastic = true;
+        let snap = Trainer::new(&per_arm).unwrap().snapshot(0).unwrap();
+        let values = [0.1f32, 0.2, -0.3, 0.4, 0.5, -0.6];
+        let inputs = crate::policy::Inputs::Rows {
+            values: &values,
+            rows: 3,
+        };
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(1);
+        let choice = crate::policy::decide(&snap, inputs, &mut rng).unwrap();
+        assert_eq!(choice.scores.len(), 3);
+        let spread = crate::policy::explain(&snap, inputs, 20, &mut rng).unwrap();
+        assert_eq!(spread.len(), 3);
     }
 
     /// Decisions of every policy read only the mean outputs: replacing the variance
