@@ -322,6 +322,17 @@ pub struct ModelConfig {
     /// (`hidden_layers.len() + 1` values in `[0, 1)`).
     #[serde(default)]
     pub drop_rates: Option<Vec<f64>>,
+    /// Learn each layer's drop rate with Concrete Dropout (Gal, Hron & Kendall 2017),
+    /// starting from `drop_rates`; decisions then draw masks at the learned rates. Every
+    /// starting rate must be in `(0, 1)`.
+    #[serde(default)]
+    pub concrete_dropout: bool,
+    /// Give every output head a second output, its log noise variance, and train the pair
+    /// by the Gaussian negative log-likelihood instead of the squared error (THEORY.md §2):
+    /// noisy arms are then fitted as noisy, not kept uncertain. Decisions score the means
+    /// only.
+    #[serde(default)]
+    pub heteroscedastic: bool,
     /// Optimizer step size.
     #[serde(default = "defaults::learning_rate")]
     pub learning_rate: f64,
@@ -445,6 +456,8 @@ impl ModelConfig {
             neural_linear: NeuralLinearConfig::default(),
             propensity_samples: 0,
             drop_rates: None,
+            concrete_dropout: false,
+            heteroscedastic: false,
             learning_rate: defaults::learning_rate(),
             optimizer: defaults::optimizer(),
             batch_size: defaults::batch_size(),
@@ -609,6 +622,17 @@ impl ModelConfig {
         }
         if let Some(r) = rates.iter().find(|r| !(0.0..1.0).contains(*r)) {
             return Err(bad("drop_rates", format!("{r} is not in [0, 1)")));
+        }
+        if self.concrete_dropout
+            && let Some(r) = rates.iter().find(|r| **r <= 0.0)
+        {
+            return Err(bad(
+                "drop_rates",
+                format!(
+                    "{r} cannot be learned: concrete_dropout learns every rate from its starting \
+                     value, so each must be in (0, 1)"
+                ),
+            ));
         }
         if !(0.0..=1.0).contains(&self.epsilon) {
             return Err(bad("epsilon", format!("{} is not in [0, 1]", self.epsilon)));
@@ -860,6 +884,15 @@ mod tests {
         assert_eq!(
             set(&["policy=\"greedy\""]).unwrap().policy,
             PolicyKind::Greedy
+        );
+        let concrete = set(&["concrete_dropout=true"]).unwrap();
+        assert!(concrete.concrete_dropout);
+        let err = set(&["concrete_dropout=true", "drop_rates=[0.0, 0.3, 0.3]"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("drop_rates") && err.contains("concrete_dropout"),
+            "{err}"
         );
         for bad in [
             "policy=sometimes",

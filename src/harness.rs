@@ -116,6 +116,16 @@ pub struct CurvePoint {
     pub uniform_regret: f64,
 }
 
+/// The drop rates serving decisions after `decisions` decisions: with `concrete_dropout`,
+/// how the learned rates move over a run.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RatePoint {
+    /// Decisions made so far.
+    pub decisions: u64,
+    /// One rate per weight layer: the input units', then each hidden layer's.
+    pub drop_rates: Vec<f64>,
+}
+
 /// The interval between curve points for a run of `rounds` rounds: about 200 points.
 pub fn curve_every(rounds: u64) -> u64 {
     (rounds / 200).max(1)
@@ -235,6 +245,9 @@ pub struct InprocRun {
     pub tally: Tally,
     /// Cumulative totals every [`curve_every`] rounds, and after the last.
     pub curve: Vec<CurvePoint>,
+    /// With `concrete_dropout`, the serving snapshot's learned drop rates at the same points
+    /// as `curve` (empty with fixed rates).
+    pub drop_rates: Vec<RatePoint>,
     /// SGD steps taken.
     pub steps: u64,
     /// Snapshots published (the serving weights' version at the end).
@@ -272,6 +285,7 @@ pub fn run_inproc(
 
     let mut tally = Tally::default();
     let mut curve = Vec::new();
+    let mut drop_rates = Vec::new();
     let mut steps = 0u64;
     let mut since_publish = 0usize;
     let mut heads = Vec::new();
@@ -346,6 +360,12 @@ pub fn run_inproc(
         let played = t + 1;
         if played.is_multiple_of(every) || played == rounds {
             curve.push(tally.point());
+            if model.concrete_dropout {
+                drop_rates.push(RatePoint {
+                    decisions: played,
+                    drop_rates: snapshot.shape.drop_rates.clone(),
+                });
+            }
         }
         if played.is_multiple_of(64) || played == rounds {
             progress(played);
@@ -356,6 +376,7 @@ pub fn run_inproc(
         rounds,
         tally,
         curve,
+        drop_rates,
         steps,
         version,
         elapsed: start.elapsed(),

@@ -56,6 +56,10 @@ pub const MODEL_VERSION: &str = "banditd_model_version";
 pub const LINEAR_REFRESHES: &str = "banditd_neural_linear_refreshes_total";
 /// How long the latest NeuralLinear refresh took, by model.
 pub const LINEAR_REFRESH_SECONDS: &str = "banditd_neural_linear_refresh_seconds";
+/// Drop rate the serving weights draw their masks at, by model and layer (`0` = the input
+/// units, then each hidden layer): the configured rate, or the learned one with
+/// `concrete_dropout`.
+pub const DROP_RATE: &str = "banditd_drop_rate";
 
 /// Latency buckets in seconds: the service answers in tens of microseconds, a slow one in
 /// milliseconds; 25 µs to 1 s covers both with about two buckets per doubling at the low end.
@@ -171,6 +175,10 @@ pub fn describe() {
         "Decisions answered without being logged because the log writer queue was full."
     );
     describe_gauge!(MODEL_VERSION, "Version of the weights serving decisions.");
+    describe_gauge!(
+        DROP_RATE,
+        "Drop rate of the units feeding each weight layer of the serving weights (layer 0 = input); learned with concrete_dropout."
+    );
 }
 
 /// A decision was made. `arm` is `Some` only for fixed-arm models (bounded by config).
@@ -247,9 +255,13 @@ pub fn linear_refreshed(model: &str, count: u64, last: Duration) {
     gauge!(LINEAR_REFRESH_SECONDS, "model" => model.to_owned()).set(last.as_secs_f64());
 }
 
-/// New weights were published.
-pub fn model_published(model: &str, version: u64) {
+/// New weights were published, drawing their masks at `drop_rates` (one per weight layer,
+/// input first: the layer label is bounded by the configured network depth).
+pub fn model_published(model: &str, version: u64, drop_rates: &[f64]) {
     gauge!(MODEL_VERSION, "model" => model.to_owned()).set(version as f64);
+    for (layer, rate) in drop_rates.iter().enumerate() {
+        gauge!(DROP_RATE, "model" => model.to_owned(), "layer" => layer.to_string()).set(*rate);
+    }
 }
 
 /// The number of pending decisions changed.

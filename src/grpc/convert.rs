@@ -105,6 +105,8 @@ impl From<ModelStatus> for pb::ModelInfo {
             arm_feature_dim,
             hidden_layers,
             drop_rates: _,
+            concrete_dropout: _,
+            heteroscedastic: _,
             policy,
             epsilon,
             neural_linear: _,

@@ -424,8 +424,8 @@ impl Worker {
         self.version += 1;
         self.dirty = false;
         let snapshot = self.trainer.snapshot(self.version)?;
+        metrics::model_published(&self.model, self.version, &snapshot.shape.drop_rates);
         self.shared.snapshot.store(Arc::new(snapshot));
-        metrics::model_published(&self.model, self.version);
         Ok(())
     }
 }

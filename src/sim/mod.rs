@@ -34,6 +34,7 @@
 
 mod classification;
 mod drift;
+mod noisy;
 mod per_arm;
 mod wheel;
 
@@ -41,6 +42,7 @@ use std::path::Path;
 
 pub use classification::{Classification, LabelColumn};
 pub use drift::Drifting;
+pub use noisy::Noisy;
 pub use per_arm::PerArmLogistic;
 pub use wheel::WheelBandit;
 
@@ -262,7 +264,8 @@ pub const SPEC_FORMS: &str = "\"wheel\" (delta 0.5), \"wheel:DELTA\", \
      \"csv:PATH\" (label = last column), \"csv:PATH:LABEL\" (label column name or \
      0-based index), \"per-arm\" (context 8, arm 8, catalogue 100, candidates 10), \
      \"per-arm:CONTEXT,ARM,CATALOGUE,CANDIDATES\", and any of these prefixed by \
-     \"drift@N:\" (e.g. \"drift@2500:wheel:0.5\")";
+     \"drift@N:\" (e.g. \"drift@2500:wheel:0.5\") or by \"noise@ARM,SIGMA:\" (arm ARM's \
+     rewards get N(0, SIGMA²) added, e.g. \"noise@0,10:wheel:0.5\")";
 
 /// Builds an environment from a short spec string, seeded with `seed`.
 ///
@@ -277,6 +280,8 @@ pub const SPEC_FORMS: &str = "\"wheel\" (delta 0.5), \"wheel:DELTA\", \
 ///   of 100 items and 10 candidates per round; `per-arm:CONTEXT,ARM,CATALOGUE,CANDIDATES`
 ///   — with the given sizes.
 /// * `drift@N:SPEC` — any of the above wrapped in [`Drifting`], drifting after `N` rounds.
+/// * `noise@ARM,SIGMA:SPEC` — any of the above wrapped in [`Noisy`]: the candidate with id
+///   `ARM` gets `N(0, SIGMA²)` added to its sampled rewards (its expected reward unchanged).
 ///
 /// # Errors
 ///
@@ -307,6 +312,22 @@ pub fn from_spec(spec: &str, seed: u64) -> Result<Box<dyn Environment>, SimError
         }
         let inner = from_spec(inner, seed)?;
         return Ok(Box::new(Drifting::new(inner, at_round)));
+    }
+
+    if let Some(rest) = trimmed.strip_prefix("noise@") {
+        let usage =
+            || spec_error("\"noise@ARM,SIGMA:\" must be followed by another spec".to_owned());
+        let (args, inner) = rest.split_once(':').ok_or_else(usage)?;
+        let (arm, sigma) = args.split_once(',').ok_or_else(usage)?;
+        let sigma: f64 = sigma
+            .trim()
+            .parse()
+            .map_err(|_| spec_error(format!("the noise sigma {sigma:?} is not a number")))?;
+        if inner.trim().is_empty() || arm.trim().is_empty() {
+            return Err(usage());
+        }
+        let inner = from_spec(inner, seed)?;
+        return Ok(Box::new(Noisy::new(inner, arm.trim(), sigma, seed)?));
     }
 
     let (kind, args) = match trimmed.split_once(':') {
@@ -480,6 +501,17 @@ mod tests {
         let env = from_spec("drift@0:per-arm:2,2,5,5", 1).unwrap();
         assert_eq!(env.arm_feature_dim(), 2);
         assert!(env.name().starts_with("drift(per-arm("));
+
+        let env = from_spec("noise@0,10:wheel:0.7", 1).unwrap();
+        assert_eq!(env.name(), "noise(wheel(delta=0.7)@0=10)");
+        for bad in [
+            "noise@0:wheel",
+            "noise@0,x:wheel",
+            "noise@0,1:",
+            "noise@0,-1:wheel",
+        ] {
+            assert!(from_spec(bad, 1).is_err(), "{bad} was accepted");
+        }
     }
 
     #[test]

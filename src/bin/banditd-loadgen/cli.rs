@@ -114,7 +114,8 @@ pub(crate) struct OutputArgs {
 #[derive(Debug, Args)]
 pub(crate) struct InprocArgs {
     /// An environment; repeat for several. Forms: `wheel`, `wheel:DELTA`, `csv:PATH`,
-    /// `csv:PATH:LABEL`, `per-arm`, `per-arm:CTX,ARM,CATALOGUE,CANDIDATES`, `drift@N:SPEC`.
+    /// `csv:PATH:LABEL`, `per-arm`, `per-arm:CTX,ARM,CATALOGUE,CANDIDATES`, `drift@N:SPEC`,
+    /// `noise@ARM,SIGMA:SPEC` (arm ARM's rewards get N(0, SIGMA²) noise added).
     #[arg(long = "env", required = true)]
     pub(crate) envs: Vec<String>,
     /// Seeds, comma-separated; each seeds the environment and (mixed in) the model.

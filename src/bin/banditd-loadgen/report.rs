@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use banditd::harness::{CurvePoint, InprocRun};
+use banditd::harness::{CurvePoint, InprocRun, RatePoint};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
@@ -241,6 +241,9 @@ pub(crate) struct InprocRunReport {
     pub(crate) model_version: u64,
     pub(crate) elapsed_s: f64,
     pub(crate) curve: Vec<CurvePoint>,
+    /// With `concrete_dropout`: the learned drop rates at the curve's points.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) drop_rates: Vec<RatePoint>,
 }
 
 impl InprocRunReport {
@@ -258,6 +261,7 @@ impl InprocRunReport {
             model_version: run.version,
             elapsed_s: run.elapsed.as_secs_f64(),
             curve: run.curve.clone(),
+            drop_rates: run.drop_rates.clone(),
         }
     }
 }
@@ -327,6 +331,16 @@ impl InprocReport {
                 fmt_f(r.mean_reward, 4),
                 fmt_f(r.elapsed_s, 2)
             );
+        }
+        if self.runs.iter().any(|r| !r.drop_rates.is_empty()) {
+            println!();
+            println!("  learned drop rates at the end (input, then each hidden layer):");
+            for r in &self.runs {
+                if let Some(last) = r.drop_rates.last() {
+                    let rates: Vec<String> = last.drop_rates.iter().map(|p| fmt_f(*p, 4)).collect();
+                    println!("  {:<w$}{:>6}  [{}]", r.env, r.seed, rates.join(", "));
+                }
+            }
         }
         println!();
         println!(
