@@ -19,14 +19,18 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$repo"
 
 # The command as typed, for the BENCHMARKS.md block (non-default settings included).
-command="bench/peers/run.sh"
+quote() {
+    if [[ "$1" =~ ^[A-Za-z0-9_.,:=/@+-]+$ ]]; then printf '%s' "$1"; else printf '%q' "$1"; fi
+}
+command=""
 for var in ROUNDS SEEDS; do
     if [[ -n "${!var:-}" ]]; then
-        command="$var=${!var} $command"
+        command+="$var=$(quote "${!var}") "
     fi
 done
+command+="bench/peers/run.sh"
 for arg in "$@"; do
-    command+=" $(printf '%q' "$arg")"
+    command+=" $(quote "$arg")"
 done
 
 ROUNDS="${ROUNDS:-5000}"
