@@ -31,7 +31,7 @@
 use std::{hint::black_box, time::Duration};
 
 use banditd::{
-    config::{ModelConfig, ModelKind, OptimizerKind},
+    config::{ModelConfig, ModelKind, OptimizerKind, PolicyKind},
     learner::{Example, RunningStats, Trainer},
     model::{Snapshot, Weights},
     policy::{self, Inputs},
@@ -750,6 +750,88 @@ fn announce(_: &mut Criterion) {
     );
 }
 
+/// Every policy's decision on the wheel-shaped fixed-arm net (2-100-100-5), then what a
+/// propensity estimate and an explanation cost per number of posterior samples S.
+fn bench_policies(c: &mut Criterion) {
+    let context = uniform(&mut Xoshiro256PlusPlus::seed_from_u64(2), 2);
+    let heads: Vec<usize> = (0..5).collect();
+    let inputs = Inputs::Heads {
+        context: &context,
+        heads: &heads,
+    };
+    let snapshot_for = |policy: PolicyKind| {
+        let mut config = fixed_config(2, 5);
+        config.policy = policy;
+        snapshot_of(&config)
+    };
+    let mut group = c.benchmark_group("policy_decide_2-100-100-5");
+    for policy in [
+        PolicyKind::McDropout,
+        PolicyKind::NeuralLinear,
+        PolicyKind::Greedy,
+        PolicyKind::EpsilonGreedy,
+        PolicyKind::Uniform,
+    ] {
+        let snapshot = snapshot_for(policy);
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(3);
+        group.bench_function(policy.as_str(), |b| {
+            b.iter(|| policy::decide(&snapshot, black_box(inputs), &mut rng).expect("decide"));
+        });
+    }
+    group.finish();
+
+    for policy in [PolicyKind::McDropout, PolicyKind::NeuralLinear] {
+        let snapshot = snapshot_for(policy);
+        let mut group = c.benchmark_group(format!("propensity_{}_2-100-100-5", policy.as_str()));
+        for samples in [10, 100, 1000] {
+            let mut rng = Xoshiro256PlusPlus::seed_from_u64(4);
+            group.bench_function(format!("S={samples}"), |b| {
+                b.iter(|| {
+                    policy::propensity(&snapshot, black_box(inputs), 0, samples, &mut rng)
+                        .expect("propensity")
+                });
+            });
+        }
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(5);
+        group.bench_function("explain_S=100", |b| {
+            b.iter(|| {
+                policy::explain(&snapshot, black_box(inputs), 100, &mut rng).expect("explain")
+            });
+        });
+        group.finish();
+    }
+}
+
+/// NeuralLinear's learner-side costs on the wheel-shaped net: refitting every head on a full
+/// replay buffer (features recomputed), and factorising the posteriors for a publish.
+fn bench_neural_linear_learner(c: &mut Criterion) {
+    let mut config = fixed_config(2, 5);
+    config.policy = PolicyKind::NeuralLinear;
+    config.neural_linear.refresh_every = usize::MAX;
+    let mut group = c.benchmark_group("neural_linear_learner_2-100-100-5");
+    for replay in [1_000usize, 20_000] {
+        let mut trainer = Trainer::new(&config).expect("trainer");
+        for example in examples(&config, replay, 1) {
+            trainer.add(example);
+        }
+        group.bench_function(format!("refresh_replay_{replay}"), |b| {
+            b.iter(|| trainer.refresh_linear().expect("refresh"));
+        });
+    }
+    let mut trainer = Trainer::new(&config).expect("trainer");
+    let mut more = examples(&config, 100_000, 2).into_iter().cycle();
+    let mut version = 0;
+    group.bench_function("add_one_then_publish", |b| {
+        b.iter(|| {
+            // One example dirties one head's posterior: a publish factorises that one again.
+            trainer.add(more.next().expect("cycle"));
+            version += 1;
+            trainer.snapshot(version).expect("snapshot")
+        });
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = criterion_config();
@@ -758,6 +840,8 @@ criterion_group! {
         bench_decide_fixed_large,
         bench_decide_per_arm,
         bench_sgd_step_32,
-        bench_sgd_step_1
+        bench_sgd_step_1,
+        bench_policies,
+        bench_neural_linear_learner
 }
 criterion_main!(benches);

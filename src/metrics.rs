@@ -52,6 +52,10 @@ pub const RECOVERY_SKIPPED: &str = "banditd_recovery_skipped_total";
 pub const DECISIONS_UNLOGGED: &str = "banditd_decisions_unlogged_total";
 /// Version of the weights serving decisions, by model.
 pub const MODEL_VERSION: &str = "banditd_model_version";
+/// NeuralLinear refreshes (features recomputed, regressions refitted on replay), by model.
+pub const LINEAR_REFRESHES: &str = "banditd_neural_linear_refreshes_total";
+/// How long the latest NeuralLinear refresh took, by model.
+pub const LINEAR_REFRESH_SECONDS: &str = "banditd_neural_linear_refresh_seconds";
 
 /// Latency buckets in seconds: the service answers in tens of microseconds, a slow one in
 /// milliseconds; 25 µs to 1 s covers both with about two buckets per doubling at the low end.
@@ -76,6 +80,16 @@ pub fn install(addr: SocketAddr) -> Result<(), BuildError> {
 
 /// Registers help text and units for every metric.
 pub fn describe() {
+    describe_counter!(
+        LINEAR_REFRESHES,
+        Unit::Count,
+        "NeuralLinear refreshes: features recomputed with the latest network, regressions refitted on the replay buffer."
+    );
+    describe_gauge!(
+        LINEAR_REFRESH_SECONDS,
+        Unit::Seconds,
+        "Duration of the latest NeuralLinear refresh."
+    );
     describe_counter!(
         DECISIONS,
         Unit::Count,
@@ -225,6 +239,12 @@ pub fn decision_unlogged(model: &str) {
         model,
         "log writer queue full: decision answered without being logged"
     );
+}
+
+/// NeuralLinear refreshed `count` times since the last report; the latest took `last`.
+pub fn linear_refreshed(model: &str, count: u64, last: Duration) {
+    counter!(LINEAR_REFRESHES, "model" => model.to_owned()).increment(count);
+    gauge!(LINEAR_REFRESH_SECONDS, "model" => model.to_owned()).set(last.as_secs_f64());
 }
 
 /// New weights were published.

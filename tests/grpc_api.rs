@@ -154,7 +154,7 @@ async fn per_arm_round_trip() {
             arm("c", vec![1.0; 8]),
         ],
         excluded_arm_ids: vec!["b".into(), "not-a-candidate".into()],
-        decision_id: String::new(),
+        ..Default::default()
     };
     let resp = client.choose_arm(req).await.unwrap().into_inner();
     assert_eq!(

@@ -381,7 +381,14 @@ impl Worker {
     /// Folds one example in; returns the number of steps it buys.
     fn take(&mut self, example: Example) -> usize {
         self.shared.stats.examples.fetch_add(1, Ordering::Relaxed);
-        self.trainer.add(example)
+        let before = self.trainer.linear_refreshes();
+        let steps = self.trainer.add(example);
+        if let (Some((was, _)), Some((now, last))) = (before, self.trainer.linear_refreshes())
+            && now > was
+        {
+            metrics::linear_refreshed(&self.model, now - was, last);
+        }
+        steps
     }
 
     /// Writes a checkpoint of the published version if it is newer than the last one.

@@ -80,6 +80,8 @@ struct LinearState {
     /// Factorised posteriors of `stats`; `None` = changed since the last snapshot.
     posteriors: Vec<Option<Arc<LinearPosterior>>>,
     since_refresh: usize,
+    /// Refreshes so far.
+    refreshes: u64,
     /// With a throttle (the learner thread), a refresh waits until the time since the last
     /// one is at least `throttle` times what that one took, so refreshing costs at most
     /// about 1/(1+throttle) of the learner's time whatever the replay size. `None`
@@ -188,6 +190,7 @@ impl Trainer {
                 .collect(),
             posteriors: vec![None; config.output_dim()],
             since_refresh: 0,
+            refreshes: 0,
             throttle: None,
             last_refresh: Instant::now(),
             last_cost: Duration::ZERO,
@@ -202,6 +205,11 @@ impl Trainer {
         if let Some(lin) = &mut self.linear {
             lin.throttle = Some(factor);
         }
+    }
+
+    /// NeuralLinear refreshes so far and how long the latest took (none for other policies).
+    pub fn linear_refreshes(&self) -> Option<(u64, Duration)> {
+        self.linear.as_ref().map(|l| (l.refreshes, l.last_cost))
     }
 
     /// Recomputes NeuralLinear's features with the current network and refits every head's
@@ -249,6 +257,7 @@ impl Trainer {
         lin.stats = stats;
         lin.posteriors.iter_mut().for_each(|p| *p = None);
         lin.since_refresh = 0;
+        lin.refreshes += 1;
         lin.last_refresh = Instant::now();
         lin.last_cost = started.elapsed();
         Ok(())

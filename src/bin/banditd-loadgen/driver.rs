@@ -318,20 +318,34 @@ async fn connect(url: &str, n: u64, timeout: Duration) -> anyhow::Result<Vec<Cha
     Ok(channels)
 }
 
+/// How long `get_model` waits for a server that answers UNAVAILABLE (still recovering at
+/// startup) before giving up.
+const READY_WAIT: Duration = Duration::from_secs(60);
+
+/// The model's description; waits (up to [`READY_WAIT`]) while the server is UNAVAILABLE,
+/// i.e. still recovering its models at startup.
 async fn get_model(channel: &Channel, url: &str, model: &str) -> anyhow::Result<ModelInfo> {
     let mut client = Client::new(channel.clone());
-    match client
-        .get_model(GetModelRequest {
-            model: model.to_owned(),
-        })
-        .await
-    {
-        Ok(info) => Ok(info.into_inner()),
-        Err(status) => bail!(
-            "{url}: GetModel({model:?}) failed: {}: {}",
-            banditd::grpc::code_name(status.code()),
-            status.message()
-        ),
+    let deadline = Instant::now() + READY_WAIT;
+    loop {
+        let result = client
+            .get_model(GetModelRequest {
+                model: model.to_owned(),
+            })
+            .await;
+        match result {
+            Ok(info) => return Ok(info.into_inner()),
+            Err(status)
+                if status.code() == tonic::Code::Unavailable && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(status) => bail!(
+                "{url}: GetModel({model:?}) failed: {}: {}",
+                banditd::grpc::code_name(status.code()),
+                status.message()
+            ),
+        }
     }
 }
 
