@@ -23,7 +23,7 @@ use crate::{
 };
 
 pub use auth::{Role, Tokens};
-pub use convert::code_name;
+pub use convert::{MAX_STATUS_TEXT_BYTES, code_name};
 
 /// The full name of the bandit service, as health checks name it.
 pub const SERVICE_NAME: &str = "banditd.v1.BanditService";
