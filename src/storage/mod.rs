@@ -510,8 +510,8 @@ fn example_from(seq: u64, bytes: &[u8]) -> Option<Example> {
     })
 }
 
-/// Owns the writer thread; [`LogWriter::shutdown`] (or drop) flushes and joins it once every
-/// [`Log`] handle is gone.
+/// Owns the writer thread; [`LogWriter::shutdown`] flushes and joins it once every [`Log`]
+/// handle is gone (dropping it joins only a writer that has already stopped).
 #[derive(Debug)]
 pub struct LogWriter {
     thread: Option<JoinHandle<()>>,
@@ -531,7 +531,12 @@ impl LogWriter {
 
 impl Drop for LogWriter {
     fn drop(&mut self) {
-        self.shutdown();
+        // Dropped without `Background::shutdown` (a cancelled `run`, e.g. in a test that
+        // panicked), the `Log` handles may still be alive and joining would wait for them
+        // forever; the writer stops on its own once they are gone.
+        if self.thread.as_ref().is_some_and(JoinHandle::is_finished) {
+            self.shutdown();
+        }
     }
 }
 
