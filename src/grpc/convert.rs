@@ -154,6 +154,12 @@ fn bounded(mut text: String) -> String {
     text
 }
 
+/// The retry delay a RESOURCE_EXHAUSTED status suggests. What is full drains in about a
+/// group commit (milliseconds; tens under fsync on a slow disk) or a call's time (the
+/// in-flight limits); 100 ms lets it drain without keeping a client's fallback waiting long.
+/// Clients should still back off exponentially with jitter on repeated refusals.
+const RETRY_OVERLOADED_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
+
 impl From<Error> for Status {
     fn from(e: Error) -> Self {
         let message = bounded(e.to_string());
@@ -166,7 +172,12 @@ impl From<Error> for Status {
             ),
             Error::ModelNotFound(_) | Error::DecisionNotFound(_) => Status::not_found(message),
             Error::RewardConflict { .. } => Status::already_exists(message),
-            Error::Overloaded(_) => Status::resource_exhausted(message),
+            // When to retry goes out machine-readable, as a google.rpc.RetryInfo.
+            Error::Overloaded(_) => Status::with_error_details(
+                Code::ResourceExhausted,
+                message,
+                ErrorDetails::with_retry_info(Some(RETRY_OVERLOADED_AFTER)),
+            ),
             Error::Unavailable(_) => Status::unavailable(message),
             Error::Internal(detail) => {
                 tracing::error!(%detail, "internal error");
@@ -238,6 +249,10 @@ mod tests {
             .field_violations;
         assert_eq!(violations[0].field, "candidates[2].features");
         assert_eq!(violations[0].description, "expected 8 values, got 3");
+        // RESOURCE_EXHAUSTED says when to retry.
+        let status = Status::from(Error::Overloaded("log writer queue"));
+        let retry = status.get_details_retry_info().expect("retry info");
+        assert_eq!(retry.retry_delay, Some(RETRY_OVERLOADED_AFTER));
     }
 
     /// Client values quoted in messages are cut to the bound at a character boundary, in the
