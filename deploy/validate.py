@@ -19,6 +19,9 @@ and cross-checked instead.
   sized for: the termination grace period covers preStop + drain + checkpoint, the memory
   limit covers the measured worst case for its pending_capacity, and the queue alert fires at
   80% of its learner_queue_capacity.
+- Bearer tokens (components/auth, used by overlays/example) reach the container only as
+  secretKeyRefs into the Secret banditd-tokens, BANDITD_TOKENS not optional; no Secret with
+  data is committed anywhere under deploy/.
 - compose's and Grafana's mounted files exist; the dashboard provider points at the mount.
 - When `kubectl` is on PATH, `kubectl kustomize` renders base and overlays (optional).
 
@@ -373,6 +376,54 @@ check({e["port"] for e in sm["spec"]["endpoints"]} <= {p["name"] for p in api["s
 check(sm["spec"].get("jobLabel") and api["metadata"]["labels"].get(sm["spec"]["jobLabel"]) == "banditd",
       "ServiceMonitor jobLabel must give job=\"banditd\" (the rules select it)")
 
+# Tokens (components/auth): the token variables come from a Secret by secretKeyRef, never as
+# literal values, and no Secret with data is committed anywhere under deploy/.
+TOKEN_ENV = {"BANDITD_TOKENS", "BANDITD_ADMIN_TOKENS"}
+TOKEN_SECRET = "banditd-tokens"
+check(TOKEN_ENV <= BINARY_ENV, f"src/main.rs no longer reads {sorted(TOKEN_ENV - BINARY_ENV)}")
+auth = "deploy/k8s/components/auth"
+ak = yaml.safe_load(read(f"{auth}/kustomization.yaml"))
+check(ak["kind"] == "Component", "auth: not a kustomize Component")
+token_env = {}
+for patch in ak.get("patches", []):
+    check("path" in patch, f"auth: patch {patch} is not a file")
+    for d in load_all(f"{auth}/{patch.get('path', '')}"):
+        check(d["kind"] == "StatefulSet" and d["metadata"]["name"] == sts["metadata"]["name"],
+              f"auth: patch targets {d['kind']} {d['metadata']['name']}, not the StatefulSet")
+        for pc in d["spec"]["template"]["spec"]["containers"]:
+            check(pc["name"] == c["name"], f"auth: patch names container {pc['name']}, not {c['name']}")
+            for e in pc.get("env", []):
+                token_env[e["name"]] = e
+
+
+def check_token_env(env_list, where):
+    """Every token variable in `env_list` is a secretKeyRef into the tokens Secret."""
+    found = {}
+    for e in env_list:
+        if e["name"] in TOKEN_ENV:
+            ref = e.get("valueFrom", {}).get("secretKeyRef", {})
+            check("value" not in e, f"{where}: {e['name']} has a literal value; tokens come only from a Secret")
+            check(ref.get("name") == TOKEN_SECRET and ref.get("key"),
+                  f"{where}: {e['name']} is not a secretKeyRef into Secret {TOKEN_SECRET}")
+            found[e["name"]] = ref
+    return found
+
+
+refs = check_token_env(token_env.values(), "auth")
+check(set(token_env) == TOKEN_ENV, f"auth: patch sets {sorted(token_env)}, want {sorted(TOKEN_ENV)}")
+check(refs.get("BANDITD_TOKENS", {}).get("optional") is not True,
+      "auth: BANDITD_TOKENS must not be optional (a missing Secret would start the pod unauthenticated)")
+check(not check_token_env(c.get("env", []), "StatefulSet"), "base StatefulSet: tokens belong in components/auth")
+for path in glob.glob(os.path.join(DEPLOY, "**", "*.y*ml"), recursive=True):
+    with open(path, encoding="utf-8") as f:
+        for d in yaml.safe_load_all(f):
+            if isinstance(d, dict) and d.get("kind") == "Secret":
+                check(not d.get("data") and not d.get("stringData"),
+                      f"{os.path.relpath(path, ROOT)}: a Secret with data is committed")
+example = yaml.safe_load(read("deploy/k8s/overlays/example/kustomization.yaml"))
+check("../../components/auth" in example.get("components", []),
+      "overlays/example: does not use components/auth (an exposed banditd needs tokens)")
+
 # Every overlay's references exist.
 for k in glob.glob(os.path.join(DEPLOY, "k8s", "overlays", "*", "kustomization.yaml")):
     d = os.path.dirname(k)
@@ -389,8 +440,16 @@ if kubectl:
     for d in kdirs:
         out = subprocess.run([kubectl, "kustomize", d], capture_output=True, text=True, timeout=60)
         if check(out.returncode == 0, f"kubectl kustomize {os.path.relpath(d, ROOT)}: {out.stderr.strip()}"):
-            kinds = {x["kind"] for x in yaml.safe_load_all(out.stdout) if x}
+            objs = [x for x in yaml.safe_load_all(out.stdout) if x]
+            kinds = {x["kind"] for x in objs}
             check({"StatefulSet", "Service", "ConfigMap"} <= kinds, f"kustomize {d} rendered {kinds}")
+            rel = os.path.relpath(d, ROOT)
+            for x in objs:
+                if x["kind"] == "StatefulSet":
+                    for rc in x["spec"]["template"]["spec"]["containers"]:
+                        found = check_token_env(rc.get("env", []), f"kustomize {rel}")
+                        if rel == "deploy/k8s/overlays/example":
+                            check(set(found) == TOKEN_ENV, f"kustomize {rel}: tokens not from the Secret ({sorted(found)})")
     rendered = f"rendered {len(kdirs)} kustomizations with kubectl"
 
 if errors:

@@ -151,6 +151,9 @@ pub struct StorageConfig {
     pub sync_decisions: bool,
     /// Most log operations queued for the writer; past it rewards get RESOURCE_EXHAUSTED.
     pub writer_queue_capacity: usize,
+    /// What `ChooseArm` does when that queue is full: `reject` (RESOURCE_EXHAUSTED) or `serve`
+    /// (answer without logging the decision).
+    pub on_log_full: crate::storage::OnLogFull,
     /// How often each learner writes a checkpoint (when it has trained since the last one).
     pub checkpoint_interval_secs: u64,
     /// Closed decisions and checkpointed examples are kept this long (for offline evaluation)
@@ -169,6 +172,9 @@ impl Default for StorageConfig {
             sync_interval_ms: 100,
             sync_decisions: false,
             writer_queue_capacity: 65_536,
+            // Every decision served is logged, as README.md "Durability" promises, and a full
+            // queue fails fast like every other bound; `serve` is the opt-in for availability.
+            on_log_full: crate::storage::OnLogFull::Reject,
             checkpoint_interval_secs: 30,
             retention_hours: 24,
             cache_mib: 64,

@@ -160,6 +160,21 @@ impl PendingStore {
         }
     }
 
+    /// Forgets a pending decision that was refused after it was stored (its log write
+    /// failed), so neither a retry with its id nor a reward finds it. Returns whether it was
+    /// pending.
+    pub fn remove(&self, id: &str) -> bool {
+        let mut state = self.lock();
+        if state.map.remove(id).is_none() {
+            return false;
+        }
+        // Stored a moment ago: it is at or near the back of the queue.
+        if let Some(at) = state.order.iter().rposition(|(_, queued)| queued == id) {
+            state.order.remove(at);
+        }
+        true
+    }
+
     /// Forgets a reward recorded by [`PendingStore::record_reward`] whose commit then failed,
     /// so that the client's retry is accepted.
     pub fn revert_reward(&self, id: &str, reward: f64) {
@@ -256,6 +271,33 @@ mod tests {
             propensity: None,
             explanation: None,
         }
+    }
+
+    /// A removed decision is gone from the map and the queue: its id can be stored again,
+    /// and it neither counts against the capacity nor expires or evicts its successor early.
+    #[tokio::test(start_paused = true)]
+    async fn remove_keeps_map_and_queue_in_step() {
+        let store = PendingStore::new(Duration::from_secs(60), 2);
+        store.insert(decision("old"));
+        store.insert(decision("x"));
+        assert!(store.remove("x"));
+        assert!(!store.remove("x"));
+        assert!(store.get("x").is_none());
+        assert_eq!(store.len(), 1);
+        // Room for one more without evicting "old".
+        assert!(store.insert(decision("y")).evicted.is_empty());
+        tokio::time::advance(Duration::from_secs(30)).await;
+        // "x" again, later: a stale queue entry for it would expire it with "old".
+        assert!(store.remove("y"));
+        assert!(store.insert(decision("x")).evicted.is_empty());
+        tokio::time::advance(Duration::from_secs(31)).await;
+        let expired: Vec<String> = store
+            .expire(Instant::now())
+            .into_iter()
+            .map(|e| e.decision.id.clone())
+            .collect();
+        assert_eq!(expired, ["old"]);
+        assert!(store.get("x").is_some());
     }
 
     /// First reward accepted, same again is a duplicate, a different one conflicts, an

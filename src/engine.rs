@@ -25,7 +25,9 @@ use crate::{
     learner::{Learner, LearnerHandle, Resume},
     metrics,
     policy::{self, Inputs},
-    storage::{self, Closed, DecisionRow, Log, LogWriter, LoggedCandidate, Storage, checkpoint},
+    storage::{
+        self, Closed, DecisionRow, Log, LogWriter, LoggedCandidate, OnLogFull, Storage, checkpoint,
+    },
 };
 
 /// The pending-store view of a logged decision.
@@ -343,7 +345,9 @@ impl Engine {
     /// Chooses an arm by Thompson sampling: one posterior sample scores every candidate.
     ///
     /// # Errors
-    /// NOT_FOUND-class for an unknown model, INVALID_ARGUMENT-class for a malformed request.
+    /// NOT_FOUND-class for an unknown model, INVALID_ARGUMENT-class for a malformed request,
+    /// RESOURCE_EXHAUSTED-class when the log writer's queue is full and `storage.on_log_full`
+    /// is `reject` (or `sync_decisions` is set).
     pub async fn choose_arm(&self, req: ChooseArm) -> Result<Arc<Decision>, Error> {
         let started = std::time::Instant::now();
         let model = self.model(&req.model)?;
@@ -458,8 +462,14 @@ impl Engine {
             input,
             head: u32::try_from(head).map_err(|_| Error::Internal("head index overflow".into()))?,
         };
-        let inserted = model.pending.insert(decision);
         let name = &model.config.name;
+        let refuse = self.log.sync_decisions() || self.log.on_full() == OnLogFull::Reject;
+        if refuse && self.log.is_full() {
+            // Refused before it is stored, so it evicts nothing.
+            metrics::decision_refused(name);
+            return Err(Error::Overloaded("log writer queue"));
+        }
+        let inserted = model.pending.insert(decision);
         if !inserted.evicted.is_empty() {
             metrics::decisions_evicted(name, inserted.evicted.len() as u64);
             for old in &inserted.evicted {
@@ -491,7 +501,15 @@ impl Engine {
                 Ok(Some(ack)) => ack
                     .await
                     .map_err(|_| Error::Unavailable("log writer stopped".into()))??,
-                Err(e) if self.log.sync_decisions() => return Err(e),
+                Err(e) if refuse => {
+                    // The client is told there is no decision: a retry of its id or a reward
+                    // must not find one.
+                    model.pending.remove(&stored.id);
+                    if matches!(e, Error::Overloaded(_)) {
+                        metrics::decision_refused(name);
+                    }
+                    return Err(e);
+                }
                 Err(_) => metrics::decision_unlogged(name),
             }
         }

@@ -50,6 +50,8 @@ pub const DECISIONS_EVICTED: &str = "banditd_decisions_evicted_total";
 pub const RECOVERY_SKIPPED: &str = "banditd_recovery_skipped_total";
 /// Decisions answered but not queued for the log (writer queue full), by model.
 pub const DECISIONS_UNLOGGED: &str = "banditd_decisions_unlogged_total";
+/// Decisions refused with RESOURCE_EXHAUSTED because the log writer queue was full, by model.
+pub const DECISIONS_REFUSED: &str = "banditd_decisions_refused_total";
 /// Version of the weights serving decisions, by model.
 pub const MODEL_VERSION: &str = "banditd_model_version";
 /// NeuralLinear refreshes (features recomputed, regressions refitted on replay), by model.
@@ -174,6 +176,11 @@ pub fn describe() {
         Unit::Count,
         "Decisions answered without being logged because the log writer queue was full."
     );
+    describe_counter!(
+        DECISIONS_REFUSED,
+        Unit::Count,
+        "Decisions refused with RESOURCE_EXHAUSTED because the log writer queue was full."
+    );
     describe_gauge!(MODEL_VERSION, "Version of the weights serving decisions.");
     describe_gauge!(
         DROP_RATE,
@@ -238,6 +245,15 @@ pub fn learner_steps_skipped(model: &str, steps: u64) {
 /// Recovery skipped `count` things of `kind` (`log`, `log_row`, `checkpoint`).
 pub fn recovery_skipped(kind: &'static str, count: u64) {
     counter!(RECOVERY_SKIPPED, "kind" => kind).increment(count);
+}
+
+/// A decision was refused because the log writer queue was full (`on_log_full = "reject"`).
+pub fn decision_refused(model: &str) {
+    counter!(DECISIONS_REFUSED, "model" => model.to_owned()).increment(1);
+    tracing::warn!(
+        model,
+        "log writer queue full: decision refused with RESOURCE_EXHAUSTED"
+    );
 }
 
 /// A decision was answered but could not be queued for the log.

@@ -11,9 +11,11 @@ use banditd::{
         ChooseArmRequest, GetModelRequest, ListModelsRequest, ModelKind as PbKind,
         ReportRewardRequest,
     },
+    storage::{OnLogFull, Storage},
 };
 use common::{TestServer, arm, fixed, reward, test_config};
 use tonic::Code;
+use tonic_types::StatusExt;
 
 /// ListModels and GetModel describe the embedded default's two models.
 #[tokio::test]
@@ -562,14 +564,13 @@ async fn backpressure_fails_fast() {
     let mut client = server.client().await;
     let mut ids = Vec::new();
     for _ in 0..40 {
-        ids.push(
-            client
-                .choose_arm(fixed("slow", vec![0.0, 1.0]))
-                .await
-                .unwrap()
-                .into_inner()
-                .decision_id,
-        );
+        // A decision right after another may find the writer's queue of one still full.
+        let decision = retry_while_full(|| {
+            let mut client = client.clone();
+            async move { client.choose_arm(fixed("slow", vec![0.0, 1.0])).await }
+        })
+        .await;
+        ids.push(decision.decision_id);
     }
     let tasks: Vec<_> = ids
         .iter()
@@ -613,6 +614,161 @@ async fn backpressure_fails_fast() {
         "{retry:?}"
     );
     server.stop().await.unwrap();
+}
+
+/// Fills the log writer's queue (capacity 1) for a while under `on_log_full`, decides `id`
+/// while it is full, and returns that call's result together with the server and its data
+/// directory. How the queue fills: the learner trains each reward in one slice of
+/// `STEPS` steps (hundreds of milliseconds at least) with a queue of 1, so of three rewards
+/// reported one after the other the first is training, the second waits in the learner's
+/// queue, and the writer blocks handing over the third until that slice ends. One decision then
+/// fills the writer's queue, and the next finds it full.
+async fn decide_while_log_full(
+    on_log_full: OnLogFull,
+    id: &str,
+) -> (
+    Result<tonic::Response<banditd::proto::ChooseArmResponse>, tonic::Status>,
+    TestServer,
+    tempfile::TempDir,
+) {
+    const STEPS: usize = 5_000;
+    let data = tempfile::tempdir().unwrap();
+    let mut config = test_config();
+    config.storage.data_dir = data.path().to_owned();
+    config.storage.writer_queue_capacity = 1;
+    config.storage.on_log_full = on_log_full;
+    let mut model = short_window_model("full", None);
+    model.reward_window_seconds = 3600.0;
+    model.learner_queue_capacity = 1;
+    model.updates_per_reward = STEPS;
+    model.publish_every_steps = STEPS;
+    // Rewards drained after the first slice are not trained on in full, so the shutdown
+    // waits for about one more slice, not three.
+    model.max_step_backlog = STEPS;
+    config.models = vec![model];
+    let server = TestServer::start(config).await;
+    let mut client = server.client().await;
+    let decide = |id: &str| ChooseArmRequest {
+        decision_id: id.into(),
+        ..fixed("full", vec![0.5, -0.5])
+    };
+    // With a queue of one, a call right after another may find the writer has not taken the
+    // previous operation yet: the setup retries those.
+    for i in 0..3 {
+        let request = decide(&format!("r-{i}"));
+        retry_while_full(|| {
+            let (mut client, request) = (client.clone(), request.clone());
+            async move { client.choose_arm(request).await }
+        })
+        .await;
+    }
+    for i in 0..3 {
+        let request = reward("full", &format!("r-{i}"), 1.0);
+        retry_while_full(|| {
+            let (mut client, request) = (client.clone(), request.clone());
+            async move { client.report_reward(request).await }
+        })
+        .await;
+    }
+    // Give the writer a moment to block on the learner, then fill its queue.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    client.choose_arm(decide("queued")).await.unwrap();
+    let result = client.choose_arm(decide(id)).await;
+    (result, server, data)
+}
+
+/// Calls `call` until it is not RESOURCE_EXHAUSTED (every 10 ms, for at most 10 s); panics on
+/// any other error.
+async fn retry_while_full<T, F>(mut call: impl FnMut() -> F) -> T
+where
+    F: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    for _ in 0..1000 {
+        match call().await {
+            Ok(response) => return response.into_inner(),
+            Err(s) if s.code() == Code::ResourceExhausted => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(s) => panic!("{s:?}"),
+        }
+    }
+    panic!("still RESOURCE_EXHAUSTED after 10 s");
+}
+
+/// The decision ids the stopped server's log holds for model "full".
+fn logged_ids(data: &std::path::Path) -> Vec<String> {
+    let mut config = test_config();
+    config.storage.data_dir = data.to_owned();
+    Storage::open(&config.storage)
+        .unwrap()
+        .export(&["full".to_owned()])
+        .unwrap()
+        .into_iter()
+        .map(|row| row.decision_id)
+        .collect()
+}
+
+/// `on_log_full = "reject"` (the default): a decision that cannot be logged is refused with
+/// RESOURCE_EXHAUSTED and retry info, is not stored (its reward is NOT_FOUND), and a retry of
+/// its id once the queue drains is a new, logged decision. Every decision served is logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_full_rejects_decisions() {
+    assert_eq!(
+        banditd::config::StorageConfig::default().on_log_full,
+        OnLogFull::Reject
+    );
+    let (result, server, data) = decide_while_log_full(OnLogFull::Reject, "refused").await;
+    let status = result.expect_err("decided while the log queue was full");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("log writer queue"), "{status:?}");
+    assert!(
+        status
+            .get_details_retry_info()
+            .and_then(|r| r.retry_delay)
+            .is_some_and(|d| d > Duration::ZERO),
+        "no retry delay in {status:?}"
+    );
+    let mut client = server.client().await;
+    assert_eq!(
+        client
+            .report_reward(reward("full", "refused", 1.0))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    // Retried with backoff until the queue has drained: then it is decided and logged.
+    let retry = ChooseArmRequest {
+        decision_id: "refused".into(),
+        ..fixed("full", vec![0.5, -0.5])
+    };
+    let mut decided = None;
+    for _ in 0..300 {
+        match client.choose_arm(retry.clone()).await {
+            Ok(r) => {
+                decided = Some(r.into_inner());
+                break;
+            }
+            Err(s) => assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(decided.expect("retry decided").decision_id, "refused");
+    server.stop().await.unwrap();
+    let mut logged = logged_ids(data.path());
+    logged.sort();
+    assert_eq!(logged, ["queued", "r-0", "r-1", "r-2", "refused"]);
+}
+
+/// `on_log_full = "serve"`: the decision is answered anyway and is missing from the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_full_serves_unlogged_decisions() {
+    let (result, server, data) = decide_while_log_full(OnLogFull::Serve, "unlogged").await;
+    assert_eq!(result.expect("served").into_inner().decision_id, "unlogged");
+    server.stop().await.unwrap();
+    let mut logged = logged_ids(data.path());
+    logged.sort();
+    assert_eq!(logged, ["queued", "r-0", "r-1", "r-2"]);
 }
 
 /// Many tasks on several connections decide and report concurrently; every call succeeds

@@ -171,3 +171,116 @@ proptest! {
         });
     }
 }
+
+/// Values the client sent are echoed in error messages only up to a bound: a 1 MB unknown
+/// model name or fixed-arm id still gets its own code and a short message, not a transport
+/// error from trailers larger than the client accepts.
+#[tokio::test]
+async fn long_values_in_error_messages_are_bounded() {
+    let server = TestServer::start(test_config()).await;
+    let mut client = server.client().await;
+    let huge = "y".repeat(1 << 20);
+    let cases: Vec<(&str, ChooseArmRequest, Code, &str)> = vec![
+        (
+            "1 MB unknown model",
+            fixed(&huge, vec![0.0, 0.0]),
+            Code::NotFound,
+            "model: no model named",
+        ),
+        (
+            "1 MB unknown fixed-arm candidate id",
+            ChooseArmRequest {
+                candidates: vec![arm(&huge, vec![])],
+                ..fixed("wheel", vec![0.0, 0.0])
+            },
+            Code::InvalidArgument,
+            "candidates[0].id:",
+        ),
+        (
+            "1 MB unknown excluded arm id",
+            ChooseArmRequest {
+                excluded_arm_ids: vec![huge.clone()],
+                ..fixed("wheel", vec![0.0, 0.0])
+            },
+            Code::InvalidArgument,
+            "excluded_arm_ids[0]:",
+        ),
+    ];
+    for (name, req, code, prefix) in cases {
+        let status = client.choose_arm(req).await.expect_err(name);
+        assert_eq!(status.code(), code, "{name}: {:?}", status.code());
+        assert!(
+            status.message().starts_with(prefix),
+            "{name}: {:.200}",
+            status.message()
+        );
+        assert!(
+            status.message().len() <= 1024,
+            "{name}: {} bytes of message",
+            status.message().len()
+        );
+    }
+    let status = client
+        .report_reward(ReportRewardRequest {
+            model: huge.clone(),
+            decision_id: "d".into(),
+            reward: 1.0,
+            regret: None,
+        })
+        .await
+        .expect_err("unknown model");
+    assert_eq!(status.code(), Code::NotFound, "{:?}", status.code());
+    assert!(status.message().len() <= 1024);
+    client
+        .choose_arm(fixed("wheel", vec![0.1, 0.2]))
+        .await
+        .expect("still serving");
+    server.stop().await.unwrap();
+}
+
+/// Finite but extreme values a client may send (a reward of 1e300, or a context of 1e30 with
+/// an ordinary reward) must not break the model for everyone: after training on them, an
+/// ordinary decision still has finite scores. Found by the fuzz target (fuzz/): today the
+/// scores become NaN. Ignored until the fix (a bound on accepted magnitudes, or a learner that
+/// skips non-finite updates) lands in the learner/validation code.
+#[tokio::test]
+#[ignore = "known bug found by fuzzing: extreme finite inputs poison the model (NaN scores)"]
+async fn extreme_finite_values_do_not_poison_the_model() {
+    for (context, reward) in [(vec![0.1, 0.2], 1e300), (vec![1e30, -1e30], 1.0)] {
+        let server = TestServer::start(test_config()).await;
+        let mut client = server.client().await;
+        let decision = client
+            .choose_arm(fixed("wheel", context.clone()))
+            .await
+            .unwrap()
+            .into_inner();
+        client
+            .report_reward(ReportRewardRequest {
+                model: "wheel".into(),
+                decision_id: decision.decision_id,
+                reward,
+                regret: None,
+            })
+            .await
+            .unwrap();
+        // Training and publishing take milliseconds; wait for the version to move.
+        let mut scores = Vec::new();
+        for _ in 0..200 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            let d = client
+                .choose_arm(fixed("wheel", vec![0.1, 0.2]))
+                .await
+                .unwrap()
+                .into_inner();
+            scores = d.scores.iter().map(|s| s.score).collect();
+            if d.model_version != decision.model_version {
+                break;
+            }
+        }
+        assert!(
+            scores.iter().all(|s| s.is_finite()),
+            "context {context:?}, reward {reward}: scores {scores:?}"
+        );
+        server.stop().await.unwrap();
+    }
+}

@@ -3,83 +3,20 @@
 //! to the regret the tool sent), the in-process mode's report and determinism, and `dump`.
 
 use std::{
-    net::{SocketAddr, TcpListener, TcpStream},
     path::Path,
-    process::{Child, Command, Output, Stdio},
-    time::{Duration, Instant},
+    process::{Command, Output},
 };
 
 use serde_json::Value;
 
 mod common;
 
-use common::{LOADGEN, loadgen, scrape, series};
+use common::{LOADGEN, free_addr, loadgen, scrape, series, start_banditd};
 
 /// The value of a metric line `name{labels} value`.
 fn metric(text: &str, name: &str) -> f64 {
     series(text, name).unwrap_or_else(|| panic!("no {name} in:\n{text}"))
 }
-const BANDITD: &str = env!("CARGO_BIN_EXE_banditd");
-
-/// A `banditd` process, killed on drop.
-struct Banditd {
-    child: Child,
-    grpc: SocketAddr,
-    metrics: SocketAddr,
-    /// Its working directory: whatever it writes relative to it (its data directory)
-    /// starts empty and is removed afterwards.
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Banditd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A port that was free a moment ago (bound to port 0, then released).
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("no free port on 127.0.0.1")
-}
-
-/// Starts `banditd` on free ports; retries (bounded) if a port was taken in between.
-fn start_banditd() -> Banditd {
-    for _attempt in 0..3 {
-        let (grpc, metrics) = (free_addr(), free_addr());
-        let dir = tempfile::tempdir().expect("cannot make a temporary directory");
-        let child = Command::new(BANDITD)
-            .current_dir(dir.path())
-            .args(["--grpc-addr", &grpc.to_string()])
-            .args(["--metrics-addr", &metrics.to_string()])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("cannot start banditd");
-        let mut server = Banditd {
-            child,
-            grpc,
-            metrics,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_status)) = server.child.try_wait() {
-                break; // exited: most likely a port race; try other ports
-            }
-            if TcpStream::connect(grpc).is_ok() && TcpStream::connect(metrics).is_ok() {
-                return server;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-    panic!("banditd did not start listening within 3 attempts");
-}
-
 /// Splits a command line on whitespace (the paths used here have none).
 fn words(line: &str) -> Vec<String> {
     line.split_whitespace().map(str::to_owned).collect()
@@ -127,7 +64,7 @@ fn assert_close(a: f64, b: f64, what: &str) {
 /// as baseline, then a per-arm run with missing rewards on the same server.
 #[test]
 fn grpc_run_against_banditd() {
-    let server = start_banditd();
+    let server = start_banditd(&[]);
     let target = format!("http://{}", server.grpc);
     let dir = tempfile::tempdir().unwrap();
     let plot = dir.path().join("regret.svg");

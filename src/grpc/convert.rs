@@ -157,19 +157,47 @@ impl From<ModelStatus> for pb::ModelInfo {
     }
 }
 
+/// Longest status message (and `BadRequest` description) sent, in bytes. Messages quote what
+/// the client sent (an unknown model name or arm id, as long as `max_message_bytes` allows),
+/// and they travel in the trailers: past the client's header-list limit (16 KiB by default in
+/// hyper, so in tonic clients) the client never sees the status and the call hangs. 1 KiB,
+/// even percent-encoded three times over, leaves the trailers well inside that limit.
+pub const MAX_STATUS_TEXT_BYTES: usize = 1024;
+
+/// `text` cut to [`MAX_STATUS_TEXT_BYTES`] at a character boundary, ending in `…` if cut.
+fn bounded(mut text: String) -> String {
+    if text.len() > MAX_STATUS_TEXT_BYTES {
+        let cut = text.floor_char_boundary(MAX_STATUS_TEXT_BYTES - '…'.len_utf8());
+        text.truncate(cut);
+        text.push('…');
+    }
+    text
+}
+
+/// The retry delay a RESOURCE_EXHAUSTED status suggests. What is full drains in about a
+/// group commit (milliseconds; tens under fsync on a slow disk) or a call's time (the
+/// in-flight limits); 100 ms lets it drain without keeping a client's fallback waiting long.
+/// Clients should still back off exponentially with jitter on repeated refusals.
+const RETRY_OVERLOADED_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
+
 impl From<Error> for Status {
     fn from(e: Error) -> Self {
-        let message = e.to_string();
+        let message = bounded(e.to_string());
         match e {
             // The field path also goes out machine-readable, as a google.rpc.BadRequest.
             Error::InvalidArgument { field, detail } => Status::with_error_details(
                 Code::InvalidArgument,
                 message,
-                ErrorDetails::with_bad_request_violation(field, detail),
+                ErrorDetails::with_bad_request_violation(bounded(field), bounded(detail)),
             ),
             Error::ModelNotFound(_) | Error::DecisionNotFound(_) => Status::not_found(message),
             Error::RewardConflict { .. } => Status::already_exists(message),
-            Error::Overloaded(_) => Status::resource_exhausted(message),
+            // When to retry goes out machine-readable, as a google.rpc.RetryInfo.
+            Error::Overloaded(_) => Status::with_error_details(
+                Code::ResourceExhausted,
+                message,
+                ErrorDetails::with_retry_info(Some(RETRY_OVERLOADED_AFTER)),
+            ),
             Error::Unavailable(_) => Status::unavailable(message),
             Error::Internal(detail) => {
                 tracing::error!(%detail, "internal error");
@@ -241,5 +269,35 @@ mod tests {
             .field_violations;
         assert_eq!(violations[0].field, "candidates[2].features");
         assert_eq!(violations[0].description, "expected 8 values, got 3");
+        // RESOURCE_EXHAUSTED says when to retry.
+        let status = Status::from(Error::Overloaded("log writer queue"));
+        let retry = status.get_details_retry_info().expect("retry info");
+        assert_eq!(retry.retry_delay, Some(RETRY_OVERLOADED_AFTER));
+    }
+
+    /// Client values quoted in messages are cut to the bound at a character boundary, in the
+    /// message and in the BadRequest description alike; short messages are untouched.
+    #[test]
+    fn long_messages_are_cut() {
+        let long = "é".repeat(5000);
+        let status = Status::from(Error::ModelNotFound(long.clone()));
+        assert_eq!(status.code(), Code::NotFound);
+        assert!(status.message().len() <= MAX_STATUS_TEXT_BYTES);
+        assert!(status.message().starts_with("model: no model named \"ééé"));
+        assert!(status.message().ends_with('…'));
+        let status = Status::from(Error::invalid(
+            "candidates[0].id",
+            format!("unknown arm {long:?}"),
+        ));
+        assert!(status.message().len() <= MAX_STATUS_TEXT_BYTES);
+        let description = &status
+            .get_details_bad_request()
+            .expect("details")
+            .field_violations[0]
+            .description;
+        assert!(description.len() <= MAX_STATUS_TEXT_BYTES && description.ends_with('…'));
+        assert_eq!(bounded("short".into()), "short");
+        let exact = "a".repeat(MAX_STATUS_TEXT_BYTES);
+        assert_eq!(bounded(exact.clone()), exact);
     }
 }

@@ -23,7 +23,7 @@ use crate::{
 };
 
 pub use auth::{Role, Tokens};
-pub use convert::code_name;
+pub use convert::{MAX_STATUS_TEXT_BYTES, code_name};
 
 /// The full name of the bandit service, as health checks name it.
 pub const SERVICE_NAME: &str = "banditd.v1.BanditService";
@@ -61,8 +61,15 @@ pub async fn router(
     ))
     .max_decoding_message_size(server.max_message_bytes);
     let secs = |s: u64| (s > 0).then(|| Duration::from_secs(s));
+    let per_connection = server.max_in_flight_per_connection;
     let mut builder = Server::builder()
-        .concurrency_limit_per_connection(server.max_in_flight_per_connection)
+        .concurrency_limit_per_connection(per_connection)
+        // The same limit on HTTP/2 streams (SETTINGS_MAX_CONCURRENT_STREAMS; tonic sets none).
+        // The call limit above ends when a handler returns, but a stream lasts until its
+        // response is delivered: a client that never reads kept every response it asked for
+        // in memory (about 8 KiB each, without bound, in tests/soak.rs). Clients queue calls
+        // past it on their side; streams opened anyway are refused.
+        .max_concurrent_streams(u32::try_from(per_connection).unwrap_or(u32::MAX))
         .load_shed(true)
         .timeout(Duration::from_millis(server.request_timeout_ms))
         .http2_keepalive_interval(secs(server.keepalive_interval_secs))

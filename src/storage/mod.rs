@@ -167,12 +167,27 @@ enum Op {
     Shutdown,
 }
 
+/// What `ChooseArm` does when the log writer's queue is full (`storage.on_log_full`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnLogFull {
+    /// Refuse the decision with RESOURCE_EXHAUSTED (and retry info): every decision served is
+    /// in the log, as the durability promises say.
+    Reject,
+    /// Serve the decision without logging it (counted in `banditd_decisions_unlogged_total`):
+    /// its reward still trains, but the log lacks its context and candidates, and it is lost
+    /// on a restart.
+    Serve,
+}
+
 /// The cloneable handle request handlers use to log.
 #[derive(Debug, Clone)]
 pub struct Log {
-    /// Bounded; the writer thread holds the receiver. Full = RESOURCE_EXHAUSTED for rewards.
+    /// Bounded; the writer thread holds the receiver. Full = RESOURCE_EXHAUSTED for rewards
+    /// (and for decisions under [`OnLogFull::Reject`]).
     tx: Sender<Op>,
     sync_decisions: bool,
+    on_full: OnLogFull,
 }
 
 impl std::fmt::Debug for Op {
@@ -249,6 +264,16 @@ impl Log {
     /// Whether `ChooseArm` waits for its decision's commit.
     pub fn sync_decisions(&self) -> bool {
         self.sync_decisions
+    }
+
+    /// What `ChooseArm` does when the queue is full.
+    pub fn on_full(&self) -> OnLogFull {
+        self.on_full
+    }
+
+    /// Whether the writer's queue is full now (a hint: it may change at once).
+    pub fn is_full(&self) -> bool {
+        self.tx.is_full()
     }
 
     /// Asks the writer to commit (fsynced) everything queued and exit; waits for room in
@@ -465,6 +490,7 @@ impl Storage {
             Log {
                 tx,
                 sync_decisions: self.config.sync_decisions,
+                on_full: self.config.on_log_full,
             },
             LogWriter {
                 thread: Some(thread),
@@ -514,8 +540,8 @@ fn example_from(seq: u64, bytes: &[u8]) -> Option<Example> {
     })
 }
 
-/// Owns the writer thread; [`LogWriter::shutdown`] (or drop) flushes and joins it once every
-/// [`Log`] handle is gone.
+/// Owns the writer thread; [`LogWriter::shutdown`] flushes and joins it once every [`Log`]
+/// handle is gone (dropping it joins only a writer that has already stopped).
 #[derive(Debug)]
 pub struct LogWriter {
     thread: Option<JoinHandle<()>>,
@@ -535,7 +561,12 @@ impl LogWriter {
 
 impl Drop for LogWriter {
     fn drop(&mut self) {
-        self.shutdown();
+        // Dropped without `Background::shutdown` (a cancelled `run`, e.g. in a test that
+        // panicked), the `Log` handles may still be alive and joining would wait for them
+        // forever; the writer stops on its own once they are gone.
+        if self.thread.as_ref().is_some_and(JoinHandle::is_finished) {
+            self.shutdown();
+        }
     }
 }
 

@@ -3,7 +3,12 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-use std::{net::SocketAddr, path::Path, time::Duration};
+use std::{
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
 
 use banditd::{
     Config, Error,
@@ -142,6 +147,13 @@ pub fn reward(model: &str, decision_id: &str, reward: f64) -> ReportRewardReques
 /// The load generator binary of this build.
 pub const LOADGEN: &str = env!("CARGO_BIN_EXE_banditd-loadgen");
 
+/// The load generator as a command with `args`, stdin closed.
+pub fn loadgen_command(args: &[&str]) -> Command {
+    let mut command = Command::new(LOADGEN);
+    command.args(args).stdin(Stdio::null());
+    command
+}
+
 /// Runs the load generator; panics with its stderr if it fails.
 pub fn loadgen(args: &[String]) -> std::process::Output {
     let output = std::process::Command::new(LOADGEN)
@@ -180,4 +192,73 @@ pub fn scrape(addr: SocketAddr) -> String {
 pub fn series(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+}
+
+/// The server binary of this build.
+pub const BANDITD: &str = env!("CARGO_BIN_EXE_banditd");
+
+/// A `banditd` process, killed on drop.
+pub struct Banditd {
+    pub child: Child,
+    pub grpc: SocketAddr,
+    pub metrics: SocketAddr,
+    /// Its working directory: whatever it writes relative to it (its data directory)
+    /// starts empty and is removed afterwards.
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Banditd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port that was free a moment ago (bound to port 0, then released).
+pub fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("no free port on 127.0.0.1")
+}
+
+/// Starts `banditd` with `args` (besides the listen addresses) on free ports, logging
+/// warnings; retries (bounded) if a port was taken in between.
+pub fn start_banditd(args: &[&str]) -> Banditd {
+    start_banditd_logging(args, "warn")
+}
+
+/// [`start_banditd`] with `RUST_LOG` set to `rust_log`.
+pub fn start_banditd_logging(args: &[&str], rust_log: &str) -> Banditd {
+    for _attempt in 0..3 {
+        let (grpc, metrics) = (free_addr(), free_addr());
+        let dir = tempfile::tempdir().expect("cannot make a temporary directory");
+        let child = Command::new(BANDITD)
+            .current_dir(dir.path())
+            .args(["--grpc-addr", &grpc.to_string()])
+            .args(["--metrics-addr", &metrics.to_string()])
+            .args(args)
+            .env("RUST_LOG", rust_log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("cannot start banditd");
+        let mut server = Banditd {
+            child,
+            grpc,
+            metrics,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_status)) = server.child.try_wait() {
+                break; // exited: most likely a port race; try other ports
+            }
+            if TcpStream::connect(grpc).is_ok() && TcpStream::connect(metrics).is_ok() {
+                return server;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    panic!("banditd did not start listening within 3 attempts");
 }
