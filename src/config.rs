@@ -193,6 +193,12 @@ pub struct LimitsConfig {
     /// Most posterior samples one `ChooseArm` may ask for (`propensity_samples`,
     /// `explain_samples`): each costs about one more decision.
     pub max_posterior_samples: usize,
+    /// Largest magnitude of a context or feature value. Values far beyond the network's
+    /// working range overflow `f32` inside it (1e30 squared) and would turn the model's
+    /// weights into NaN; standardise features before sending them.
+    pub max_abs_value: f32,
+    /// Largest magnitude of a reported reward.
+    pub max_abs_reward: f64,
 }
 
 impl Default for LimitsConfig {
@@ -205,6 +211,8 @@ impl Default for LimitsConfig {
             // 1000 samples bound a propensity's standard error by 1.6 percentage points at
             // a few milliseconds per request for the default network.
             max_posterior_samples: 1000,
+            max_abs_value: 1e6,
+            max_abs_reward: 1e12,
         }
     }
 }
@@ -804,6 +812,15 @@ impl Config {
                 model: String::new(),
                 field: "limits".into(),
                 why: "max_candidates and max_id_bytes must be at least 1".into(),
+            });
+        }
+        if !(self.limits.max_abs_value.is_finite() && self.limits.max_abs_value > 0.0)
+            || !(self.limits.max_abs_reward.is_finite() && self.limits.max_abs_reward > 0.0)
+        {
+            return Err(ConfigError::Invalid {
+                model: String::new(),
+                field: "limits".into(),
+                why: "max_abs_value and max_abs_reward must be positive numbers".into(),
             });
         }
         for model in &self.models {

@@ -357,7 +357,12 @@ impl Engine {
         {
             return Ok(existing);
         }
-        check_vector("context", &req.context, model.config.context_dim)?;
+        check_vector(
+            "context",
+            &req.context,
+            model.config.context_dim,
+            self.limits.max_abs_value,
+        )?;
         if req.candidates.len() > self.limits.max_candidates {
             return Err(Error::invalid(
                 "candidates",
@@ -535,6 +540,15 @@ impl Engine {
             return Err(Error::invalid(
                 "reward",
                 format!("{} is not finite", req.reward),
+            ));
+        }
+        if req.reward.abs() > self.limits.max_abs_reward {
+            return Err(Error::invalid(
+                "reward",
+                format!(
+                    "{:e} is beyond limits.max_abs_reward ({:e})",
+                    req.reward, self.limits.max_abs_reward
+                ),
             ));
         }
         if let Some(regret) = req.regret
@@ -724,6 +738,7 @@ impl ModelRuntime {
                 &format!("candidates[{i}].features"),
                 &c.features,
                 self.config.arm_feature_dim,
+                limits.max_abs_value,
             )?;
         }
         let kept: Vec<&Candidate> = req
@@ -760,7 +775,8 @@ fn check_id(limits: &LimitsConfig, field: &str, id: &str, may_be_empty: bool) ->
 }
 
 /// A vector must have exactly `dim` finite values.
-fn check_vector(field: &str, values: &[f32], dim: usize) -> Result<(), Error> {
+/// `values` must have `dim` finite values of magnitude at most `max_abs`.
+fn check_vector(field: &str, values: &[f32], dim: usize, max_abs: f32) -> Result<(), Error> {
     if values.len() != dim {
         return Err(Error::invalid(
             field,
@@ -771,6 +787,12 @@ fn check_vector(field: &str, values: &[f32], dim: usize) -> Result<(), Error> {
         return Err(Error::invalid(
             format!("{field}[{i}]"),
             format!("{v} is not finite"),
+        ));
+    }
+    if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| v.abs() > max_abs) {
+        return Err(Error::invalid(
+            format!("{field}[{i}]"),
+            format!("{v:e} is beyond limits.max_abs_value ({max_abs:e})"),
         ));
     }
     Ok(())
@@ -784,20 +806,29 @@ mod tests {
     #[test]
     fn vector_messages() {
         assert_eq!(
-            check_vector("context", &[1.0], 2).unwrap_err().to_string(),
+            check_vector("context", &[1.0], 2, 1e6)
+                .unwrap_err()
+                .to_string(),
             "context: expected 2 values, got 1"
         );
         assert_eq!(
-            check_vector("context", &[1.0, f32::NAN], 2)
+            check_vector("context", &[1.0, f32::NAN], 2, 1e6)
                 .unwrap_err()
                 .to_string(),
             "context[1]: NaN is not finite"
         );
         assert_eq!(
-            check_vector("candidates[0].features", &[f32::INFINITY], 1)
+            check_vector("candidates[0].features", &[f32::INFINITY], 1, 1e6)
                 .unwrap_err()
                 .to_string(),
             "candidates[0].features[0]: inf is not finite"
         );
+        assert_eq!(
+            check_vector("context", &[1.0, -1e30], 2, 1e6)
+                .unwrap_err()
+                .to_string(),
+            "context[1]: -1e30 is beyond limits.max_abs_value (1e6)"
+        );
+        assert!(check_vector("context", &[1e6, -1e6], 2, 1e6).is_ok());
     }
 }

@@ -238,16 +238,56 @@ async fn long_values_in_error_messages_are_bounded() {
     server.stop().await.unwrap();
 }
 
-/// Finite but extreme values a client may send (a reward of 1e300, or a context of 1e30 with
-/// an ordinary reward) must not break the model for everyone: after training on them, an
-/// ordinary decision still has finite scores. Found by the fuzz target (fuzz/): today the
-/// scores become NaN. Ignored until the fix (a bound on accepted magnitudes, or a learner that
-/// skips non-finite updates) lands in the learner/validation code.
+/// Finite but extreme values (a reward of 1e300, a context of 1e30; found by the fuzz target
+/// in fuzz/, where they turned every later score into NaN) are refused by default with
+/// INVALID_ARGUMENT naming the field and the limit.
 #[tokio::test]
-#[ignore = "known bug found by fuzzing: extreme finite inputs poison the model (NaN scores)"]
+async fn extreme_finite_values_are_refused() {
+    let server = TestServer::start(test_config()).await;
+    let mut client = server.client().await;
+    let err = client
+        .choose_arm(fixed("wheel", vec![1e30, -1e30]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().starts_with("context[0]") && err.message().contains("max_abs_value"),
+        "{}",
+        err.message()
+    );
+    let d = client
+        .choose_arm(fixed("wheel", vec![0.1, 0.2]))
+        .await
+        .unwrap()
+        .into_inner();
+    let err = client
+        .report_reward(ReportRewardRequest {
+            model: "wheel".into(),
+            decision_id: d.decision_id,
+            reward: 1e300,
+            regret: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("max_abs_reward"),
+        "{}",
+        err.message()
+    );
+    server.stop().await.unwrap();
+}
+
+/// With the magnitude limits raised out of the way, training on such values still does not
+/// break the model for everyone: the learner skips steps whose loss overflows, and
+/// NeuralLinear ignores non-finite features, so an ordinary decision keeps finite scores.
+#[tokio::test]
 async fn extreme_finite_values_do_not_poison_the_model() {
     for (context, reward) in [(vec![0.1, 0.2], 1e300), (vec![1e30, -1e30], 1.0)] {
-        let server = TestServer::start(test_config()).await;
+        let mut config = test_config();
+        config.limits.max_abs_value = f32::MAX;
+        config.limits.max_abs_reward = f64::MAX;
+        let server = TestServer::start(config).await;
         let mut client = server.client().await;
         let decision = client
             .choose_arm(fixed("wheel", context.clone()))

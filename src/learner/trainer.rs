@@ -462,6 +462,13 @@ impl Trainer {
             Some(reg) => (data + reg)?,
             None => data,
         };
+        // A non-finite objective (an overflow on extreme inputs) would write NaN into every
+        // weight it reaches and poison the model for good: skip such a step.
+        let value = objective.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+        if !value.is_finite() {
+            tracing::warn!(objective = %value, "skipped a training step with a non-finite loss");
+            return Ok(f64::NAN);
+        }
         let grads = objective.backward()?;
         let concrete = self.net.learns_drop_rates();
         match &mut self.opt {

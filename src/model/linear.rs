@@ -59,9 +59,13 @@ impl LinearStats {
     }
 
     /// Folds in one example (a rank-one update of `Λ`). `phi.len()` must be [`Self::dim`].
+    /// An example with a non-finite value is ignored (it would make the posterior NaN).
     pub fn add(&mut self, phi: &[f32], y: f64) {
         let d = self.dim();
         debug_assert_eq!(phi.len(), d);
+        if !y.is_finite() || phi.iter().any(|v| !v.is_finite()) {
+            return;
+        }
         let phi = DVector::from_iterator(d, phi.iter().map(|&v| f64::from(v)));
         self.precision.ger(1.0, &phi, &phi, 1.0);
         self.xty.axpy(y, &phi, 1.0);
@@ -70,14 +74,20 @@ impl LinearStats {
     }
 
     /// Folds in a batch: `phi` is `(n, d)` row-major, `ys` its `n` targets. One matrix
-    /// product instead of `n` rank-one updates.
+    /// product instead of `n` rank-one updates. Rows with a non-finite value are ignored.
     pub fn add_batch(&mut self, phi: &[f32], ys: &[f64]) {
         let d = self.dim();
+        debug_assert_eq!(phi.len(), ys.len() * d);
+        if !(ys.iter().all(|y| y.is_finite()) && phi.iter().all(|v| v.is_finite())) {
+            for (row, &y) in phi.chunks(d).zip(ys) {
+                self.add(row, y);
+            }
+            return;
+        }
         let n = ys.len();
         if n == 0 {
             return;
         }
-        debug_assert_eq!(phi.len(), n * d);
         // Row-major (n, d) is column-major (d, n): Φᵀ directly.
         let phi_t = DMatrix::from_iterator(d, n, phi.iter().map(|&v| f64::from(v)));
         let y = DVector::from_column_slice(ys);
