@@ -908,8 +908,10 @@ mod tests {
             set(&["policy=\"greedy\""]).unwrap().policy,
             PolicyKind::Greedy
         );
-        let concrete = set(&["concrete_dropout=true"]).unwrap();
+        let concrete = set(&["policy=mc_dropout", "concrete_dropout=true"]).unwrap();
         assert!(concrete.concrete_dropout);
+        // Under neural_linear the default rates are 0, which cannot be learned from.
+        assert!(set(&["concrete_dropout=true"]).is_err());
         let err = set(&["concrete_dropout=true", "drop_rates=[0.0, 0.3, 0.3]"])
             .unwrap_err()
             .to_string();
