@@ -814,8 +814,8 @@ impl Config {
                 why: "max_candidates and max_id_bytes must be at least 1".into(),
             });
         }
-        if !(self.limits.max_abs_value.is_finite() && self.limits.max_abs_value > 0.0)
-            || !(self.limits.max_abs_reward.is_finite() && self.limits.max_abs_reward > 0.0)
+        let positive = |v: f64| v.is_finite() && v > 0.0;
+        if !(positive(f64::from(self.limits.max_abs_value)) && positive(self.limits.max_abs_reward))
         {
             return Err(ConfigError::Invalid {
                 model: String::new(),
