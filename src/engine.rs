@@ -19,7 +19,7 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 use tokio::time::Instant;
 
 use crate::{
-    config::{Config, LimitsConfig, ModelConfig, ModelKind, PolicyKind},
+    config::{Config, LimitsConfig, ModelConfig, ModelKind},
     decisions::{Decision, PendingStore, RewardOutcome},
     error::Error,
     learner::{Learner, LearnerHandle, Resume},
@@ -183,20 +183,24 @@ fn decide(
     rng: &mut Xoshiro256PlusPlus,
 ) -> Result<Explained, Error> {
     let choice = policy::decide(snapshot, inputs, rng)?;
-    let thompson = matches!(
-        snapshot.policy.kind,
-        PolicyKind::McDropout | PolicyKind::NeuralLinear
+    // A baseline decision's scores are the mean network's: its greedy choice is their argmax,
+    // so the exact propensity needs no second forward pass.
+    let exact = policy::exact_propensity(
+        snapshot.policy,
+        inputs.len(),
+        choice.best,
+        policy::argmax(&choice.scores),
     );
-    let propensity = if !thompson || samples.propensity > 0 {
-        Some(policy::propensity(
+    let propensity = match exact {
+        Some(p) => Some(p),
+        None if samples.propensity > 0 => Some(policy::propensity(
             snapshot,
             inputs,
             choice.best,
             samples.propensity,
             rng,
-        )?)
-    } else {
-        None
+        )?),
+        None => None,
     };
     let explanation = if samples.explain > 0 {
         Some(policy::explain(snapshot, inputs, samples.explain, rng)?)

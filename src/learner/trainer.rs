@@ -286,11 +286,12 @@ impl Trainer {
         Ok(())
     }
 
-    /// NeuralLinear's share of [`Trainer::add`]: the example updates its head's regression
-    /// on the frozen features, or triggers a refresh when one is due.
-    fn add_linear(&mut self, example: &Example) -> Result<(), Error> {
+    /// NeuralLinear's share of [`Trainer::add`], before the example enters replay: it
+    /// updates its head's regression on the frozen features, or returns true when a refresh
+    /// is due instead.
+    fn add_linear(&mut self, example: &Example) -> Result<bool, Error> {
         let Some(lin) = &mut self.linear else {
-            return Ok(());
+            return Ok(false);
         };
         lin.since_refresh += 1;
         let due = lin.since_refresh >= lin.refresh_every
@@ -298,8 +299,8 @@ impl Trainer {
                 .throttle
                 .is_none_or(|factor| lin.last_refresh.elapsed() >= lin.last_cost * factor);
         if due {
-            // The example is already in replay, so the refit covers it.
-            return self.refresh_linear();
+            // The caller refits once the example is in replay, so the refit covers it.
+            return Ok(true);
         }
         let head = example.head as usize;
         if head >= lin.stats.len() {
@@ -310,7 +311,7 @@ impl Trainer {
         let y = (example.reward - lin.reward_mean) / lin.reward_std;
         lin.stats[head].add(&phi, y);
         lin.posteriors[head] = None;
-        Ok(())
+        Ok(false)
     }
 
     /// Layer widths, input first: what a checkpoint must match (a heteroscedastic network's
@@ -378,12 +379,13 @@ impl Trainer {
     pub fn add(&mut self, example: Example) -> usize {
         self.rewards.push(example.reward);
         self.last_seq = Some(self.last_seq.map_or(example.seq, |s| s.max(example.seq)));
-        let linear = self.linear.is_some().then(|| example.clone());
-        self.replay.push(example);
-        if let Some(example) = linear
-            && let Err(e) = self.add_linear(&example)
-        {
+        let refresh = self.add_linear(&example).unwrap_or_else(|e| {
             tracing::error!(error = %e, "neural_linear update failed");
+            false
+        });
+        self.replay.push(example);
+        if refresh && let Err(e) = self.refresh_linear() {
+            tracing::error!(error = %e, "neural_linear refresh failed");
         }
         self.updates_per_reward
     }

@@ -12,7 +12,7 @@ use super::{Inputs, argmax, linear_features, linear_of, network_scores};
 use crate::{
     config::PolicyKind,
     error::Error,
-    model::{NeuralLinear, Snapshot, linear, matrix},
+    model::{NeuralLinear, Policy, Snapshot, linear, matrix},
 };
 
 /// Rows of one batched forward pass at most (bounds the memory of a large request).
@@ -50,32 +50,38 @@ pub fn propensity<R: Rng>(
             "propensity: candidate {chosen} of {n}"
         )));
     }
-    let greedy_is_chosen =
-        |snapshot| network_scores(snapshot, inputs, None).map(|s| argmax(&s) == chosen);
-    match snapshot.policy.kind {
-        PolicyKind::Greedy => Ok(if greedy_is_chosen(snapshot)? {
-            1.0
+    let kind = snapshot.policy.kind;
+    if matches!(
+        kind,
+        PolicyKind::Greedy | PolicyKind::EpsilonGreedy | PolicyKind::Uniform
+    ) {
+        let greedy = if kind == PolicyKind::Uniform {
+            0
         } else {
-            0.0
-        }),
+            argmax(&network_scores(snapshot, inputs, None)?)
+        };
+        return Ok(exact_propensity(snapshot.policy, n, chosen, greedy).unwrap_or(0.0));
+    }
+    if samples == 0 {
+        return Err(Error::Internal("propensity: 0 samples".into()));
+    }
+    let draws = posterior_draws(snapshot, inputs, samples, rng)?;
+    let wins = draws.iter().filter(|d| argmax(d) == chosen).count();
+    Ok((1 + wins) as f64 / (samples + 1) as f64)
+}
+
+/// The exact propensity of a baseline policy choosing candidate `chosen` of `n`, given the
+/// mean network's best candidate `greedy` (what a baseline decision's scores give: see
+/// [`super::decide`]); `None` for the Thompson policies, whose propensity is sampled.
+pub fn exact_propensity(policy: Policy, n: usize, chosen: usize, greedy: usize) -> Option<f64> {
+    let is_greedy = if chosen == greedy { 1.0 } else { 0.0 };
+    match policy.kind {
+        PolicyKind::Greedy => Some(is_greedy),
         PolicyKind::EpsilonGreedy => {
-            let eps = snapshot.policy.epsilon;
-            let greedy = if greedy_is_chosen(snapshot)? {
-                1.0
-            } else {
-                0.0
-            };
-            Ok((1.0 - eps) * greedy + eps / n as f64)
+            Some((1.0 - policy.epsilon) * is_greedy + policy.epsilon / n as f64)
         }
-        PolicyKind::Uniform => Ok(1.0 / n as f64),
-        PolicyKind::McDropout | PolicyKind::NeuralLinear => {
-            if samples == 0 {
-                return Err(Error::Internal("propensity: 0 samples".into()));
-            }
-            let draws = posterior_draws(snapshot, inputs, samples, rng)?;
-            let wins = draws.iter().filter(|d| argmax(d) == chosen).count();
-            Ok((1 + wins) as f64 / (samples + 1) as f64)
-        }
+        PolicyKind::Uniform => Some(1.0 / n as f64),
+        PolicyKind::McDropout | PolicyKind::NeuralLinear => None,
     }
 }
 

@@ -22,7 +22,7 @@ use crate::{
 
 mod draws;
 
-pub use draws::{Spread, explain, propensity};
+pub use draws::{Spread, exact_propensity, explain, propensity};
 
 /// What the network is asked to score.
 #[derive(Debug, Clone, Copy)]
@@ -200,7 +200,7 @@ fn linear_features(
 }
 
 /// Index of the largest value, the first on ties; NaN never wins.
-pub(crate) fn argmax(values: &[f64]) -> usize {
+pub fn argmax(values: &[f64]) -> usize {
     let mut best = 0;
     for (i, &v) in values.iter().enumerate() {
         if v > values[best] || values[best].is_nan() {
