@@ -8,7 +8,10 @@ use prost::Message;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     let out = PathBuf::from(env::var("OUT_DIR")?);
-    let fds = protox::compile(["banditd/v1/bandit.proto"], ["proto"])?;
+    let fds = protox::compile(
+        ["banditd/v1/bandit.proto", "banditd/log/v1/log.proto"],
+        ["proto"],
+    )?;
     fs::write(out.join("banditd_descriptor.bin"), fds.encode_to_vec())?;
     tonic_prost_build::configure().compile_fds(fds)?;
     Ok(())

@@ -136,11 +136,54 @@ pub enum DurabilityMode {
     Periodic,
 }
 
+/// What `ChooseArm` does when the log writer's queue is full (`storage.on_log_full`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnLogFull {
+    /// Refuse the decision with RESOURCE_EXHAUSTED (and retry info): every decision served is
+    /// in the log, as the durability promises say.
+    Reject,
+    /// Serve the decision without logging it (counted in `banditd_decisions_unlogged_total`):
+    /// its reward still trains, but the log lacks its context and candidates, and it is lost
+    /// on a restart.
+    Serve,
+}
+
+/// Switches that make the log writer misbehave on purpose, so that tests can reach states a
+/// real disk reaches only by bad luck (a full disk, a writer that falls behind). Shared: a
+/// test keeps a clone and flips them while the server runs. Off by default and never set from
+/// a configuration file.
+#[derive(Debug, Clone, Default)]
+pub struct StorageFaults(std::sync::Arc<FaultSwitches>);
+
+/// The switches behind [`StorageFaults`].
+#[derive(Debug, Default)]
+pub struct FaultSwitches {
+    /// While set, the writer takes nothing off its queue (as if the disk had stalled).
+    pub stall: std::sync::atomic::AtomicBool,
+    /// While set, every write fails with "no space left on device".
+    pub fail_writes: std::sync::atomic::AtomicBool,
+}
+
+impl std::ops::Deref for StorageFaults {
+    type Target = FaultSwitches;
+    fn deref(&self) -> &FaultSwitches {
+        &self.0
+    }
+}
+
+impl PartialEq for StorageFaults {
+    /// Faults are not configuration: any two compare equal.
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
 /// The data directory: the decision/reward log and the model checkpoints.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
-    /// Where the log (`log.redb`) and `checkpoints/` live.
+    /// Where the log (`log/`, segment files) and `checkpoints/` live.
     pub data_dir: std::path::PathBuf,
     /// `fsync` or `periodic`.
     pub durability: DurabilityMode,
@@ -153,15 +196,21 @@ pub struct StorageConfig {
     pub writer_queue_capacity: usize,
     /// What `ChooseArm` does when that queue is full: `reject` (RESOURCE_EXHAUSTED) or `serve`
     /// (answer without logging the decision).
-    pub on_log_full: crate::storage::OnLogFull,
+    pub on_log_full: OnLogFull,
     /// How often each learner writes a checkpoint (when it has trained since the last one).
     pub checkpoint_interval_secs: u64,
-    /// Closed decisions and checkpointed examples are kept this long (for offline evaluation)
-    /// before compaction deletes them.
+    /// A learner also writes a checkpoint after this many new examples, so that a restart
+    /// after a crash replays at most about this many (bounding recovery time).
+    pub checkpoint_every_examples: u64,
+    /// Log segments are kept this long (for export and offline evaluation) before retention
+    /// deletes them, whole; a segment a learner still needs to resume is kept longer.
     pub retention_hours: u64,
-    /// The log's page cache, in MiB (redb's own default is 1 GiB, which would dominate the
-    /// process's memory).
-    pub cache_mib: usize,
+    /// A log segment is closed and a new one started past this size, in bytes: the unit of
+    /// retention.
+    pub segment_bytes: u64,
+    /// Storage faults to inject (tests only: not read from or written to TOML).
+    #[serde(skip)]
+    pub faults: StorageFaults,
 }
 
 impl Default for StorageConfig {
@@ -174,10 +223,12 @@ impl Default for StorageConfig {
             writer_queue_capacity: 65_536,
             // Every decision served is logged, as README.md "Durability" promises, and a full
             // queue fails fast like every other bound; `serve` is the opt-in for availability.
-            on_log_full: crate::storage::OnLogFull::Reject,
+            on_log_full: OnLogFull::Reject,
             checkpoint_interval_secs: 30,
+            checkpoint_every_examples: 20_000,
             retention_hours: 24,
-            cache_mib: 64,
+            segment_bytes: 64 << 20,
+            faults: StorageFaults::default(),
         }
     }
 }
@@ -776,11 +827,13 @@ impl Config {
         if self.storage.writer_queue_capacity == 0
             || self.storage.sync_interval_ms == 0
             || self.storage.checkpoint_interval_secs == 0
+            || self.storage.checkpoint_every_examples == 0
+            || self.storage.segment_bytes == 0
         {
             return Err(ConfigError::Invalid {
                 model: String::new(),
                 field: "storage".into(),
-                why: "writer_queue_capacity, sync_interval_ms and checkpoint_interval_secs must be at least 1".into(),
+                why: "writer_queue_capacity, sync_interval_ms, checkpoint_interval_secs, checkpoint_every_examples and segment_bytes must be at least 1".into(),
             });
         }
         let server = &self.server;

@@ -6,6 +6,12 @@
 //! the map and the queue stay in step. A rewarded decision stays until its window closes so
 //! that a retried report is recognised. The store is bounded; past its capacity the oldest
 //! decisions are evicted, so memory stays flat under any load.
+//!
+//! A reward is recorded before its log write is durable; a retry of it that arrives in that
+//! window is told to wait for the first report's commit ([`RewardOutcome::Duplicate`] carries
+//! a [`Commit`] to await), so a `duplicate = true` answer is never given for a reward that a
+//! crash could still lose. A first report whose commit fails is reverted, so its retry is
+//! taken as a first report again.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -13,7 +19,7 @@ use std::{
     time::Duration,
 };
 
-use tokio::time::Instant;
+use tokio::{sync::watch, time::Instant};
 
 use crate::{error::Error, policy::Spread};
 
@@ -37,15 +43,53 @@ pub struct Decision {
     /// Posterior mean and spread per scored candidate, if asked for (not logged: a retry
     /// after a restart answers without it).
     pub explanation: Option<Vec<Spread>>,
+    /// Fingerprint of the request's context, candidates and exclusions: a retry with the same
+    /// id must ask the same.
+    pub request_hash: u64,
+}
+
+/// Where a recorded reward's log write stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitState {
+    /// Written, not yet acknowledged by the log.
+    InFlight,
+    /// Durable under the configured mode.
+    Durable,
+    /// The write failed; the reward was reverted.
+    Failed,
+}
+
+/// A handle on a reward's log write, for a retry to wait on.
+#[derive(Debug, Clone)]
+pub struct Commit(watch::Receiver<CommitState>);
+
+impl Commit {
+    /// Waits until the write is durable (`true`) or has failed (`false`).
+    pub async fn settled(mut self) -> bool {
+        match self
+            .0
+            .wait_for(|s| *s != CommitState::InFlight)
+            .await
+            .map(|s| *s)
+        {
+            Ok(CommitState::Durable) => true,
+            // A dropped sender without a verdict: the first report's handler is gone, and
+            // its finaliser reverted or confirmed; treat as not durable so the retry is
+            // taken as a first report if the reward was reverted.
+            Ok(_) | Err(_) => false,
+        }
+    }
 }
 
 /// What happened to a reward report.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum RewardOutcome<T = ()> {
-    /// First reward for the decision: accepted, with what `accept` returned.
+    /// First reward for the decision: accepted, with what `accept` returned. Report its
+    /// log write's outcome with [`PendingStore::settle`].
     Accepted(T),
-    /// The same reward again (a client retry): nothing to do.
-    Duplicate,
+    /// The same reward again (a client retry): nothing to do once the first report's write
+    /// is durable (`Some`: await it first; `None`: already durable).
+    Duplicate(Option<Commit>),
 }
 
 /// The result of [`PendingStore::insert`].
@@ -62,7 +106,15 @@ pub struct Inserted {
 #[derive(Debug)]
 struct Entry {
     decision: Arc<Decision>,
-    reward: Option<f64>,
+    reward: Option<Recorded>,
+}
+
+/// A reward recorded for a pending decision.
+#[derive(Debug)]
+struct Recorded {
+    value: f64,
+    /// `None` once durable (or when restored from the log, which is durable).
+    commit: Option<watch::Sender<CommitState>>,
 }
 
 #[derive(Debug, Default)]
@@ -150,7 +202,10 @@ impl PendingStore {
             decision.id.clone(),
             Entry {
                 decision: Arc::clone(&decision),
-                reward,
+                reward: reward.map(|value| Recorded {
+                    value,
+                    commit: None,
+                }),
             },
         );
         Inserted {
@@ -175,19 +230,36 @@ impl PendingStore {
         true
     }
 
-    /// Forgets a reward recorded by [`PendingStore::record_reward`] whose commit then failed,
-    /// so that the client's retry is accepted.
-    pub fn revert_reward(&self, id: &str, reward: f64) {
-        if let Some(entry) = self.lock().map.get_mut(id)
-            && entry.reward == Some(reward)
-        {
+    /// Reports the outcome of a first reward's log write: durable, or failed (the reward is
+    /// forgotten so that a retry is accepted as a first report). Retries waiting on it wake.
+    pub fn settle(&self, id: &str, reward: f64, durable: bool) {
+        let mut state = self.lock();
+        let Some(entry) = state.map.get_mut(id) else {
+            return;
+        };
+        let Some(recorded) = entry.reward.as_mut() else {
+            return;
+        };
+        if recorded.value != reward {
+            return;
+        }
+        let commit = recorded.commit.take();
+        if !durable {
             entry.reward = None;
+        }
+        if let Some(commit) = commit {
+            let _ = commit.send(if durable {
+                CommitState::Durable
+            } else {
+                CommitState::Failed
+            });
         }
     }
 
     /// Records a reward for a pending decision. `accept` runs under the store's lock with
-    /// the decision (it hands the example to the learner without blocking); the reward is
-    /// recorded only if it succeeds, so a refused reward can be retried.
+    /// the decision (it queues the log write without blocking); the reward is recorded only
+    /// if it succeeds, so a refused reward can be retried. The caller reports the write's
+    /// outcome with [`PendingStore::settle`].
     ///
     /// # Errors
     /// [`Error::DecisionNotFound`] for an unknown, expired or evicted id;
@@ -204,16 +276,21 @@ impl PendingStore {
             .map
             .get_mut(id)
             .ok_or_else(|| Error::DecisionNotFound(id.to_owned()))?;
-        match entry.reward {
-            Some(existing) if existing == reward => Ok(RewardOutcome::Duplicate),
+        match &entry.reward {
+            Some(existing) if existing.value == reward => Ok(RewardOutcome::Duplicate(
+                existing.commit.as_ref().map(|c| Commit(c.subscribe())),
+            )),
             Some(existing) => Err(Error::RewardConflict {
                 id: id.to_owned(),
-                existing,
+                existing: existing.value,
                 offered: reward,
             }),
             None => {
                 let accepted = accept(&entry.decision)?;
-                entry.reward = Some(reward);
+                entry.reward = Some(Recorded {
+                    value: reward,
+                    commit: Some(watch::Sender::new(CommitState::InFlight)),
+                });
                 Ok(RewardOutcome::Accepted(accepted))
             }
         }
@@ -245,6 +322,15 @@ impl PendingStore {
         self.lock().map.len()
     }
 
+    /// Decisions held that have no reward yet.
+    pub fn awaiting_reward(&self) -> usize {
+        self.lock()
+            .map
+            .values()
+            .filter(|e| e.reward.is_none())
+            .count()
+    }
+
     /// True when nothing is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -270,6 +356,7 @@ mod tests {
             head: 0,
             propensity: None,
             explanation: None,
+            request_hash: 0,
         }
     }
 
@@ -308,16 +395,23 @@ mod tests {
         store.insert(decision("d"));
         let refused = store.record_reward("d", 1.0, |_| Err::<(), _>(Error::Overloaded("q")));
         assert!(matches!(refused, Err(Error::Overloaded(_))));
-        assert_eq!(
+        assert!(matches!(
             store.record_reward("d", 1.0, |_| Ok(())).unwrap(),
             RewardOutcome::Accepted(())
-        );
-        assert_eq!(
+        ));
+        assert!(matches!(
             store
                 .record_reward("d", 1.0, |_| -> Result<(), Error> { panic!("not again") })
                 .unwrap(),
-            RewardOutcome::Duplicate
-        );
+            RewardOutcome::Duplicate(Some(_))
+        ));
+        store.settle("d", 1.0, true);
+        assert!(matches!(
+            store
+                .record_reward("d", 1.0, |_| -> Result<(), Error> { panic!("not again") })
+                .unwrap(),
+            RewardOutcome::Duplicate(None)
+        ));
         assert!(matches!(
             store.record_reward("d", 2.0, |_| Ok::<(), Error>(())),
             Err(Error::RewardConflict { .. })
@@ -325,6 +419,41 @@ mod tests {
         assert!(matches!(
             store.record_reward("x", 1.0, |_| Ok::<(), Error>(())),
             Err(Error::DecisionNotFound(_))
+        ));
+    }
+
+    /// A retry that arrives before the first report's write settles waits for it: it learns
+    /// of durability, or of failure (and then the reward is open again for the retry).
+    #[tokio::test]
+    async fn duplicate_waits_for_the_first_commit() {
+        let store = PendingStore::new(Duration::from_secs(60), 10);
+        store.insert(decision("d"));
+        store
+            .record_reward("d", 1.0, |_| Ok::<(), Error>(()))
+            .unwrap();
+        let RewardOutcome::Duplicate(Some(commit)) = store
+            .record_reward("d", 1.0, |_| Ok::<(), Error>(()))
+            .unwrap()
+        else {
+            panic!("a retry before the commit must get a commit to wait on");
+        };
+        let waiter = tokio::spawn(commit.settled());
+        tokio::task::yield_now().await;
+        assert!(
+            !waiter.is_finished(),
+            "answered before the first write settled"
+        );
+        store.settle("d", 1.0, false);
+        assert!(
+            !waiter.await.unwrap(),
+            "a failed write must not count as durable"
+        );
+        // Reverted: the retry is now a first report.
+        assert!(matches!(
+            store
+                .record_reward("d", 1.0, |_| Ok::<(), Error>(()))
+                .unwrap(),
+            RewardOutcome::Accepted(())
         ));
     }
 

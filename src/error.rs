@@ -28,13 +28,23 @@ pub enum Error {
         /// The reward offered now.
         offered: f64,
     },
+    /// A retry of a decision id asks something else than the decision it names (other
+    /// context, candidates or exclusions).
+    #[error(
+        "decision_id: decision {id:?} was made for a different request (context, candidates or excluded_arm_ids differ); use a new id for a new request"
+    )]
+    RetryMismatch {
+        /// The decision id.
+        id: String,
+    },
     /// A bounded queue is full; the caller may retry later.
     #[error("{0} is full; retry later")]
     Overloaded(&'static str),
     /// The service cannot take the call now (recovering at startup, or shutting down).
     #[error("unavailable: {0}")]
     Unavailable(String),
-    /// A numeric failure inside candle; details are logged, not sent to clients.
+    /// A bug, a numeric failure inside candle, or a storage failure at startup; details are
+    /// logged, not sent to clients.
     #[error("internal error: {0}")]
     Internal(String),
 }

@@ -7,22 +7,28 @@
 //! SGD and publishes copied weights that serving reads without locks.
 //!
 //! # Layout
-//! - [`config`]: the TOML configuration and the embedded default.
+//! Listed bottom up: a module imports only modules listed above it.
+//! - [`domain`]: plain data shared by the layers (a training example, the clock).
 //! - [`error`]: the domain error enum (no gRPC in it).
+//! - [`config`]: the TOML configuration and the embedded default.
+//! - [`proto`]: generated code: the gRPC API and the log's record format.
+//! - [`metrics`]: metric names and one function per event.
 //! - [`model`]: the candle network, its masks, trainable and published weights.
 //! - [`policy`]: Thompson sampling over a published snapshot.
+//! - [`storage`]: the append-only decision/reward log, checkpoints, recovery, export.
+//! - [`learner`]: the training thread: reads its model's examples from the log, trains,
+//!   publishes snapshots, writes checkpoints.
 //! - [`decisions`]: pending decisions awaiting rewards, bounded, with window expiry.
-//! - [`learner`]: the training thread, replay buffer, and snapshot publishing.
-//! - [`engine`]: models by name, request validation, decide / report / expire.
-//! - [`grpc`]: the tonic service, health and reflection; the only user of [`proto`].
-//! - [`proto`]: generated code.
-//! - [`metrics`]: metric names and one function per event.
-//! - [`sim`]: seeded simulated environments for load generation and tests.
+//! - [`engine`]: models by name, request validation, decide / report / expire, startup.
+//! - [`grpc`]: the tonic service, health and reflection (the API side of [`proto`]).
 //! - [`server`]: wires it all together and shuts it down in order.
 //! - [`shutdown`]: OS signals as a future.
+//! - [`sim`], [`harness`]: seeded simulated environments and the in-process regret harness,
+//!   for the load generator, benchmarks and tests.
 
 pub mod config;
 pub mod decisions;
+pub mod domain;
 pub mod engine;
 pub mod error;
 pub mod grpc;

@@ -43,9 +43,10 @@ struct Cli {
 enum Command {
     /// Write every logged decision, with its reward, as JSON lines to stdout (context,
     /// candidates, chosen arm, scores, model version, timestamps), for offline analysis.
-    /// Reads the data directory of a stopped server (the log is locked while one runs).
+    /// A decision's line is written when its window closes (log order), still open ones at
+    /// the end. Works on a running server's data directory too.
     Export {
-        /// Only these models (repeatable); default: every configured model.
+        /// Only these models (repeatable); default: every model in the log.
         #[arg(long)]
         model: Vec<String>,
     },
@@ -108,12 +109,7 @@ fn main() -> anyhow::Result<()> {
     config.auth.tokens = tokens("BANDITD_TOKENS");
     config.auth.admin_tokens = tokens("BANDITD_ADMIN_TOKENS");
     if let Some(Command::Export { model }) = cli.command {
-        let models = if model.is_empty() {
-            config.models.iter().map(|m| m.name.clone()).collect()
-        } else {
-            model
-        };
-        return export(&config, &models);
+        return export(&config, &model);
     }
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -131,15 +127,47 @@ fn main() -> anyhow::Result<()> {
         })
 }
 
-/// `banditd export`: the logged decisions as JSON lines.
+/// `banditd export`: the logged decisions as JSON lines. Reads the segments only, so the
+/// server may be running.
 fn export(config: &Config, models: &[String]) -> anyhow::Result<()> {
     use std::io::Write;
-    let storage = banditd::storage::Storage::open(&config.storage)?;
+    let dir = &config.storage.data_dir;
+    anyhow::ensure!(
+        dir.is_dir(),
+        "data directory {} does not exist (set --data-dir or BANDITD_DATA_DIR)",
+        dir.display()
+    );
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    for row in storage.export(models)? {
-        serde_json::to_writer(&mut out, &row)?;
-        out.write_all(b"\n")?;
-    }
+    let (rows, summary) = banditd::storage::export(dir, models, &mut out)?;
     out.flush()?;
+    if summary.segments == 0 {
+        anyhow::bail!("{} holds no log (no log/ segments)", dir.display());
+    }
+    for model in models {
+        anyhow::ensure!(
+            rows.contains_key(model),
+            "the log in {} has no decisions of model {model:?} (models in it: {:?})",
+            dir.display(),
+            {
+                let mut names: Vec<&String> = rows.keys().collect();
+                names.sort();
+                names
+            }
+        );
+    }
+    let total: u64 = rows.values().sum();
+    eprintln!(
+        "exported {total} decisions from {} log segments ({} records{})",
+        summary.segments,
+        summary.records,
+        if summary.corrupt_segments > 0 {
+            format!(
+                "; {} corrupt segments skipped, see above",
+                summary.corrupt_segments
+            )
+        } else {
+            String::new()
+        }
+    );
     Ok(())
 }

@@ -34,8 +34,8 @@ pub const LEARNER_STEPS: &str = "banditd_learner_steps_total";
 pub const LEARNER_STEPS_SKIPPED: &str = "banditd_learner_steps_skipped_total";
 /// Loss of the latest minibatch (squared error on standardised rewards), by model.
 pub const LEARNER_LOSS: &str = "banditd_learner_loss";
-/// Examples waiting in the learner queue, by model.
-pub const LEARNER_QUEUE_DEPTH: &str = "banditd_learner_queue_depth";
+/// Log records the learner has not read yet (all models' records count), by model.
+pub const LEARNER_LAG: &str = "banditd_learner_lag_records";
 /// Examples in the replay buffer, by model.
 pub const REPLAY_SIZE: &str = "banditd_replay_size";
 /// Decisions waiting for a reward, by model.
@@ -146,10 +146,11 @@ pub fn describe() {
         "Squared error of the latest minibatch on standardised rewards."
     );
     describe_gauge!(
-        LEARNER_QUEUE_DEPTH,
+        LEARNER_LAG,
         Unit::Count,
-        "Examples waiting for the learner."
+        "Log records committed but not yet read by the model's learner."
     );
+    describe_log();
     describe_gauge!(REPLAY_SIZE, Unit::Count, "Examples in the replay buffer.");
     describe_gauge!(
         PENDING_DECISIONS,
@@ -224,16 +225,10 @@ pub fn request_failed(method: &'static str, code: &'static str) {
 }
 
 /// The learner took `steps` steps; the last had minibatch loss `loss`.
-pub fn learner_progress(
-    model: &str,
-    steps: u64,
-    loss: f64,
-    queue_depth: usize,
-    replay_size: usize,
-) {
+pub fn learner_progress(model: &str, steps: u64, loss: f64, lag: u64, replay_size: usize) {
     counter!(LEARNER_STEPS, "model" => model.to_owned()).increment(steps);
     gauge!(LEARNER_LOSS, "model" => model.to_owned()).set(loss);
-    gauge!(LEARNER_QUEUE_DEPTH, "model" => model.to_owned()).set(queue_depth as f64);
+    gauge!(LEARNER_LAG, "model" => model.to_owned()).set(lag as f64);
     gauge!(REPLAY_SIZE, "model" => model.to_owned()).set(replay_size as f64);
 }
 
@@ -296,4 +291,65 @@ pub fn decision_expired(model: &str, defaulted: bool) {
 pub fn decisions_evicted(model: &str, count: u64) {
     counter!(DECISIONS_EVICTED, "model" => model.to_owned()).increment(count);
     tracing::warn!(model, count, "pending store full: oldest decisions evicted");
+}
+
+/// Records appended to the log.
+pub const LOG_RECORDS: &str = "banditd_log_records_total";
+/// Bytes appended to the log.
+pub const LOG_BYTES: &str = "banditd_log_bytes_total";
+/// Failed log writes (a full disk, an I/O error).
+pub const LOG_WRITE_ERRORS: &str = "banditd_log_write_errors_total";
+/// 1 while the log cannot be written (events are refused), else 0.
+pub const LOG_FAILING: &str = "banditd_log_failing";
+/// Log segments deleted by retention.
+pub const LOG_SEGMENTS_REMOVED: &str = "banditd_log_segments_removed_total";
+
+fn describe_log() {
+    describe_counter!(
+        LOG_RECORDS,
+        Unit::Count,
+        "Records appended to the decision/reward log."
+    );
+    describe_counter!(
+        LOG_BYTES,
+        Unit::Bytes,
+        "Bytes appended to the decision/reward log."
+    );
+    describe_counter!(
+        LOG_WRITE_ERRORS,
+        Unit::Count,
+        "Failed log writes (full disk, I/O error); events are refused until a write succeeds."
+    );
+    describe_gauge!(
+        LOG_FAILING,
+        "1 while the log cannot be written and new decisions and rewards are refused."
+    );
+    describe_counter!(
+        LOG_SEGMENTS_REMOVED,
+        Unit::Count,
+        "Log segments deleted by retention."
+    );
+    gauge!(LOG_FAILING).set(0.0);
+}
+
+/// A group of `records` records (`bytes` bytes) was appended to the log.
+pub fn log_appended(records: u64, bytes: u64) {
+    counter!(LOG_RECORDS).increment(records);
+    counter!(LOG_BYTES).increment(bytes);
+}
+
+/// A log write failed; the log refuses events until one succeeds.
+pub fn log_write_failed() {
+    counter!(LOG_WRITE_ERRORS).increment(1);
+    gauge!(LOG_FAILING).set(1.0);
+}
+
+/// A log write succeeded after failures.
+pub fn log_writable() {
+    gauge!(LOG_FAILING).set(0.0);
+}
+
+/// Retention deleted `n` log segments.
+pub fn log_segments_removed(n: u64) {
+    counter!(LOG_SEGMENTS_REMOVED).increment(n);
 }

@@ -1,5 +1,6 @@
-//! Generated protobuf and tonic code for `banditd.v1`, quarantined here. Only `grpc/` (and
-//! clients such as the examples and tests) use it.
+//! Generated protobuf and tonic code, quarantined here: `banditd.v1` (the API; only `grpc/`
+//! and clients such as the examples and tests use it) and, in [`log`], `banditd.log.v1` (the
+//! log's record format; only `storage/` uses it).
 
 #![allow(
     missing_docs,
@@ -15,6 +16,12 @@ mod generated {
 }
 
 pub use generated::*;
+
+/// The log's record format (`proto/banditd/log/v1/log.proto`).
+pub mod log {
+    #![allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
+    tonic::include_proto!("banditd.log.v1");
+}
 
 /// The encoded descriptor set of `proto/`, served by gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("banditd_descriptor");

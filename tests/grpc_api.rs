@@ -6,12 +6,12 @@ mod common;
 use std::time::Duration;
 
 use banditd::{
+    config::OnLogFull,
     config::{ModelConfig, ModelKind},
     proto::{
         ChooseArmRequest, GetModelRequest, ListModelsRequest, ModelKind as PbKind,
         ReportRewardRequest,
     },
-    storage::{OnLogFull, Storage},
 };
 use common::{TestServer, arm, fixed, reward, test_config};
 use tonic::Code;
@@ -631,20 +631,15 @@ async fn decide_while_log_full(
     TestServer,
     tempfile::TempDir,
 ) {
-    const STEPS: usize = 5_000;
     let data = tempfile::tempdir().unwrap();
     let mut config = test_config();
     config.storage.data_dir = data.path().to_owned();
     config.storage.writer_queue_capacity = 1;
     config.storage.on_log_full = on_log_full;
+    let faults = config.storage.faults.clone();
+    let sync_interval_ms = config.storage.sync_interval_ms;
     let mut model = short_window_model("full", None);
     model.reward_window_seconds = 3600.0;
-    model.learner_queue_capacity = 1;
-    model.updates_per_reward = STEPS;
-    model.publish_every_steps = STEPS;
-    // Rewards drained after the first slice are not trained on in full, so the shutdown
-    // waits for about one more slice, not three.
-    model.max_step_backlog = STEPS;
     config.models = vec![model];
     let server = TestServer::start(config).await;
     let mut client = server.client().await;
@@ -653,7 +648,10 @@ async fn decide_while_log_full(
         ..fixed("full", vec![0.5, -0.5])
     };
     // With a queue of one, a call right after another may find the writer has not taken the
-    // previous operation yet: the setup retries those.
+    // previous operation yet: the setup retries those. Each decision is followed by its
+    // reward, whose acknowledgement means the writer has taken everything before it, so the
+    // next decision finds the queue empty (under "serve" a full queue would leave it
+    // unlogged).
     for i in 0..3 {
         let request = decide(&format!("r-{i}"));
         retry_while_full(|| {
@@ -661,8 +659,6 @@ async fn decide_while_log_full(
             async move { client.choose_arm(request).await }
         })
         .await;
-    }
-    for i in 0..3 {
         let request = reward("full", &format!("r-{i}"), 1.0);
         retry_while_full(|| {
             let (mut client, request) = (client.clone(), request.clone());
@@ -670,10 +666,18 @@ async fn decide_while_log_full(
         })
         .await;
     }
-    // Give the writer a moment to block on the learner, then fill its queue.
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // The disk stalls (the writer takes nothing more once its idle wait, at most
+    // `sync_interval_ms`, ends): one decision fills the queue.
+    faults
+        .stall
+        .store(true, std::sync::atomic::Ordering::Release);
+    tokio::time::sleep(Duration::from_millis(sync_interval_ms + 100)).await;
     client.choose_arm(decide("queued")).await.unwrap();
     let result = client.choose_arm(decide(id)).await;
+    // The disk recovers.
+    faults
+        .stall
+        .store(false, std::sync::atomic::Ordering::Release);
     (result, server, data)
 }
 
@@ -699,9 +703,7 @@ where
 fn logged_ids(data: &std::path::Path) -> Vec<String> {
     let mut config = test_config();
     config.storage.data_dir = data.to_owned();
-    Storage::open(&config.storage)
-        .unwrap()
-        .export(&["full".to_owned()])
+    banditd::storage::rows(&config.storage.data_dir, &["full".to_owned()])
         .unwrap()
         .into_iter()
         .map(|row| row.decision_id)

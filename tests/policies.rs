@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use banditd::{
     config::{ModelConfig, ModelKind, PolicyKind},
     proto::{ChooseArmRequest, GetModelRequest},
-    storage::Storage,
 };
 use common::{TestServer, arm, fixed, reward, test_config};
 use tonic::Code;
@@ -231,10 +230,11 @@ async fn propensity_is_logged() {
     assert!(sent["d0"].is_some() && sent["d1"].is_none() && sent["d2"].is_some());
     server.stop().await.unwrap();
 
-    let storage = Storage::open(&config.storage).unwrap();
-    let rows = storage
-        .export(&["wheel".into(), "epsilon_greedy".into()])
-        .unwrap();
+    let rows = banditd::storage::rows(
+        &config.storage.data_dir,
+        &["wheel".into(), "epsilon_greedy".into()],
+    )
+    .unwrap();
     assert_eq!(rows.len(), 3);
     for row in rows {
         assert_eq!(

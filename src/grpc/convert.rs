@@ -95,6 +95,7 @@ impl From<ModelStatus> for pb::ModelInfo {
             rewards,
             training_steps,
             pending_decisions,
+            awaiting_reward,
         } = s;
         let drop_rates = config.effective_drop_rates();
         let ModelConfig {
@@ -150,6 +151,7 @@ impl From<ModelStatus> for pb::ModelInfo {
             rewards,
             training_steps,
             pending_decisions,
+            awaiting_reward,
             policy: policy.as_str().to_owned(),
             epsilon,
             propensity_samples: u32_of(propensity_samples),
@@ -192,6 +194,7 @@ impl From<Error> for Status {
             ),
             Error::ModelNotFound(_) | Error::DecisionNotFound(_) => Status::not_found(message),
             Error::RewardConflict { .. } => Status::already_exists(message),
+            Error::RetryMismatch { .. } => Status::failed_precondition(message),
             // When to retry goes out machine-readable, as a google.rpc.RetryInfo.
             Error::Overloaded(_) => Status::with_error_details(
                 Code::ResourceExhausted,
@@ -249,7 +252,14 @@ mod tests {
                 },
                 Code::AlreadyExists,
             ),
-            (Error::Overloaded("learner queue"), Code::ResourceExhausted),
+            (
+                Error::RetryMismatch { id: "d".into() },
+                Code::FailedPrecondition,
+            ),
+            (
+                Error::Overloaded("log writer queue"),
+                Code::ResourceExhausted,
+            ),
             (Error::Unavailable("m".into()), Code::Unavailable),
             (Error::Internal("secret detail".into()), Code::Internal),
         ];

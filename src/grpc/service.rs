@@ -102,7 +102,7 @@ impl BanditService for BanditGrpc {
             .await
             .map_err(failed(METHOD))?;
         Ok(Response::new(pb::ReportRewardResponse {
-            duplicate: outcome == RewardOutcome::Duplicate,
+            duplicate: matches!(outcome, RewardOutcome::Duplicate(_)),
         }))
     }
 

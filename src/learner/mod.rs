@@ -1,9 +1,11 @@
 //! The online learner: one OS thread per model that owns the trainable network and its
-//! optimizer, folds rewards in with minibatch SGD, and publishes copied snapshots.
+//! optimizer, reads its model's training examples from the log, folds them in with minibatch
+//! SGD, and publishes copied snapshots.
 //!
-//! The request path reaches it only through [`LearnerHandle`]: a bounded queue for examples
-//! (full = the caller fails fast) and an [`ArcSwap`] from which serving loads the latest
-//! snapshot without taking any lock the learner holds.
+//! The learner pulls its examples from an [`ExampleSource`] (in the service, the log's
+//! [`Tail`]): nothing pushes into it, so a slow or stalled learner never holds up the log
+//! writer or another model; it only falls behind in the log. Serving reads the latest snapshot
+//! from an [`ArcSwap`] without taking any lock the learner holds.
 
 mod replay;
 mod trainer;
@@ -19,7 +21,7 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 
 pub use replay::{Example, Replay};
 pub use trainer::{RunningStats, Trainer};
@@ -29,15 +31,81 @@ use crate::{
     error::Error,
     metrics,
     model::Snapshot,
-    storage::checkpoint::{self, Checkpoint},
+    storage::{
+        Tail,
+        checkpoint::{self, Checkpoint},
+    },
 };
+
+/// Where a learner's examples come from, in log order.
+pub trait ExampleSource: Send + 'static {
+    /// Up to `max` new examples, waiting up to `timeout` when there are none. `Ok(None)` once
+    /// the source is finished (the log writer stopped and everything was read).
+    ///
+    /// # Errors
+    /// The source cannot be read now (it may recover: the learner retries).
+    fn poll(&mut self, max: usize, timeout: Duration) -> Result<Option<Vec<Example>>, Error>;
+
+    /// Whether everything committed before `lsn` has been read.
+    fn reached(&self, lsn: u64) -> bool;
+
+    /// Examples below `lsn` will not be asked for again (a checkpoint covers them and its
+    /// replay window starts there).
+    fn release_below(&mut self, _lsn: u64) {}
+
+    /// How far behind the source's end the learner is (log records not yet read).
+    fn lag(&self) -> u64 {
+        0
+    }
+}
+
+impl ExampleSource for Tail {
+    fn poll(&mut self, max: usize, timeout: Duration) -> Result<Option<Vec<Example>>, Error> {
+        Tail::poll(self, max, timeout)
+    }
+
+    fn reached(&self, lsn: u64) -> bool {
+        self.position() >= lsn
+    }
+
+    fn release_below(&mut self, lsn: u64) {
+        Tail::release_below(self, lsn);
+    }
+
+    fn lag(&self) -> u64 {
+        self.committed().saturating_sub(self.position())
+    }
+}
+
+/// A channel of examples (tests and benchmarks: no log). Finished when every sender is gone.
+impl ExampleSource for Receiver<Example> {
+    fn poll(&mut self, max: usize, timeout: Duration) -> Result<Option<Vec<Example>>, Error> {
+        let mut out = Vec::new();
+        match self.recv_timeout(timeout) {
+            Ok(e) => out.push(e),
+            Err(RecvTimeoutError::Timeout) => return Ok(Some(out)),
+            Err(RecvTimeoutError::Disconnected) => return Ok(None),
+        }
+        while out.len() < max {
+            match self.try_recv() {
+                Ok(e) => out.push(e),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+        Ok(Some(out))
+    }
+
+    fn reached(&self, _lsn: u64) -> bool {
+        true
+    }
+}
 
 /// Counters the learner keeps, readable from any thread.
 #[derive(Debug, Default)]
 pub struct LearnerStats {
-    /// Examples taken off the queue into the replay buffer.
+    /// Examples read into the replay buffer.
     pub examples: AtomicU64,
-    /// SGD steps taken.
+    /// SGD steps taken over the model's life (checkpointed).
     pub steps: AtomicU64,
 }
 
@@ -47,18 +115,13 @@ struct Shared {
     /// Written only by the learner thread (and once at start); read by every decision.
     snapshot: ArcSwap<Snapshot>,
     stats: LearnerStats,
-    /// Set by [`Learner::shutdown`]: finish the queued work, publish, checkpoint, exit.
+    /// Set by [`Learner::shutdown`]: read what the source still has, publish, checkpoint, exit.
     stop: AtomicBool,
-    /// Log position covered by the newest checkpoint (`u64::MAX`: none yet).
-    checkpoint_seq: AtomicU64,
-    replay_capacity: usize,
 }
 
 /// The cheap, cloneable side of a learner: what request handlers hold.
 #[derive(Debug, Clone)]
 pub struct LearnerHandle {
-    /// Bounded; the learner thread holds the receiver. A full queue is RESOURCE_EXHAUSTED.
-    tx: Sender<Example>,
     shared: Arc<Shared>,
 }
 
@@ -68,55 +131,14 @@ impl LearnerHandle {
         self.shared.snapshot.load_full()
     }
 
-    /// Queues an example for training without blocking.
-    ///
-    /// # Errors
-    /// [`Error::Overloaded`] when the queue is full, [`Error::Unavailable`] when the learner
-    /// has stopped.
-    pub fn submit(&self, example: Example) -> Result<(), Error> {
-        match self.tx.try_send(example) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => Err(Error::Overloaded("learner queue")),
-            Err(TrySendError::Disconnected(_)) => Err(Error::Unavailable("learner stopped".into())),
-        }
-    }
-
-    /// Hands a committed example to the learner, waiting while its queue is full (the
-    /// learner drains its queue between short training slices, so the wait is bounded by
-    /// one slice). Only the log writer calls this. Dropped (and logged) if the learner has
-    /// stopped: the example is in the log and is trained on after a restart.
-    pub fn send(&self, example: Example) {
-        if self.tx.send(example).is_err() {
-            tracing::warn!("learner stopped: a logged example waits for the next start");
-        }
-    }
-
-    /// The log position the newest checkpoint covers, if any.
-    pub fn checkpoint_seq(&self) -> Option<u64> {
-        match self.shared.checkpoint_seq.load(Ordering::Acquire) {
-            u64::MAX => None,
-            seq => Some(seq),
-        }
-    }
-
-    /// The replay buffer's capacity.
-    pub fn replay_capacity(&self) -> usize {
-        self.shared.replay_capacity
-    }
-
-    /// Counters (examples taken, steps).
+    /// Counters (examples read, steps).
     pub fn stats(&self) -> &LearnerStats {
         &self.shared.stats
-    }
-
-    /// Examples waiting in the queue.
-    pub fn queue_depth(&self) -> usize {
-        self.tx.len()
     }
 }
 
 /// The owner of a learner thread. Dropping it (or [`Learner::shutdown`]) stops the thread
-/// after it has trained on everything already queued, and joins it.
+/// after it has read what its source still holds, and joins it.
 #[derive(Debug)]
 pub struct Learner {
     handle: LearnerHandle,
@@ -124,23 +146,28 @@ pub struct Learner {
 }
 
 impl Learner {
-    /// Builds the model's network from its seed and starts its learner thread, with no
-    /// persistence (tests, benchmarks).
+    /// Builds the model's network from its seed and starts its learner thread on `source`,
+    /// with no persistence (tests, benchmarks).
     ///
     /// # Errors
     /// The network cannot be built or the thread cannot be spawned.
-    pub fn start(config: &ModelConfig) -> Result<Self, Error> {
-        Self::resume(config, Resume::default())
+    pub fn start(config: &ModelConfig, source: impl ExampleSource) -> Result<Self, Error> {
+        Self::resume(config, Box::new(source), Resume::default())
     }
 
-    /// Starts the learner from `resume`: the newest checkpoint (if any), then the logged
-    /// examples: those the checkpoint covers go back into replay, the later ones are
-    /// trained on as new (at most `max_step_backlog` steps before serving starts).
+    /// Starts the learner from `resume`'s checkpoint (if any), then reads `source` up to
+    /// `resume.catch_up_to` before returning: examples the checkpoint covers go back into
+    /// replay, later ones are trained on as new (at most `max_step_backlog` steps before
+    /// serving starts). The thread then follows the source.
     ///
     /// # Errors
-    /// The network cannot be built, the checkpoint does not fit it, or the thread cannot be
-    /// spawned.
-    pub fn resume(config: &ModelConfig, resume: Resume) -> Result<Self, Error> {
+    /// The network cannot be built, the checkpoint does not fit it, the source cannot be
+    /// read, or the thread cannot be spawned.
+    pub fn resume(
+        config: &ModelConfig,
+        mut source: Box<dyn ExampleSource>,
+        resume: Resume,
+    ) -> Result<Self, Error> {
         let mut trainer = Trainer::new(config)?;
         let checkpoint_version = match &resume.checkpoint {
             Some(ck) => {
@@ -151,11 +178,28 @@ impl Learner {
         };
         let covered = resume.checkpoint.as_ref().map(|ck| ck.meta.last_seq);
         let mut owed = 0usize;
-        for example in resume.examples {
-            if covered.is_some_and(|c| example.seq <= c) {
-                trainer.push_replay(example);
-            } else {
-                owed += trainer.add(example);
+        let mut read = 0u64;
+        let started = Instant::now();
+        let mut last_report = Instant::now();
+        while !source.reached(resume.catch_up_to) {
+            let Some(batch) = source.poll(MAX_DRAIN, Duration::from_millis(50))? else {
+                break;
+            };
+            if batch.is_empty() && source.lag() == 0 {
+                // Nothing more is committed: the log ends short of where it was expected to.
+                break;
+            }
+            read += batch.len() as u64;
+            for example in batch {
+                if covered.is_some_and(|c| example.seq <= c) {
+                    trainer.push_replay(example);
+                } else {
+                    owed += trainer.add(example);
+                }
+            }
+            if last_report.elapsed() >= Duration::from_secs(5) {
+                last_report = Instant::now();
+                tracing::info!(model = %config.name, examples = read, "recovery: reading the log");
             }
         }
         let trained = owed > 0;
@@ -166,6 +210,15 @@ impl Learner {
         // time budget.
         trainer.refresh_linear()?;
         trainer.throttle_refreshes(REFRESH_THROTTLE);
+        if read > 0 {
+            tracing::info!(
+                model = %config.name,
+                examples = read,
+                steps = resumed_steps,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "recovery: log read and trained on"
+            );
+        }
         // Versions never go backwards: past the checkpoint's, every version that served a
         // logged decision, and the floor of this process's epoch (above anything an earlier
         // process published, logged or not); a new number whenever the weights may differ.
@@ -179,31 +232,28 @@ impl Learner {
             base
         };
         let snapshot = trainer.snapshot(version)?;
-        let (tx, rx) = crossbeam_channel::bounded(config.learner_queue_capacity);
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             stats: LearnerStats::default(),
             stop: AtomicBool::new(false),
-            checkpoint_seq: AtomicU64::new(covered.unwrap_or(u64::MAX)),
-            replay_capacity: config.replay_capacity,
         });
-        shared
-            .stats
-            .steps
-            .store(resumed_steps as u64, Ordering::Relaxed);
+        shared.stats.steps.store(trainer.steps(), Ordering::Relaxed);
+        shared.stats.examples.store(read, Ordering::Relaxed);
         let worker = Worker {
             model: config.name.clone(),
             trainer,
             publish_every_steps: config.publish_every_steps,
             publish_interval: Duration::from_millis(config.publish_interval_ms),
             max_step_backlog: config.max_step_backlog,
-            rx,
+            source,
             shared: Arc::clone(&shared),
             version,
             dirty: false,
             checkpoints: resume.data_dir.map(|dir| Checkpoints {
                 data_dir: dir,
                 interval: Duration::from_secs(resume.checkpoint_interval_secs.max(1)),
+                every_examples: resume.checkpoint_every_examples.max(1),
+                since: 0,
                 last: Instant::now(),
                 last_version: checkpoint_version,
             }),
@@ -213,7 +263,7 @@ impl Learner {
             .spawn(move || worker.run())
             .map_err(|e| Error::Internal(format!("cannot spawn learner thread: {e}")))?;
         Ok(Self {
-            handle: LearnerHandle { tx, shared },
+            handle: LearnerHandle { shared },
             thread: Some(thread),
         })
     }
@@ -223,7 +273,8 @@ impl Learner {
         self.handle.clone()
     }
 
-    /// Asks the thread to finish the queued work, publish and exit, then joins it.
+    /// Asks the thread to read what its source still has, train, publish and exit, then
+    /// joins it. Stop the log writer first so that the source ends.
     pub fn shutdown(&mut self) {
         self.handle.shared.stop.store(true, Ordering::Release);
         if let Some(thread) = self.thread.take()
@@ -246,8 +297,8 @@ impl Drop for Learner {
 pub struct Resume {
     /// The newest usable checkpoint.
     pub checkpoint: Option<Checkpoint>,
-    /// Logged examples in sequence order (see `storage::ModelRecovery::examples`).
-    pub examples: Vec<Example>,
+    /// Read the source up to this LSN before serving (the log's end at startup).
+    pub catch_up_to: u64,
     /// The highest version that served a logged decision.
     pub max_served_version: u64,
     /// The lowest version this process may publish (its restart epoch × 2^32).
@@ -256,24 +307,29 @@ pub struct Resume {
     pub data_dir: Option<PathBuf>,
     /// How often to write them.
     pub checkpoint_interval_secs: u64,
+    /// Write one after this many new examples, too.
+    pub checkpoint_every_examples: u64,
 }
 
 /// Checkpoint bookkeeping of a learner with a data directory.
 struct Checkpoints {
     data_dir: PathBuf,
     interval: Duration,
+    every_examples: u64,
+    /// Examples read since the last checkpoint.
+    since: u64,
     last: Instant,
     last_version: Option<u64>,
 }
 
-/// The learner thread's state: a [`Trainer`] plus the queue and publishing cadence.
+/// The learner thread's state: a [`Trainer`] plus its source and publishing cadence.
 struct Worker {
     model: String,
     trainer: Trainer,
     publish_every_steps: usize,
     publish_interval: Duration,
     max_step_backlog: usize,
-    rx: Receiver<Example>,
+    source: Box<dyn ExampleSource>,
     shared: Arc<Shared>,
     version: u64,
     /// Trained since the last publish.
@@ -285,32 +341,43 @@ struct Worker {
 /// one, so refreshing takes at most ~1/(1+4) = 20% of the learner thread.
 const REFRESH_THROTTLE: u32 = 4;
 
-/// Most examples taken off the queue before training on them, so that a burst is folded into
-/// the replay buffer in one go but publishing is not starved.
+/// Most examples read before training on them, so that a burst is folded into the replay
+/// buffer in one go but publishing is not starved.
 const MAX_DRAIN: usize = 1024;
+
+/// How long the learner waits for new examples when it has nothing to do.
+const IDLE_WAIT: Duration = Duration::from_millis(50);
 
 impl Worker {
     fn run(mut self) {
         let mut owed = 0usize;
         let mut since_publish = 0usize;
         let mut last_publish = Instant::now();
+        let mut finished = false;
         loop {
             let stopping = self.shared.stop.load(Ordering::Acquire);
-            // Wait for work only when there is none; a timeout lets us notice `stop`.
-            if owed == 0 {
-                match self.rx.recv_timeout(Duration::from_millis(50)) {
-                    Ok(example) => owed += self.take(example),
-                    Err(RecvTimeoutError::Timeout) => {
-                        if stopping {
-                            break;
+            let wait = if owed == 0 && !finished {
+                IDLE_WAIT
+            } else {
+                Duration::ZERO
+            };
+            let mut drained = 0usize;
+            if !finished {
+                match self.source.poll(MAX_DRAIN, wait) {
+                    Ok(Some(batch)) => {
+                        drained = batch.len();
+                        for example in batch {
+                            owed += self.take(example);
                         }
                     }
-                    Err(RecvTimeoutError::Disconnected) => break,
+                    Ok(None) => finished = true,
+                    Err(e) => {
+                        tracing::error!(model = %self.model, error = %e, "cannot read the log; retrying");
+                        std::thread::sleep(IDLE_WAIT);
+                    }
                 }
-            }
-            let drained: Vec<Example> = self.rx.try_iter().take(MAX_DRAIN).collect();
-            for example in drained {
-                owed += self.take(example);
+            } else if !stopping {
+                std::thread::sleep(IDLE_WAIT);
             }
             // Under a reward rate the learner cannot keep up with, fewer steps per reward
             // beat refusing rewards: the backlog is capped and the excess skipped (counted).
@@ -331,7 +398,7 @@ impl Worker {
                             &self.model,
                             slice as u64,
                             loss,
-                            self.rx.len(),
+                            self.source.lag(),
                             self.trainer.replay_len(),
                         );
                     }
@@ -343,7 +410,7 @@ impl Worker {
                 since_publish += slice;
                 self.dirty = true;
             }
-            let idle = owed == 0 && self.rx.is_empty();
+            let idle = owed == 0 && (drained == 0 || finished);
             if since_publish > 0
                 && (idle
                     || since_publish >= self.publish_every_steps
@@ -363,7 +430,7 @@ impl Worker {
                 break;
             }
             if let Some(ck) = &self.checkpoints
-                && ck.last.elapsed() >= ck.interval
+                && (ck.last.elapsed() >= ck.interval || ck.since >= ck.every_examples)
             {
                 self.checkpoint();
             }
@@ -381,6 +448,9 @@ impl Worker {
     /// Folds one example in; returns the number of steps it buys.
     fn take(&mut self, example: Example) -> usize {
         self.shared.stats.examples.fetch_add(1, Ordering::Relaxed);
+        if let Some(ck) = &mut self.checkpoints {
+            ck.since += 1;
+        }
         let before = self.trainer.linear_refreshes();
         let steps = self.trainer.add(example);
         if let (Some((was, _)), Some((now, last))) = (before, self.trainer.linear_refreshes())
@@ -391,12 +461,14 @@ impl Worker {
         steps
     }
 
-    /// Writes a checkpoint of the published version if it is newer than the last one.
+    /// Writes a checkpoint of the published version if it is newer than the last one, then
+    /// tells the source what the log must keep for a restart from it.
     fn checkpoint(&mut self) {
         let Some(ck) = &mut self.checkpoints else {
             return;
         };
         ck.last = Instant::now();
+        ck.since = 0;
         if ck.last_version == Some(self.version) {
             return;
         }
@@ -404,15 +476,13 @@ impl Worker {
             .trainer
             .checkpoint(self.version)
             .and_then(|(tensors, meta)| {
-                let seq = meta.last_seq;
-                checkpoint::save(&ck.data_dir, &self.model, &tensors, meta).map(|()| seq)
+                let from = meta.replay_from;
+                checkpoint::save(&ck.data_dir, &self.model, &tensors, meta).map(|()| from)
             });
         match result {
-            Ok(seq) => {
+            Ok(replay_from) => {
                 ck.last_version = Some(self.version);
-                if self.trainer.last_seq().is_some() {
-                    self.shared.checkpoint_seq.store(seq, Ordering::Release);
-                }
+                self.source.release_below(replay_from);
                 tracing::debug!(model = %self.model, version = self.version, "checkpoint written");
             }
             Err(e) => tracing::error!(model = %self.model, error = %e, "checkpoint failed"),
@@ -449,7 +519,6 @@ mod tests {
     fn wait_for(handle: &LearnerHandle, examples: u64) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while handle.stats().examples.load(Ordering::Relaxed) < examples
-            || handle.queue_depth() > 0
             || handle.snapshot().version == 0
         {
             assert!(Instant::now() < deadline, "learner did not catch up");
@@ -461,7 +530,8 @@ mod tests {
     /// newer ones.
     #[test]
     fn held_snapshot_is_immutable_while_training() {
-        let mut learner = Learner::start(&config()).unwrap();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let mut learner = Learner::start(&config(), rx).unwrap();
         let handle = learner.handle();
         let held = handle.snapshot();
         let before: Vec<Vec<f32>> = held
@@ -472,14 +542,13 @@ mod tests {
             .collect();
         for i in 0..200 {
             let x = (i % 7) as f32 / 7.0;
-            handle
-                .submit(Example {
-                    input: vec![x, 1.0 - x],
-                    head: i % 2,
-                    reward: f64::from(x),
-                    seq: u64::from(i),
-                })
-                .unwrap();
+            tx.send(Example {
+                input: vec![x, 1.0 - x],
+                head: i % 2,
+                reward: f64::from(x),
+                seq: u64::from(i),
+            })
+            .unwrap();
         }
         wait_for(&handle, 200);
         learner.shutdown();
@@ -516,21 +585,21 @@ mod tests {
         let mut config = config();
         config.drop_rates = Some(vec![0.0, 0.0]);
         config.updates_per_reward = 4;
-        let mut learner = Learner::start(&config).unwrap();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let mut learner = Learner::start(&config, rx).unwrap();
         let handle = learner.handle();
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(3);
         for i in 0..2000u32 {
             let x: f32 = rand::Rng::random(&mut rng);
             let head = i % 2;
             let reward = 50.0 * f64::from(if head == 0 { x } else { 1.0 - x });
-            handle
-                .submit(Example {
-                    input: vec![x, 1.0],
-                    head,
-                    reward,
-                    seq: u64::from(i),
-                })
-                .unwrap();
+            tx.send(Example {
+                input: vec![x, 1.0],
+                head,
+                reward,
+                seq: u64::from(i),
+            })
+            .unwrap();
         }
         wait_for(&handle, 2000);
         learner.shutdown();
@@ -561,24 +630,5 @@ mod tests {
                 );
             }
         }
-    }
-
-    /// A full queue refuses with Overloaded instead of blocking.
-    #[test]
-    fn full_queue_fails_fast() {
-        let (tx, _rx) = crossbeam_channel::bounded(1);
-        let learner = Learner::start(&config()).unwrap();
-        let handle = LearnerHandle {
-            tx,
-            shared: Arc::clone(&learner.handle.shared),
-        };
-        let ex = Example {
-            input: vec![0.0, 0.0],
-            head: 0,
-            reward: 1.0,
-            seq: 0,
-        };
-        handle.submit(ex.clone()).unwrap();
-        assert!(matches!(handle.submit(ex), Err(Error::Overloaded(_))));
     }
 }

@@ -3,18 +3,7 @@
 
 use rand::Rng;
 
-/// One training example: a network input, the output head it trains, and the raw reward.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Example {
-    /// `input_dim` values: the context (fixed arms) or `concat(context, features)`.
-    pub input: Vec<f32>,
-    /// The output index trained: the chosen arm (fixed arms) or 0 (per-arm features).
-    pub head: u32,
-    /// The observed reward, unstandardised.
-    pub reward: f64,
-    /// Its sequence number in the model's example log.
-    pub seq: u64,
-}
+pub use crate::domain::Example;
 
 /// A ring buffer of examples.
 #[derive(Debug)]

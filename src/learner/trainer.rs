@@ -347,6 +347,17 @@ impl Trainer {
         self.replay.push(example);
     }
 
+    /// The log position of the oldest example in the replay buffer: a restart that resumes
+    /// from a checkpoint taken now needs the log from there on.
+    pub fn replay_oldest_seq(&self) -> Option<u64> {
+        self.replay.iter().map(|e| e.seq).min()
+    }
+
+    /// SGD steps taken over the model's life (restored from checkpoints).
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+
     /// The sequence number of the last example added, if any.
     pub fn last_seq(&self) -> Option<u64> {
         self.last_seq
@@ -368,7 +379,8 @@ impl Trainer {
             reward_mean: self.rewards.mean,
             reward_m2: self.rewards.m2,
             steps: self.steps,
-            created_ms: crate::storage::now_ms(),
+            replay_from: self.replay_oldest_seq().unwrap_or(0),
+            created_ms: crate::domain::now_ms(),
             weights_checksum: 0,
         };
         Ok((self.net.named_tensors()?, meta))

@@ -26,8 +26,12 @@ pub struct CheckpointMeta {
     pub version: u64,
     /// The network's layer widths, input first, output last: must match the configuration.
     pub widths: Vec<usize>,
-    /// The last example sequence number trained on before the checkpoint.
+    /// The log position (LSN) of the last example folded in before the checkpoint.
     pub last_seq: u64,
+    /// The LSN of the oldest example in the replay buffer then: resuming reads the log from
+    /// here (examples up to `last_seq` refill replay, later ones are trained on).
+    #[serde(default)]
+    pub replay_from: u64,
     /// Reward statistics (count, mean, sum of squared deviations).
     pub reward_n: u64,
     /// See `reward_n`.
@@ -106,7 +110,8 @@ pub fn save(
     fs::create_dir_all(&dir).map_err(|e| io("create", &dir, e))?;
     let stem = format!("{:020}", meta.version);
     let weights_path = dir.join(format!("{stem}.safetensors"));
-    // Serialise to memory first (candle writes straight to a path; this keeps it atomic).
+    // candle writes straight to a path: serialise to a scratch file, read it back for the
+    // checksum, and write that atomically under the final name.
     let scratch = dir.join(format!("{stem}.scratch"));
     candle_core::safetensors::save(tensors, &scratch).map_err(|e| io("serialise", &scratch, e))?;
     let bytes = fs::read(&scratch).map_err(|e| io("read", &scratch, e))?;
@@ -250,6 +255,7 @@ mod tests {
             version,
             widths: vec![2, 3],
             last_seq: version * 10,
+            replay_from: version * 5,
             reward_n: 1,
             reward_mean: 0.5,
             reward_m2: 0.0,

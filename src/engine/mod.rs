@@ -1,0 +1,587 @@
+//! The decision service without its transport: models by name, the Thompson-sampling
+//! decision, the reward join, and the expiry sweep.
+//!
+//! Each call is validated first ([`validate`]: nothing moves before a request is known to
+//! be good), then decided or joined, then logged. `start` recovers the models from the data
+//! directory. `grpc/` only converts messages and maps [`Error`]s to status codes.
+
+mod start;
+mod validate;
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use rand::SeedableRng;
+use rand_xoshiro::Xoshiro256PlusPlus;
+use tokio::time::Instant;
+
+pub use start::Background;
+
+use crate::{
+    config::{LimitsConfig, ModelConfig, ModelKind, OnLogFull},
+    decisions::{Decision, PendingStore, RewardOutcome},
+    domain::now_ms,
+    error::Error,
+    learner::LearnerHandle,
+    metrics,
+    policy::{self, Inputs},
+    storage::{
+        Candidate as LoggedCandidate, ClosedRecord, DecisionRecord, ExampleRecord, How, Log,
+        RewardRecord,
+    },
+};
+use validate::Candidates;
+
+/// A candidate arm in a request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    /// The arm id.
+    pub id: String,
+    /// Its features (per-arm models only).
+    pub features: Vec<f32>,
+}
+
+/// A `ChooseArm` request.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ChooseArm {
+    /// Model name.
+    pub model: String,
+    /// The context.
+    pub context: Vec<f32>,
+    /// Candidates (empty = every configured arm of a fixed-arm model).
+    pub candidates: Vec<Candidate>,
+    /// Arm ids that must not be chosen.
+    pub excluded_arm_ids: Vec<String>,
+    /// Client-chosen id, or empty for a server-made one.
+    pub decision_id: String,
+    /// Posterior samples estimating the propensity (0 = the model's setting).
+    pub propensity_samples: u32,
+    /// Posterior samples explaining every candidate (0 = no explanation).
+    pub explain_samples: u32,
+}
+
+/// A `ReportReward` request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReportReward {
+    /// Model name.
+    pub model: String,
+    /// The decision the reward belongs to.
+    pub decision_id: String,
+    /// The reward.
+    pub reward: f64,
+    /// The decision's true regret, if the caller knows it.
+    pub regret: Option<f64>,
+}
+
+/// A model's configuration and counters.
+#[derive(Debug, Clone)]
+pub struct ModelStatus {
+    /// Its configuration.
+    pub config: ModelConfig,
+    /// Version of the weights now serving.
+    pub model_version: u64,
+    /// Decisions in the retained log plus those made since start.
+    pub decisions: u64,
+    /// Rewards in the retained log plus those accepted since start.
+    pub rewards: u64,
+    /// SGD steps taken over the model's life.
+    pub training_steps: u64,
+    /// Decisions whose window is open, rewarded or not.
+    pub pending_decisions: u64,
+    /// Decisions whose window is open and that have no reward yet.
+    pub awaiting_reward: u64,
+}
+
+/// One served model: its learner, its pending decisions, its counters.
+#[derive(Debug)]
+struct ModelRuntime {
+    config: ModelConfig,
+    /// Fixed-arm models: arm id -> output head.
+    heads: HashMap<String, usize>,
+    learner: LearnerHandle,
+    pending: Arc<PendingStore>,
+    /// Numbers the decisions, and so seeds each decision's RNG; never reused in a process.
+    /// Counts decisions made since start (validated requests only).
+    decision_counter: AtomicU64,
+    /// Decisions in the log when the process started (its retained part).
+    logged_decisions: u64,
+    rewards: AtomicU64,
+    /// Rewards in the log when the process started (its retained part).
+    logged_rewards: u64,
+}
+
+/// The running service: every configured model. Cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct Engine {
+    models: HashMap<String, ModelRuntime>,
+    /// Configured order, for `ListModels`.
+    order: Vec<String>,
+    limits: LimitsConfig,
+    /// The decision/reward log; the learners read their examples from it.
+    log: Log,
+}
+
+/// Posterior samples a decision asks for beyond its own.
+#[derive(Debug, Clone, Copy)]
+struct Samples {
+    propensity: usize,
+    explain: usize,
+}
+
+/// A decision with the propensity and explanation asked for.
+struct Explained {
+    choice: policy::Choice,
+    propensity: Option<f64>,
+    explanation: Option<Vec<policy::Spread>>,
+}
+
+impl std::ops::Deref for Explained {
+    type Target = policy::Choice;
+    fn deref(&self) -> &policy::Choice {
+        &self.choice
+    }
+}
+
+/// Decides by the snapshot's policy, then (with the same RNG) estimates the propensity (exact
+/// and always for the baselines; from `samples.propensity` more posterior samples for the
+/// Thompson policies, if any) and the explanation (if asked).
+fn decide(
+    snapshot: &crate::model::Snapshot,
+    inputs: Inputs<'_>,
+    samples: Samples,
+    rng: &mut Xoshiro256PlusPlus,
+) -> Result<Explained, Error> {
+    let choice = policy::decide(snapshot, inputs, rng)?;
+    // A baseline decision's scores are the mean network's: its greedy choice is their argmax,
+    // so the exact propensity needs no second forward pass.
+    let exact = policy::exact_propensity(
+        snapshot.policy,
+        inputs.len(),
+        choice.best,
+        policy::argmax(&choice.scores),
+    );
+    let propensity = match exact {
+        Some(p) => Some(p),
+        None if samples.propensity > 0 => Some(policy::propensity(
+            snapshot,
+            inputs,
+            choice.best,
+            samples.propensity,
+            rng,
+        )?),
+        None => None,
+    };
+    let explanation = if samples.explain > 0 {
+        Some(policy::explain(snapshot, inputs, samples.explain, rng)?)
+    } else {
+        None
+    };
+    Ok(Explained {
+        choice,
+        propensity,
+        explanation,
+    })
+}
+
+/// Odd 64-bit constant (2^64 / golden ratio) spreading decision numbers over seed space.
+const SEED_STRIDE: u64 = 0x9E37_79B9_7F4A_7C15;
+
+impl Engine {
+    /// Whether the log can take new events (false after a failed write, until a retry
+    /// succeeds): health reports NOT_SERVING meanwhile.
+    pub fn log_writable(&self) -> bool {
+        !self.log.is_failing()
+    }
+
+    fn model(&self, name: &str) -> Result<&ModelRuntime, Error> {
+        if name.is_empty() {
+            return Err(Error::invalid("model", "must not be empty"));
+        }
+        self.models
+            .get(name)
+            .ok_or_else(|| Error::ModelNotFound(name.to_owned()))
+    }
+
+    /// Chooses an arm by Thompson sampling: one posterior sample scores every candidate.
+    ///
+    /// # Errors
+    /// NOT_FOUND-class for an unknown model, INVALID_ARGUMENT-class for a malformed request,
+    /// FAILED_PRECONDITION-class for a retried id with a different request,
+    /// RESOURCE_EXHAUSTED-class when the log writer's queue is full and `storage.on_log_full`
+    /// is `reject` (or `sync_decisions` is set), UNAVAILABLE-class while the log cannot be
+    /// written.
+    pub async fn choose_arm(&self, req: ChooseArm) -> Result<Arc<Decision>, Error> {
+        let started = std::time::Instant::now();
+        let model = self.model(&req.model)?;
+        validate::check_id(&self.limits, "decision_id", &req.decision_id, true)?;
+        let request_hash = validate::request_hash(&req);
+        if !req.decision_id.is_empty()
+            && let Some(existing) = model.pending.get(&req.decision_id)
+        {
+            if existing.request_hash != request_hash {
+                return Err(Error::RetryMismatch {
+                    id: req.decision_id.clone(),
+                });
+            }
+            return Ok(existing);
+        }
+        let valid = validate::choose(&model.config, &model.heads, &self.limits, &req)?;
+        let name = &model.config.name;
+        let refuse = self.log.sync_decisions() || self.log.on_full() == OnLogFull::Reject;
+        if refuse && self.log.is_failing() {
+            metrics::decision_refused(name);
+            return Err(Error::Unavailable(
+                "the log cannot be written now (see the server log); retry later".into(),
+            ));
+        }
+        let samples = Samples {
+            propensity: valid.propensity_samples,
+            explain: valid.explain_samples,
+        };
+        let snapshot = model.learner.snapshot();
+        let n = model.decision_counter.fetch_add(1, Ordering::Relaxed);
+        let mut rng =
+            Xoshiro256PlusPlus::seed_from_u64(model.config.seed ^ n.wrapping_mul(SEED_STRIDE));
+
+        let (ids, choice, input, head, logged) = match &valid.candidates {
+            Candidates::Heads { ids, heads } => {
+                let choice = decide(
+                    &snapshot,
+                    Inputs::Heads {
+                        context: &req.context,
+                        heads,
+                    },
+                    samples,
+                    &mut rng,
+                )?;
+                let head = heads[choice.best];
+                let logged = ids
+                    .iter()
+                    .map(|id| LoggedCandidate {
+                        id: (*id).to_owned(),
+                        features: Vec::new(),
+                    })
+                    .collect();
+                (ids.clone(), choice, req.context.clone(), head, logged)
+            }
+            Candidates::Rows { kept } => {
+                let width = model.config.input_dim();
+                let mut values = Vec::with_capacity(kept.len() * width);
+                for c in kept {
+                    values.extend_from_slice(&req.context);
+                    values.extend_from_slice(&c.features);
+                }
+                let choice = decide(
+                    &snapshot,
+                    Inputs::Rows {
+                        values: &values,
+                        rows: kept.len(),
+                    },
+                    samples,
+                    &mut rng,
+                )?;
+                let input = values[choice.best * width..(choice.best + 1) * width].to_vec();
+                let logged = kept
+                    .iter()
+                    .map(|c| LoggedCandidate {
+                        id: c.id.clone(),
+                        features: c.features.clone(),
+                    })
+                    .collect();
+                (
+                    kept.iter().map(|c| c.id.as_str()).collect(),
+                    choice,
+                    input,
+                    0,
+                    logged,
+                )
+            }
+        };
+        let id = if req.decision_id.is_empty() {
+            uuid::Uuid::new_v4().to_string()
+        } else {
+            req.decision_id.clone()
+        };
+        let chosen = choice.best;
+        let decision = Decision {
+            id,
+            arm_id: ids[chosen].to_owned(),
+            scores: ids
+                .iter()
+                .map(|s| (*s).to_owned())
+                .zip(choice.choice.scores)
+                .collect(),
+            model_version: snapshot.version,
+            propensity: choice.propensity,
+            explanation: choice.explanation,
+            input,
+            head: u32::try_from(head).map_err(|_| Error::Internal("head index overflow".into()))?,
+            request_hash,
+        };
+        if refuse && self.log.is_full() {
+            // Refused before it is stored, so it evicts nothing.
+            metrics::decision_refused(name);
+            return Err(Error::Overloaded("log writer queue"));
+        }
+        let inserted = model.pending.insert(decision);
+        if !inserted.evicted.is_empty() {
+            metrics::decisions_evicted(name, inserted.evicted.len() as u64);
+            for old in &inserted.evicted {
+                // Queue full: the decision stays open in the log and expires after a restart.
+                let _ = self
+                    .log
+                    .closed(closed_record(name, &old.id, How::Evicted, None));
+            }
+        }
+        let stored = inserted.decision;
+        if inserted.new {
+            let record = DecisionRecord {
+                model: name.clone(),
+                decision_id: stored.id.clone(),
+                decided_ms: now_ms(),
+                context: req.context,
+                candidates: logged,
+                chosen: u32::try_from(chosen).unwrap_or(u32::MAX),
+                scores: stored.scores.iter().map(|(_, s)| *s).collect(),
+                model_version: stored.model_version,
+                head: stored.head,
+                propensity: stored.propensity,
+                request_hash,
+            };
+            match self.log.decision(record) {
+                Ok(None) => {}
+                Ok(Some(ack)) => {
+                    let committed = ack
+                        .await
+                        .unwrap_or_else(|_| Err(Error::Unavailable("log writer stopped".into())));
+                    if let Err(e) = committed {
+                        model.pending.remove(&stored.id);
+                        return Err(e);
+                    }
+                }
+                Err(e) if refuse => {
+                    // The client is told there is no decision: a retry of its id or a reward
+                    // must not find one.
+                    model.pending.remove(&stored.id);
+                    metrics::decision_refused(name);
+                    return Err(e);
+                }
+                Err(_) => metrics::decision_unlogged(name),
+            }
+        } else if stored.request_hash != request_hash {
+            // A concurrent retry with the same id stored its decision first.
+            return Err(Error::RetryMismatch {
+                id: stored.id.clone(),
+            });
+        }
+        let arm_label =
+            (model.config.kind == ModelKind::FixedArms).then_some(stored.arm_id.as_str());
+        metrics::decision_made(name, arm_label, started.elapsed());
+        Ok(stored)
+    }
+
+    /// Joins a reward to its decision, logs it (with its training example, which the
+    /// model's learner reads from the log), and answers once the write is durable under the
+    /// configured mode. A retry of an accepted reward answers `Duplicate` once the first
+    /// report's write is durable.
+    ///
+    /// # Errors
+    /// Unknown model or decision (NOT_FOUND-class), a non-finite reward or regret
+    /// (INVALID_ARGUMENT-class), a conflicting reward, a full log queue (RESOURCE_EXHAUSTED;
+    /// the decision stays open), or a failed write (UNAVAILABLE; the decision stays open).
+    pub async fn report_reward(&self, req: ReportReward) -> Result<RewardOutcome, Error> {
+        let started = std::time::Instant::now();
+        let model = self.model(&req.model)?;
+        validate::reward(&self.limits, &req)?;
+        let name = &model.config.name;
+        // At most twice: a retry that waited on a first report whose write then failed is
+        // taken as the first report.
+        for _ in 0..2 {
+            let outcome =
+                model
+                    .pending
+                    .record_reward(&req.decision_id, req.reward, |decision| {
+                        self.log
+                            .reward(RewardRecord {
+                                model: name.clone(),
+                                decision_id: decision.id.clone(),
+                                at_ms: now_ms(),
+                                regret: req.regret,
+                                example: Some(ExampleRecord {
+                                    input: decision.input.clone(),
+                                    head: decision.head,
+                                    reward: req.reward,
+                                }),
+                            })
+                            .inspect_err(|e| {
+                                if matches!(e, Error::Overloaded(_)) {
+                                    metrics::reward_dropped(name);
+                                }
+                            })
+                    })?;
+            let ack = match outcome {
+                RewardOutcome::Accepted(ack) => ack,
+                RewardOutcome::Duplicate(None) => return Ok(RewardOutcome::Duplicate(None)),
+                RewardOutcome::Duplicate(Some(commit)) => {
+                    if commit.settled().await {
+                        return Ok(RewardOutcome::Duplicate(None));
+                    }
+                    continue;
+                }
+            };
+            // Settled even if this call is cancelled while it waits: a guard finishes the
+            // job (revert on failure) from a task of its own.
+            let mut guard = Settle {
+                pending: Arc::clone(&model.pending),
+                id: req.decision_id.clone(),
+                reward: req.reward,
+                ack: Some(ack),
+            };
+            let committed = guard.wait().await;
+            if let Err(e) = committed {
+                return Err(e);
+            }
+            model.rewards.fetch_add(1, Ordering::Relaxed);
+            metrics::reward_accepted(name, req.reward, req.regret, started.elapsed());
+            return Ok(RewardOutcome::Accepted(()));
+        }
+        Err(Error::Unavailable(
+            "the log cannot be written now (see the server log); retry later".into(),
+        ))
+    }
+
+    /// One model's configuration and counters.
+    ///
+    /// # Errors
+    /// Unknown model.
+    pub fn model_status(&self, name: &str) -> Result<ModelStatus, Error> {
+        let model = self.model(name)?;
+        Ok(ModelStatus {
+            config: model.config.clone(),
+            model_version: model.learner.snapshot().version,
+            decisions: model.logged_decisions + model.decision_counter.load(Ordering::Relaxed),
+            rewards: model.logged_rewards + model.rewards.load(Ordering::Relaxed),
+            training_steps: model.learner.stats().steps.load(Ordering::Relaxed),
+            pending_decisions: model.pending.len() as u64,
+            awaiting_reward: model.pending.awaiting_reward() as u64,
+        })
+    }
+
+    /// Every model's status, in configured order.
+    pub fn list_models(&self) -> Vec<ModelStatus> {
+        self.order
+            .iter()
+            .filter_map(|name| self.model_status(name).ok())
+            .collect()
+    }
+
+    /// Closes the windows that have passed: trains on the default reward where one is
+    /// configured, else drops the decision; both are counted and logged.
+    pub fn expire(&self, now: Instant) {
+        for model in self.models.values() {
+            let name = &model.config.name;
+            for expired in model.pending.expire(now) {
+                let d = &expired.decision;
+                if expired.rewarded {
+                    // Queue full: it is closed again after a restart; nothing is lost.
+                    let _ = self
+                        .log
+                        .closed(closed_record(name, &d.id, How::Rewarded, None));
+                    continue;
+                }
+                let defaulted = match model.config.default_reward {
+                    Some(reward) => {
+                        let example = ExampleRecord {
+                            input: d.input.clone(),
+                            head: d.head,
+                            reward,
+                        };
+                        self.log
+                            .closed(closed_record(name, &d.id, How::Defaulted, Some(example)))
+                            .is_ok()
+                    }
+                    None => {
+                        let _ = self
+                            .log
+                            .closed(closed_record(name, &d.id, How::Dropped, None));
+                        false
+                    }
+                };
+                metrics::decision_expired(name, defaulted);
+            }
+            metrics::pending_decisions(name, model.pending.len());
+        }
+    }
+
+    /// How often [`Engine::expire`] should run: a tenth of the shortest window, between
+    /// 10 ms and 1 s, so a decision outlives its window by at most about 10 %.
+    pub fn sweep_interval(&self) -> Duration {
+        let shortest = self
+            .models
+            .values()
+            .map(|m| m.pending.window())
+            .min()
+            .unwrap_or(Duration::from_secs(1));
+        (shortest / 10).clamp(Duration::from_millis(10), Duration::from_secs(1))
+    }
+}
+
+/// The log record closing decision `id`'s window.
+fn closed_record(model: &str, id: &str, how: How, example: Option<ExampleRecord>) -> ClosedRecord {
+    ClosedRecord {
+        model: model.to_owned(),
+        decision_id: id.to_owned(),
+        at_ms: now_ms(),
+        how: how as i32,
+        example,
+    }
+}
+
+/// Waits for a first reward's log write and reports it to the pending store. Dropped before
+/// the write settled (the call was cancelled), it hands the wait to a task of its own, so a
+/// failed write is still reverted and a retry is not told "duplicate" for a lost reward.
+struct Settle {
+    pending: Arc<PendingStore>,
+    id: String,
+    reward: f64,
+    ack: Option<crate::storage::Ack>,
+}
+
+impl Settle {
+    async fn wait(&mut self) -> Result<(), Error> {
+        let Some(ack) = self.ack.as_mut() else {
+            return Ok(());
+        };
+        let result = ack
+            .await
+            .unwrap_or_else(|_| Err(Error::Unavailable("log writer stopped".into())));
+        self.ack = None;
+        self.pending.settle(&self.id, self.reward, result.is_ok());
+        result
+    }
+}
+
+impl Drop for Settle {
+    fn drop(&mut self) {
+        let Some(ack) = self.ack.take() else {
+            return;
+        };
+        let (pending, id, reward) = (Arc::clone(&self.pending), self.id.clone(), self.reward);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let durable = matches!(ack.await, Ok(Ok(())));
+                pending.settle(&id, reward, durable);
+            });
+        } else {
+            // No runtime (a test driving the engine by hand): the write's outcome is unknown,
+            // so the reward is not taken as durable.
+            pending.settle(&id, reward, false);
+        }
+    }
+}

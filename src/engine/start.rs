@@ -1,0 +1,191 @@
+//! Startup: open the data directory, scan the log once, and bring every model back (newest
+//! usable checkpoint, then its learner reads the log from there, then the open decisions go
+//! back into the pending store); then start the log writer. And the matching shutdown.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, atomic::AtomicU64},
+    time::Duration,
+};
+
+use super::{Engine, ModelRuntime};
+use crate::{
+    config::Config,
+    decisions::{Decision, PendingStore},
+    domain::now_ms,
+    error::Error,
+    learner::{Learner, Resume},
+    metrics,
+    storage::{LogWriter, OpenDecision, Storage, checkpoint},
+};
+
+/// The engine's threads: the log writer and one learner per model. [`Background::shutdown`]
+/// stops them in order: the writer commits what it has, then every learner reads the rest of
+/// the log, trains, publishes and writes its final checkpoint.
+#[derive(Debug)]
+pub struct Background {
+    learners: Vec<Learner>,
+    writer: LogWriter,
+    /// Holds the data directory's lock until everything has stopped.
+    _storage: Storage,
+}
+
+impl Background {
+    /// Flushes the log, stops the writer, then stops every learner (final checkpoints).
+    /// Call after serving has stopped.
+    pub fn shutdown(mut self, engine: &Engine) {
+        engine.log.shutdown();
+        self.writer.shutdown();
+        for learner in &mut self.learners {
+            learner.shutdown();
+        }
+    }
+}
+
+/// The pending-store view of a logged decision.
+fn decision_from_record(open: OpenDecision) -> Decision {
+    let d = open.record;
+    let chosen = d.chosen as usize;
+    let mut input = d.context;
+    if let Some(c) = d.candidates.get(chosen) {
+        input.extend_from_slice(&c.features);
+    }
+    Decision {
+        arm_id: d
+            .candidates
+            .get(chosen)
+            .map(|c| c.id.clone())
+            .unwrap_or_default(),
+        scores: d
+            .candidates
+            .into_iter()
+            .map(|c| c.id)
+            .zip(d.scores)
+            .collect(),
+        id: d.decision_id,
+        model_version: d.model_version,
+        input,
+        head: d.head,
+        propensity: d.propensity,
+        explanation: None,
+        request_hash: d.request_hash,
+    }
+}
+
+impl Engine {
+    /// Opens the data directory, recovers every model and starts the learners and the log
+    /// writer. What recovery skips is logged and counted.
+    ///
+    /// # Errors
+    /// The data directory cannot be opened or read, or a checkpoint's shape contradicts the
+    /// configuration.
+    pub fn start(config: &Config) -> Result<(Arc<Self>, Background), Error> {
+        let storage = Storage::open(&config.storage)?;
+        // Each start is a new epoch, recorded durably before anything is served: versions of
+        // this run start above every version an earlier run could have published.
+        let epoch = storage.begin_epoch()?;
+        let scan_started = std::time::Instant::now();
+        let mut recovered = storage.recover()?;
+        let summary = recovered.summary;
+        tracing::info!(
+            segments = summary.segments,
+            bytes = summary.bytes,
+            records = summary.records,
+            corrupt_segments = summary.corrupt_segments,
+            torn_bytes = summary.torn_bytes,
+            elapsed_ms = scan_started.elapsed().as_millis() as u64,
+            "log scanned"
+        );
+        let mut checkpoints = HashMap::new();
+        // Examples after the log's end that a checkpoint claims (a crash lost the log's
+        // newest records after the learner had read them): new LSNs must start above them,
+        // or the next recovery would take new examples for already trained.
+        let mut first_lsn = summary.next_lsn;
+        for model in &config.models {
+            let (ck, skipped) =
+                checkpoint::load_latest(storage.data_dir(), &model.name, &model.layer_widths())?;
+            for reason in &skipped.reasons {
+                tracing::warn!(model = %model.name, %reason, "skipped a checkpoint");
+            }
+            if !skipped.reasons.is_empty() {
+                metrics::recovery_skipped("checkpoint", skipped.reasons.len() as u64);
+            }
+            if let Some(ck) = &ck {
+                first_lsn = first_lsn.max(ck.meta.last_seq.saturating_add(1));
+            }
+            checkpoints.insert(model.name.clone(), ck);
+        }
+        let (log, writer) = storage.start_writer(first_lsn)?;
+        let mut models = HashMap::new();
+        let mut learners = Vec::new();
+        let now = now_ms();
+        for model in &config.models {
+            let ck = checkpoints.remove(&model.name).flatten();
+            let logged = recovered.models.remove(&model.name).unwrap_or_default();
+            let from = ck.as_ref().map_or(0, |c| c.meta.replay_from);
+            let checkpoint_version = ck.as_ref().map(|c| c.meta.version);
+            let learner = Learner::resume(
+                model,
+                Box::new(log.tail(&model.name, from)),
+                Resume {
+                    checkpoint: ck,
+                    catch_up_to: summary.next_lsn,
+                    max_served_version: logged.max_version,
+                    version_floor: epoch << 32,
+                    data_dir: Some(storage.data_dir().to_owned()),
+                    checkpoint_interval_secs: config.storage.checkpoint_interval_secs,
+                    checkpoint_every_examples: config.storage.checkpoint_every_examples,
+                },
+            )?;
+            tracing::info!(
+                model = %model.name,
+                checkpoint = checkpoint_version,
+                from_lsn = from,
+                to_lsn = summary.next_lsn,
+                examples = learner.handle().stats().examples.load(std::sync::atomic::Ordering::Relaxed),
+                pending = logged.open.len(),
+                "recovered"
+            );
+            let pending = PendingStore::new(model.reward_window(), model.pending_capacity);
+            for open in logged.open {
+                let age = Duration::from_millis(now.saturating_sub(open.record.decided_ms));
+                let reward = open.reward;
+                pending.restore(decision_from_record(open), age, reward);
+            }
+            let heads = model
+                .arms
+                .iter()
+                .enumerate()
+                .map(|(i, a)| (a.clone(), i))
+                .collect();
+            models.insert(
+                model.name.clone(),
+                ModelRuntime {
+                    config: model.clone(),
+                    heads,
+                    learner: learner.handle(),
+                    pending: Arc::new(pending),
+                    decision_counter: AtomicU64::new(0),
+                    logged_decisions: logged.decisions,
+                    rewards: AtomicU64::new(0),
+                    logged_rewards: logged.rewards,
+                },
+            );
+            learners.push(learner);
+        }
+        let engine = Self {
+            models,
+            order: config.models.iter().map(|m| m.name.clone()).collect(),
+            limits: config.limits.clone(),
+            log,
+        };
+        Ok((
+            Arc::new(engine),
+            Background {
+                learners,
+                writer,
+                _storage: storage,
+            },
+        ))
+    }
+}

@@ -1,0 +1,604 @@
+//! The log writer: one thread owns the open segment and appends every event in group commits.
+//!
+//! Request handlers queue records on a bounded channel ([`Log`]); the writer takes everything
+//! waiting, encodes it into one buffer, writes it with one `write`, fsyncs per the durability
+//! mode, then moves the committed watermark (which wakes the [`Tail`](super::Tail)s of the
+//! learners) and acknowledges. Nothing is ever rewritten: a reward is a new record, not an
+//! update of its decision's. When the segment passes `storage.segment_bytes` a new one is
+//! started; retention deletes whole old segments.
+//!
+//! A failed write (a full disk, an I/O error) is cut back to the last committed byte, every
+//! waiter in the group gets UNAVAILABLE, and the log is marked failing until a later write
+//! succeeds: the writer retries by itself, and handlers refuse new work meanwhile.
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io::Write,
+    path::PathBuf,
+    sync::{
+        Arc, Condvar, Mutex, MutexGuard, Weak,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant, SystemTime},
+};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use tokio::sync::oneshot;
+
+use super::{
+    record::{ClosedRecord, DecisionRecord, Record, RewardRecord},
+    segment,
+};
+use crate::{
+    config::{DurabilityMode, OnLogFull, StorageConfig, StorageFaults},
+    error::Error,
+    metrics,
+};
+
+/// Acknowledgement of a write: `Ok` once committed under the configured durability.
+pub type Ack = oneshot::Receiver<Result<(), Error>>;
+/// The writer's side of an [`Ack`].
+type AckTx = oneshot::Sender<Result<(), Error>>;
+
+enum Op {
+    Decision(Box<DecisionRecord>, Option<AckTx>),
+    Reward(Box<RewardRecord>, AckTx),
+    Closed(Box<ClosedRecord>),
+    Flush(AckTx),
+    Shutdown,
+}
+
+/// How far the log is committed: every record below `lsn_end` is written (and fsynced, in
+/// `fsync` mode), and the newest segment is valid up to byte `offset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Watermark {
+    /// One past the last committed LSN.
+    pub lsn_end: u64,
+    /// First LSN of the segment being written.
+    pub segment: u64,
+    /// Committed bytes of that segment.
+    pub offset: u64,
+    /// The writer has stopped: nothing more will be committed.
+    pub closed: bool,
+}
+
+/// State shared by the writer, its [`Log`] handles and the tails.
+#[derive(Debug)]
+pub(super) struct Shared {
+    pub(super) dir: PathBuf,
+    watermark: Mutex<Watermark>,
+    advanced: Condvar,
+    failing: AtomicBool,
+    /// Each tail's retention floor: the lowest LSN its consumer may still need.
+    floors: Mutex<Vec<Weak<AtomicU64>>>,
+}
+
+impl Shared {
+    pub(super) fn new(dir: PathBuf, watermark: Watermark) -> Self {
+        Self {
+            dir,
+            watermark: Mutex::new(watermark),
+            advanced: Condvar::new(),
+            failing: AtomicBool::new(false),
+            floors: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Watermark> {
+        self.watermark.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The committed watermark now.
+    pub(super) fn watermark(&self) -> Watermark {
+        *self.lock()
+    }
+
+    /// Waits up to `timeout` for the watermark to pass `lsn` (or the writer to stop).
+    pub(super) fn wait_past(&self, lsn: u64, timeout: Duration) -> Watermark {
+        let guard = self.lock();
+        let (guard, _) = self
+            .advanced
+            .wait_timeout_while(guard, timeout, |w| w.lsn_end <= lsn && !w.closed)
+            .unwrap_or_else(|p| p.into_inner());
+        *guard
+    }
+
+    fn advance(&self, to: Watermark) {
+        *self.lock() = to;
+        self.advanced.notify_all();
+    }
+
+    pub(super) fn register_floor(&self, floor: &Arc<AtomicU64>) {
+        let mut floors = self.floors.lock().unwrap_or_else(|p| p.into_inner());
+        floors.retain(|f| f.strong_count() > 0);
+        floors.push(Arc::downgrade(floor));
+    }
+
+    /// The lowest LSN a live tail still needs (`u64::MAX` when none).
+    fn floor(&self) -> u64 {
+        let floors = self.floors.lock().unwrap_or_else(|p| p.into_inner());
+        floors
+            .iter()
+            .filter_map(Weak::upgrade)
+            .map(|f| f.load(Ordering::Acquire))
+            .min()
+            .unwrap_or(u64::MAX)
+    }
+}
+
+/// The cloneable handle request handlers use to log.
+#[derive(Debug, Clone)]
+pub struct Log {
+    /// Bounded; the writer thread holds the receiver. Full = RESOURCE_EXHAUSTED for rewards
+    /// (and for decisions under [`OnLogFull::Reject`]).
+    tx: Sender<Op>,
+    shared: Arc<Shared>,
+    sync_decisions: bool,
+    on_full: OnLogFull,
+}
+
+impl std::fmt::Debug for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Decision(..) => "Decision",
+            Self::Reward(..) => "Reward",
+            Self::Closed(_) => "Closed",
+            Self::Flush(_) => "Flush",
+            Self::Shutdown => "Shutdown",
+        })
+    }
+}
+
+impl Log {
+    /// Queues a decision. Returns an acknowledgement to await when `sync_decisions` is set.
+    ///
+    /// # Errors
+    /// The writer queue is full, the writer has stopped, or the log is failing.
+    pub fn decision(&self, record: DecisionRecord) -> Result<Option<Ack>, Error> {
+        self.check_writable()?;
+        let (ack, rx) = if self.sync_decisions {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        self.send(Op::Decision(Box::new(record), ack))?;
+        Ok(rx)
+    }
+
+    /// Queues a reward (with its training example); the acknowledgement resolves once it is
+    /// durable under the configured mode. The learner reads it from the log after that.
+    ///
+    /// # Errors
+    /// The writer queue is full, the writer has stopped, or the log is failing.
+    pub fn reward(&self, record: RewardRecord) -> Result<Ack, Error> {
+        self.check_writable()?;
+        let (ack, rx) = oneshot::channel();
+        self.send(Op::Reward(Box::new(record), ack))?;
+        Ok(rx)
+    }
+
+    /// Queues the end of a decision's window (with the default reward's example, if any).
+    ///
+    /// # Errors
+    /// The writer queue is full or the writer has stopped.
+    pub fn closed(&self, record: ClosedRecord) -> Result<(), Error> {
+        self.send(Op::Closed(Box::new(record)))
+    }
+
+    /// Whether `ChooseArm` waits for its decision's commit.
+    pub fn sync_decisions(&self) -> bool {
+        self.sync_decisions
+    }
+
+    /// What `ChooseArm` does when the queue is full.
+    pub fn on_full(&self) -> OnLogFull {
+        self.on_full
+    }
+
+    /// Whether the writer's queue is full now (a hint: it may change at once).
+    pub fn is_full(&self) -> bool {
+        self.tx.is_full()
+    }
+
+    /// Whether the last write failed (a full disk, an I/O error) and none has succeeded
+    /// since: the log cannot take new events now.
+    pub fn is_failing(&self) -> bool {
+        self.shared.failing.load(Ordering::Acquire)
+    }
+
+    /// The committed watermark now.
+    pub fn watermark(&self) -> Watermark {
+        self.shared.watermark()
+    }
+
+    /// A reader of `model`'s training examples from `from` on (see [`super::Tail`]).
+    pub fn tail(&self, model: &str, from: u64) -> super::Tail {
+        super::Tail::new(Arc::clone(&self.shared), model, from)
+    }
+
+    /// Asks the writer to commit (fsynced) everything queued and exit; waits for room in
+    /// the queue if it is full.
+    pub fn shutdown(&self) {
+        let _ = self.tx.send(Op::Shutdown);
+    }
+
+    /// Resolves once everything queued before it is committed and fsynced.
+    ///
+    /// # Errors
+    /// The writer has stopped.
+    pub fn flush(&self) -> Result<Ack, Error> {
+        let (ack, rx) = oneshot::channel();
+        self.send(Op::Flush(ack))?;
+        Ok(rx)
+    }
+
+    fn check_writable(&self) -> Result<(), Error> {
+        if self.is_failing() {
+            return Err(Error::Unavailable(
+                "the log cannot be written now (see the server log); retry later".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn send(&self, op: Op) -> Result<(), Error> {
+        match self.tx.try_send(op) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(Error::Overloaded("log writer queue")),
+            Err(TrySendError::Disconnected(_)) => {
+                Err(Error::Unavailable("log writer stopped".into()))
+            }
+        }
+    }
+}
+
+/// Owns the writer thread; [`LogWriter::shutdown`] flushes and joins it once every [`Log`]
+/// handle is gone (dropping it joins only a writer that has already stopped).
+#[derive(Debug)]
+pub struct LogWriter {
+    thread: Option<JoinHandle<()>>,
+}
+
+impl LogWriter {
+    /// Waits for the writer to commit what is queued and exit. Call [`Log::shutdown`] first.
+    pub fn shutdown(&mut self) {
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("log writer panicked");
+        }
+    }
+}
+
+impl Drop for LogWriter {
+    fn drop(&mut self) {
+        // Dropped without `Background::shutdown` (a cancelled `run`, e.g. in a test that
+        // panicked), the `Log` handles may still be alive and joining would wait for them
+        // forever; the writer stops on its own once they are gone.
+        if self.thread.as_ref().is_some_and(JoinHandle::is_finished) {
+            self.shutdown();
+        }
+    }
+}
+
+/// Starts the writer on a new segment whose first LSN is `first_lsn`.
+pub(super) fn start(config: &StorageConfig, first_lsn: u64) -> Result<(Log, LogWriter), Error> {
+    let dir = segment::dir(&config.data_dir);
+    let (file, path) = create_segment(&dir, first_lsn)?;
+    let watermark = Watermark {
+        lsn_end: first_lsn,
+        segment: first_lsn,
+        offset: segment::MAGIC.len() as u64,
+        closed: false,
+    };
+    let shared = Arc::new(Shared::new(dir, watermark));
+    let (tx, rx) = crossbeam_channel::bounded(config.writer_queue_capacity);
+    let writer = Writer {
+        shared: Arc::clone(&shared),
+        mode: config.durability,
+        sync_interval: Duration::from_millis(config.sync_interval_ms),
+        retention: Duration::from_secs(config.retention_hours.saturating_mul(3600)),
+        segment_bytes: config.segment_bytes,
+        rx,
+        file,
+        path,
+        committed: watermark,
+        last_sync: Instant::now(),
+        unsynced: false,
+        last_retention: Instant::now(),
+        buf: Vec::with_capacity(64 * 1024),
+        errors: ErrorLog::default(),
+        faults: config.faults.clone(),
+    };
+    let thread = std::thread::Builder::new()
+        .name("log-writer".into())
+        .spawn(move || writer.run())
+        .map_err(|e| Error::Internal(format!("cannot spawn log writer: {e}")))?;
+    Ok((
+        Log {
+            tx,
+            shared,
+            sync_decisions: config.sync_decisions,
+            on_full: config.on_log_full,
+        },
+        LogWriter {
+            thread: Some(thread),
+        },
+    ))
+}
+
+/// Creates a segment file with its header, durably (file and directory fsynced), so that a
+/// segment either exists with a whole header or not at all after a crash... or is shorter
+/// than a header, which recovery deletes.
+fn create_segment(dir: &std::path::Path, base: u64) -> Result<(File, PathBuf), Error> {
+    fs::create_dir_all(dir).map_err(|e| segment::io_error("cannot create", dir, &e))?;
+    let path = segment::path(dir, base);
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&path)
+        .map_err(|e| segment::io_error("cannot create", &path, &e))?;
+    file.write_all(segment::MAGIC)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| segment::io_error("cannot write", &path, &e))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| segment::io_error("cannot fsync", dir, &e))?;
+    Ok((file, path))
+}
+
+/// Most operations folded into one commit.
+const MAX_GROUP: usize = 4096;
+/// How often a failing log retries when no new work arrives.
+const RETRY_PERIOD: Duration = Duration::from_secs(1);
+/// At most one error line per this period while writes keep failing.
+const ERROR_LOG_PERIOD: Duration = Duration::from_secs(10);
+
+/// Rate-limited error logging: the first failure is logged at once, repeats are counted and
+/// summarised at most every [`ERROR_LOG_PERIOD`].
+#[derive(Default)]
+struct ErrorLog {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl ErrorLog {
+    fn report(&mut self, what: &str, error: &Error) {
+        metrics::log_write_failed();
+        if self.last.is_some_and(|t| t.elapsed() < ERROR_LOG_PERIOD) {
+            self.suppressed += 1;
+            return;
+        }
+        tracing::error!(%error, suppressed = self.suppressed, "{what}");
+        self.last = Some(Instant::now());
+        self.suppressed = 0;
+    }
+}
+
+struct Writer {
+    shared: Arc<Shared>,
+    mode: DurabilityMode,
+    sync_interval: Duration,
+    retention: Duration,
+    segment_bytes: u64,
+    rx: Receiver<Op>,
+    file: File,
+    path: PathBuf,
+    /// What is committed (mirrors the shared watermark).
+    committed: Watermark,
+    last_sync: Instant,
+    unsynced: bool,
+    last_retention: Instant,
+    /// The group's encoded frames; reused.
+    buf: Vec<u8>,
+    errors: ErrorLog,
+    faults: StorageFaults,
+}
+
+impl Writer {
+    fn run(mut self) {
+        loop {
+            while self.faults.stall.load(Ordering::Acquire) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let wait = if self.shared.failing.load(Ordering::Acquire) {
+                RETRY_PERIOD
+            } else {
+                self.sync_interval
+            };
+            let first = match self.rx.recv_timeout(wait) {
+                Ok(op) => op,
+                Err(RecvTimeoutError::Timeout) => {
+                    if self.unsynced || self.shared.failing.load(Ordering::Acquire) {
+                        self.commit_group(Vec::new(), true);
+                    }
+                    self.maybe_retain();
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            let mut ops = vec![first];
+            ops.extend(self.rx.try_iter().take(MAX_GROUP - 1));
+            // Nothing after a shutdown request is taken (there should be nothing: serving
+            // has stopped); what is before it is committed.
+            let stop = ops.iter().position(|op| matches!(op, Op::Shutdown));
+            if let Some(at) = stop {
+                ops.truncate(at);
+            }
+            let force_sync = stop.is_some() || ops.iter().any(|op| matches!(op, Op::Flush(_)));
+            self.commit_group(ops, force_sync);
+            if stop.is_some() {
+                break;
+            }
+            self.maybe_retain();
+        }
+        if self.unsynced {
+            self.commit_group(Vec::new(), true);
+        }
+        let mut closed = self.committed;
+        closed.closed = true;
+        self.shared.advance(closed);
+        tracing::debug!("log writer stopped");
+    }
+
+    /// Writes `ops` as one group and acknowledges them; a failure is reported to every
+    /// waiter and leaves the file as it was before the group.
+    fn commit_group(&mut self, ops: Vec<Op>, force_sync: bool) {
+        let sync = force_sync
+            || self.mode == DurabilityMode::Fsync
+            || self.last_sync.elapsed() >= self.sync_interval;
+        self.buf.clear();
+        let mut acks = Vec::new();
+        let mut records = 0u64;
+        for op in ops {
+            let record = match op {
+                Op::Decision(d, ack) => {
+                    acks.extend(ack);
+                    Record::Decision(*d)
+                }
+                Op::Reward(r, ack) => {
+                    acks.push(ack);
+                    Record::Reward(*r)
+                }
+                Op::Closed(c) => Record::Closed(*c),
+                Op::Flush(ack) => {
+                    acks.push(ack);
+                    continue;
+                }
+                Op::Shutdown => continue,
+            };
+            record.encode_frame(&mut self.buf);
+            records += 1;
+        }
+        match self.write(records, sync) {
+            Ok(()) => {
+                if self.shared.failing.swap(false, Ordering::AcqRel) {
+                    metrics::log_writable();
+                    tracing::info!("the log is writable again");
+                }
+                for ack in acks {
+                    let _ = ack.send(Ok(()));
+                }
+            }
+            Err(e) => {
+                self.shared.failing.store(true, Ordering::Release);
+                self.errors.report(
+                    "log write failed; refusing new events until a retry succeeds",
+                    &e,
+                );
+                for ack in acks {
+                    let _ = ack.send(Err(Error::Unavailable(
+                        "the log cannot be written now (see the server log); retry later".into(),
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Appends the encoded group (rolling to a new segment first when the current one is
+    /// full), fsyncs if asked, and moves the watermark.
+    fn write(&mut self, records: u64, sync: bool) -> Result<(), Error> {
+        if records > 0 && self.committed.offset >= self.segment_bytes {
+            self.roll()?;
+        }
+        let written = if self.faults.fail_writes.load(Ordering::Acquire) {
+            Err(std::io::Error::from_raw_os_error(28)) // ENOSPC
+        } else {
+            self.file.write_all(&self.buf)
+        };
+        if !self.buf.is_empty()
+            && let Err(e) = written
+        {
+            // Cut a partial write back so that the segment stays a sequence of whole frames.
+            let _ = self.file.set_len(self.committed.offset);
+            let _ = std::io::Seek::seek(
+                &mut self.file,
+                std::io::SeekFrom::Start(self.committed.offset),
+            );
+            return Err(segment::io_error("cannot write", &self.path, &e));
+        }
+        if sync {
+            self.file
+                .sync_data()
+                .map_err(|e| segment::io_error("cannot fsync", &self.path, &e))?;
+            self.last_sync = Instant::now();
+            self.unsynced = false;
+        } else if records > 0 {
+            self.unsynced = true;
+        }
+        if records > 0 {
+            self.committed.lsn_end += records;
+            self.committed.offset += self.buf.len() as u64;
+            self.shared.advance(self.committed);
+            metrics::log_appended(records, self.buf.len() as u64);
+        }
+        Ok(())
+    }
+
+    /// Seals the current segment (fsynced) and starts the next one.
+    fn roll(&mut self) -> Result<(), Error> {
+        self.file
+            .sync_data()
+            .map_err(|e| segment::io_error("cannot fsync", &self.path, &e))?;
+        let base = self.committed.lsn_end;
+        let (file, path) = create_segment(&self.shared.dir, base)?;
+        self.file = file;
+        self.path = path;
+        self.committed.segment = base;
+        self.committed.offset = segment::MAGIC.len() as u64;
+        self.shared.advance(self.committed);
+        Ok(())
+    }
+
+    /// Deletes whole sealed segments whose newest record is older than the retention and
+    /// that no consumer needs any more (every learner's floor is past them).
+    fn maybe_retain(&mut self) {
+        let period = (self.retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(600));
+        if self.last_retention.elapsed() < period {
+            return;
+        }
+        self.last_retention = Instant::now();
+        let segments = match segment::list(&self.shared.dir) {
+            Ok(s) => s,
+            Err(e) => {
+                self.errors
+                    .report("cannot list log segments for retention", &e);
+                return;
+            }
+        };
+        let floor = self.shared.floor();
+        let cutoff = SystemTime::now().checked_sub(self.retention);
+        let mut removed = 0u64;
+        // A segment's records end where the next one's begin.
+        for pair in segments.windows(2) {
+            let ((_, path), (next_base, _)) = (&pair[0], &pair[1]);
+            if *next_base > floor || *next_base > self.committed.segment {
+                break;
+            }
+            let old_enough = match (cutoff, fs::metadata(path).and_then(|m| m.modified())) {
+                (Some(cutoff), Ok(modified)) => modified < cutoff,
+                _ => false,
+            };
+            if !old_enough {
+                break;
+            }
+            match fs::remove_file(path) {
+                Ok(()) => removed += 1,
+                Err(e) => {
+                    self.errors.report(
+                        "cannot delete an expired log segment",
+                        &segment::io_error("cannot delete", path, &e),
+                    );
+                    break;
+                }
+            }
+        }
+        if removed > 0 {
+            metrics::log_segments_removed(removed);
+            tracing::info!(removed, "expired log segments deleted");
+        }
+    }
+}
