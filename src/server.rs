@@ -13,6 +13,9 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::{config::Config, engine::Engine, error::Error, grpc};
 
+/// How often health checks whether the log is writable.
+const LOG_HEALTH_PERIOD: Duration = Duration::from_millis(100);
+
 /// Serves `config`'s models on `listener` until `shutdown` completes.
 ///
 /// Startup: the listener serves health (NOT_SERVING) and answers calls with UNAVAILABLE
@@ -108,13 +111,44 @@ pub async fn run(
             }
         })
     };
+    // While the log cannot be written (a full disk), decisions and rewards are refused:
+    // health says NOT_SERVING so that a balancer moves traffic away, and SERVING again once
+    // the writer's retry succeeds.
+    let log_watch = {
+        let (engine, health, stopping) =
+            (Arc::clone(&engine), health.clone(), Arc::clone(&stopping));
+        tokio::spawn(async move {
+            let mut writable = true;
+            let mut tick = tokio::time::interval(LOG_HEALTH_PERIOD);
+            loop {
+                tick.tick().await;
+                let now = engine.log_writable();
+                if now == writable {
+                    continue;
+                }
+                let stopping = stopping.lock().await;
+                if *stopping {
+                    return;
+                }
+                writable = now;
+                grpc::set_health(&health, now).await;
+                if now {
+                    tracing::info!("the log is writable again: SERVING");
+                } else {
+                    tracing::warn!("the log cannot be written: NOT_SERVING until it can");
+                }
+            }
+        })
+    };
 
     let result = server
         .await
         .map_err(|e| Error::Internal(format!("server task: {e}")))
         .and_then(|r| r);
     sweep.abort();
+    log_watch.abort();
     let _ = sweep.await;
+    let _ = log_watch.await;
     tokio::task::spawn_blocking(move || background.shutdown(&engine))
         .await
         .map_err(|e| Error::Internal(format!("background shutdown: {e}")))?;

@@ -352,7 +352,9 @@ fn create_segment(dir: &std::path::Path, base: u64) -> Result<(File, PathBuf), E
 
 /// Most operations folded into one commit.
 const MAX_GROUP: usize = 4096;
-/// How often a failing log retries when no new work arrives.
+/// Bytes a failing log tries to append (and cuts off again) to see whether the disk has room.
+const PROBE_BYTES: usize = 4096;
+/// How often a failing log retries.
 const RETRY_PERIOD: Duration = Duration::from_secs(1);
 /// At most one error line per this period while writes keep failing.
 const ERROR_LOG_PERIOD: Duration = Duration::from_secs(10);
@@ -412,7 +414,9 @@ impl Writer {
             let first = match self.rx.recv_timeout(wait) {
                 Ok(op) => op,
                 Err(RecvTimeoutError::Timeout) => {
-                    if self.unsynced || self.shared.failing.load(Ordering::Acquire) {
+                    if self.shared.failing.load(Ordering::Acquire) {
+                        self.retry();
+                    } else if self.unsynced {
                         self.commit_group(Vec::new(), true);
                     }
                     self.maybe_retain();
@@ -498,6 +502,40 @@ impl Writer {
         }
     }
 
+    /// While failing: checks whether the disk takes writes again by appending a block past
+    /// the committed end and cutting it off again. The log accepts events once it does.
+    fn retry(&mut self) {
+        let probe = if self.faults.fail_writes.load(Ordering::Acquire) {
+            Err(std::io::Error::from_raw_os_error(28)) // ENOSPC
+        } else {
+            self.file
+                .write_all(&[0u8; PROBE_BYTES])
+                .and_then(|()| self.file.sync_data())
+        };
+        self.cut_back();
+        match probe {
+            Ok(()) => {
+                self.shared.failing.store(false, Ordering::Release);
+                metrics::log_writable();
+                tracing::info!("the log is writable again");
+            }
+            Err(e) => self.errors.report(
+                "the log is still not writable",
+                &segment::io_error("cannot write", &self.path, &e),
+            ),
+        }
+    }
+
+    /// Cuts the segment back to its committed end, so that it stays a sequence of whole
+    /// frames after a partial write.
+    fn cut_back(&mut self) {
+        let _ = self.file.set_len(self.committed.offset);
+        let _ = std::io::Seek::seek(
+            &mut self.file,
+            std::io::SeekFrom::Start(self.committed.offset),
+        );
+    }
+
     /// Appends the encoded group (rolling to a new segment first when the current one is
     /// full), fsyncs if asked, and moves the watermark.
     fn write(&mut self, records: u64, sync: bool) -> Result<(), Error> {
@@ -512,18 +550,16 @@ impl Writer {
         if !self.buf.is_empty()
             && let Err(e) = written
         {
-            // Cut a partial write back so that the segment stays a sequence of whole frames.
-            let _ = self.file.set_len(self.committed.offset);
-            let _ = std::io::Seek::seek(
-                &mut self.file,
-                std::io::SeekFrom::Start(self.committed.offset),
-            );
+            self.cut_back();
             return Err(segment::io_error("cannot write", &self.path, &e));
         }
+        if sync && let Err(e) = self.file.sync_data() {
+            // Not acknowledged, so not kept: LSNs are positions in the segment, and a frame
+            // left behind would shift every later one.
+            self.cut_back();
+            return Err(segment::io_error("cannot fsync", &self.path, &e));
+        }
         if sync {
-            self.file
-                .sync_data()
-                .map_err(|e| segment::io_error("cannot fsync", &self.path, &e))?;
             self.last_sync = Instant::now();
             self.unsynced = false;
         } else if records > 0 {

@@ -1,0 +1,260 @@
+//! The log under faults: a disk that stops taking writes and comes back, retries that must
+//! not be acknowledged before what they repeat is durable, a log the server may not open,
+//! and retried decision ids that ask something else.
+
+mod common;
+
+use std::{sync::atomic::Ordering, time::Duration};
+
+use banditd::{Config, proto::ChooseArmRequest};
+use common::{TestServer, fixed, reward, test_config};
+use tonic::Code;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+async fn health(server: &TestServer) -> ServingStatus {
+    let channel = tonic::transport::Channel::from_shared(server.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = HealthClient::new(channel);
+    client
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status()
+}
+
+/// Polls `f` every 20 ms for up to 10 s until it is true.
+async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
+    for _ in 0..500 {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("not within 10 s: {what}");
+}
+
+/// A full disk: rewards and decisions are refused with UNAVAILABLE (no decision is served
+/// that is not logged), health turns NOT_SERVING; once the disk takes writes again the
+/// writer notices by itself, health turns SERVING and the same requests succeed, and a
+/// reward refused during the outage can be reported again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_disk_refuses_then_recovers_by_itself() {
+    let mut config = test_config();
+    let faults = config.storage.faults.clone();
+    config.storage.sync_interval_ms = 20;
+    let server = TestServer::start(config).await;
+    let mut client = server.client().await;
+    let before = client
+        .choose_arm(fixed("wheel", vec![0.1, 0.2]))
+        .await
+        .unwrap()
+        .into_inner();
+    client
+        .report_reward(reward("wheel", &before.decision_id, 1.0))
+        .await
+        .unwrap();
+    let open = client
+        .choose_arm(fixed("wheel", vec![0.3, 0.4]))
+        .await
+        .unwrap()
+        .into_inner();
+
+    faults.fail_writes.store(true, Ordering::Release);
+    // The first write after the disk fills fails: the reward is refused, not acknowledged.
+    let err = client
+        .report_reward(reward("wheel", &open.decision_id, 2.0))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    eventually("health NOT_SERVING", async || {
+        health(&server).await == ServingStatus::NotServing
+    })
+    .await;
+    let err = client
+        .choose_arm(fixed("wheel", vec![0.5, 0.6]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+
+    faults.fail_writes.store(false, Ordering::Release);
+    eventually("health SERVING again", async || {
+        health(&server).await == ServingStatus::Serving
+    })
+    .await;
+    let response = client
+        .report_reward(reward("wheel", &open.decision_id, 2.0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        !response.duplicate,
+        "the refused reward must be taken as a first report"
+    );
+    client
+        .choose_arm(fixed("wheel", vec![0.5, 0.6]))
+        .await
+        .unwrap();
+    server.stop().await.unwrap();
+}
+
+/// A retried reward that arrives while the first report's write is still pending is not
+/// answered before that write is durable; if the write fails, the retry gets the failure,
+/// not `duplicate = true` for a reward that was never stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retried_reward_waits_for_the_first_write() {
+    let config = test_config();
+    let faults = config.storage.faults.clone();
+    let server = TestServer::start(config).await;
+    let mut client = server.client().await;
+    let decision = client
+        .choose_arm(fixed("wheel", vec![0.1, 0.2]))
+        .await
+        .unwrap()
+        .into_inner();
+    // The disk stalls: the first report waits in the writer's queue.
+    faults.stall.store(true, Ordering::Release);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let first = {
+        let mut client = client.clone();
+        let id = decision.decision_id.clone();
+        tokio::spawn(async move { client.report_reward(reward("wheel", &id, 1.0)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let retry = {
+        let mut client = client.clone();
+        let id = decision.decision_id.clone();
+        tokio::spawn(async move { client.report_reward(reward("wheel", &id, 1.0)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !retry.is_finished(),
+        "the retry was answered before the first report's write was durable"
+    );
+    // The write then fails (the disk filled while stalled).
+    faults.fail_writes.store(true, Ordering::Release);
+    faults.stall.store(false, Ordering::Release);
+    let first = first.await.unwrap().unwrap_err();
+    assert_eq!(first.code(), Code::Unavailable, "{first:?}");
+    match retry.await.unwrap() {
+        Ok(r) => panic!(
+            "the retry was acknowledged (duplicate = {}) though nothing was stored",
+            r.into_inner().duplicate
+        ),
+        Err(e) => assert_eq!(e.code(), Code::Unavailable, "{e:?}"),
+    }
+    faults.fail_writes.store(false, Ordering::Release);
+    eventually(
+        "the reward is accepted once the disk is back",
+        async || match client
+            .report_reward(reward("wheel", &decision.decision_id, 1.0))
+            .await
+        {
+            Ok(r) => !r.into_inner().duplicate,
+            Err(e) => {
+                assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+                false
+            }
+        },
+    )
+    .await;
+    server.stop().await.unwrap();
+}
+
+/// A retry of a decision id with other candidates, exclusions or context is refused with
+/// FAILED_PRECONDITION naming the id, instead of answering the first request's arm; the
+/// same request again still gets the stored decision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retried_id_with_another_request_is_refused() {
+    let server = TestServer::start(test_config()).await;
+    let mut client = server.client().await;
+    let request = ChooseArmRequest {
+        decision_id: "same-id".into(),
+        ..fixed("wheel", vec![0.1, 0.2])
+    };
+    let first = client
+        .choose_arm(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    let again = client
+        .choose_arm(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.arm_id, first.arm_id);
+    let excluding = ChooseArmRequest {
+        excluded_arm_ids: vec![first.arm_id.clone()],
+        ..request.clone()
+    };
+    let other_context = ChooseArmRequest {
+        context: vec![0.9, 0.2],
+        ..request.clone()
+    };
+    for other in [excluding, other_context] {
+        let err = client.choose_arm(other).await.unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+        assert!(
+            err.message().starts_with("decision_id:"),
+            "{}",
+            err.message()
+        );
+        assert!(err.message().contains("same-id"), "{}", err.message());
+    }
+    server.stop().await.unwrap();
+}
+
+/// A log segment the server may not read (another user's file) stops the start with an
+/// error naming the file, and nothing is moved aside or cut: only verified corruption is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_log_stops_the_start_naming_the_file() {
+    let data = tempfile::tempdir().unwrap();
+    let mut config: Config = test_config();
+    config.storage.data_dir = data.path().to_owned();
+    let server = TestServer::start(config.clone()).await;
+    let mut client = server.client().await;
+    client
+        .choose_arm(fixed("wheel", vec![0.1, 0.2]))
+        .await
+        .unwrap();
+    server.stop().await.unwrap();
+    // A directory where a segment should be a file: open succeeds, reading fails with an
+    // I/O error (EISDIR), which no permission setting can hide from a root test runner.
+    let segment = std::fs::read_dir(data.path().join("log"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .max()
+        .unwrap();
+    let bytes = std::fs::read(&segment).unwrap();
+    std::fs::remove_file(&segment).unwrap();
+    std::fs::create_dir(&segment).unwrap();
+    let err = tokio::time::timeout(
+        Duration::from_secs(30),
+        TestServer::spawn(config.clone()).await.join(),
+    )
+    .await
+    .expect("startup neither failed nor finished")
+    .expect_err("a log segment that cannot be read was accepted")
+    .to_string();
+    assert!(
+        err.contains(&segment.display().to_string()),
+        "the error does not name the file: {err}"
+    );
+    assert!(
+        segment.is_dir(),
+        "the unreadable segment was moved or removed"
+    );
+    // Put back, it is read as before.
+    std::fs::remove_dir(&segment).unwrap();
+    std::fs::write(&segment, bytes).unwrap();
+    let server = TestServer::start(config).await;
+    server.stop().await.unwrap();
+}
