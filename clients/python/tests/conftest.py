@@ -185,6 +185,16 @@ def start_banditd(tmp_path: Path) -> Iterator:
         server.stop()
 
 
+@pytest.fixture
+def black_hole() -> Iterator[str]:
+    """A ``host:port`` that accepts TCP connections (the kernel completes them) but never
+    answers: every call to it can only end by its deadline."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        yield f"127.0.0.1:{listener.getsockname()[1]}"
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Banditd]:
     """One default banditd shared by a test module."""

@@ -59,8 +59,6 @@ async def errors(target: str):
             await bandit.choose("items", [0.0] * 8, candidates=[Arm("a", [1.0, 2.0])])
         with pytest.raises(banditd.NotFound):
             await bandit.get_model("nope")
-        with pytest.raises(banditd.DeadlineExceeded):
-            await bandit.choose("wheel", [0, 0], timeout=1e-6)
         same = await bandit.choose("wheel", [0, 0], decision_id="async-retry")
         assert await bandit.choose("wheel", [1, 1], decision_id="async-retry") == same
         assert not (await bandit.reward("wheel", "async-retry", 2.0)).duplicate
@@ -72,3 +70,15 @@ def test_async_errors_and_idempotent_retry(server) -> None:
     bad = asyncio.run(errors(server.target))
     assert bad.field == "candidates[0].features"
     assert "expected 8 values, got 2" in bad.field_violations[0].description
+
+
+async def never_answered(target: str) -> banditd.BanditError:
+    async with AsyncClient(target, timeout=0.2) as bandit:
+        with pytest.raises(banditd.DeadlineExceeded) as raised:
+            await bandit.choose("wheel", [0, 0])
+    return raised.value
+
+
+def test_async_deadline(black_hole) -> None:
+    """The async client's calls end at their deadline too."""
+    assert asyncio.run(never_answered(black_hole)).attempts == 1

@@ -5,6 +5,7 @@ path."""
 from __future__ import annotations
 
 import math
+import time
 import uuid
 
 import grpc
@@ -12,6 +13,7 @@ import pytest
 
 import banditd
 from banditd import Arm, Client, RetryPolicy
+from banditd._config import DEFAULT_TIMEOUT
 
 WHEEL_ARMS = ["0", "1", "2", "3", "4"]
 
@@ -188,17 +190,21 @@ def test_candidates_of_the_wrong_type_are_refused_before_sending(server) -> None
             bandit.choose("wheel", [0, 0], candidates=["0", 1])  # type: ignore[list-item]
 
 
-def test_every_call_has_a_deadline(server) -> None:
-    """A deadline too short for any answer raises DeadlineExceeded (not retried)."""
-    with Client(server.target, timeout=1e-6) as bandit:
+def test_every_call_has_a_deadline(black_hole) -> None:
+    """A server that never answers: the default deadline (1 s, retries included) ends the
+    call with DeadlineExceeded, a per-call timeout overrides it, and it is not retried."""
+    with Client(black_hole) as bandit:
+        started = time.monotonic()
         with pytest.raises(banditd.DeadlineExceeded) as raised:
             bandit.choose("wheel", [0, 0])
+        assert time.monotonic() - started >= DEFAULT_TIMEOUT == 1.0
         assert raised.value.attempts == 1
-    with Client(server.target) as bandit:
+        started = time.monotonic()
         with pytest.raises(banditd.DeadlineExceeded):
-            bandit.reward("wheel", "x", 1.0, timeout=1e-6)
+            bandit.reward("wheel", "x", 1.0, timeout=0.2)
+        assert 0.2 <= time.monotonic() - started < DEFAULT_TIMEOUT
     with pytest.raises(ValueError, match="timeout"):
-        Client(server.target, timeout=0)
+        Client(black_hole, timeout=0)
 
 
 def test_models(server) -> None:

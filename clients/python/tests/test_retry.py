@@ -26,7 +26,9 @@ SERVER_RETRY_DELAY = 0.1
 class FakeRpcError(grpc.RpcError):
     """What a failed call raises, with the parts the client reads."""
 
-    def __init__(self, code: grpc.StatusCode, details: str = "", retry_delay: Optional[float] = None):
+    def __init__(
+        self, code: grpc.StatusCode, details: str = "", retry_delay: Optional[float] = None
+    ):
         self._code, self._details = code, details
         self._trailers = ()
         if retry_delay is not None:
@@ -160,7 +162,9 @@ def test_retries_honour_retry_info(limited) -> None:
         failed = [d for d in decisions if isinstance(d, Exception)]
         assert not failed, failed
         assert len({d.decision_id for d in decisions}) == len(decisions)
-        rewards = concurrent(len(decisions), lambda i: bandit.reward("wheel", decisions[i].decision_id, 1.0))
+        rewards = concurrent(
+            len(decisions), lambda i: bandit.reward("wheel", decisions[i].decision_id, 1.0)
+        )
         assert all(r == banditd.RewardResult(duplicate=False) for r in rewards), rewards
         after = bandit.get_model("wheel")
     assert after.decisions - before.decisions == len(decisions)

@@ -167,7 +167,9 @@ def test_mutual_tls(start_banditd, tmp_path: Path, pki: Pki) -> None:
         {"tls": tls},
         credentials=grpc.ssl_channel_credentials(pki.ca, pki.client[1], pki.client[0]),
     )
-    mtls = Tls.from_files(ca=tmp_path / "ca.pem", cert=tmp_path / "client.pem", key=tmp_path / "client.key")
+    mtls = Tls.from_files(
+        ca=tmp_path / "ca.pem", cert=tmp_path / "client.pem", key=tmp_path / "client.key"
+    )
     with Client(server.target, tls=mtls) as bandit:
         bandit.choose("wheel", [0.1, 0.2])
     for tls_settings in (

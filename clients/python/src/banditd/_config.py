@@ -25,7 +25,7 @@ class Settings:
         token: Optional[str],
         tls: Union[Tls, bool, None],
         timeout: float,
-        retry: RetryPolicy,
+        retry: Optional[RetryPolicy],
         options: Sequence[Tuple[str, object]],
     ) -> None:
         if not timeout > 0:
@@ -34,7 +34,7 @@ class Settings:
         self.metadata = _wire.metadata(token)
         self.tls: Optional[Tls] = Tls() if tls is True else (tls or None)
         self.timeout = timeout
-        self.retry = retry
+        self.retry = retry if retry is not None else RetryPolicy()
         self.options = _wire.channel_options(self.tls, options)
         self.credentials: Optional[grpc.ChannelCredentials] = (
             _wire.credentials(self.tls) if self.tls is not None else None

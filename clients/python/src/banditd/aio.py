@@ -27,7 +27,7 @@ class AsyncClient:
         token: Optional[str] = None,
         tls: Union[Tls, bool, None] = None,
         timeout: float = DEFAULT_TIMEOUT,
-        retry: RetryPolicy = RetryPolicy(),
+        retry: Optional[RetryPolicy] = None,
         options: Sequence[Tuple[str, object]] = (),
     ) -> None:
         self._settings = s = Settings(target, token, tls, timeout, retry, options)

@@ -21,7 +21,8 @@ class Client:
     ``target`` is ``host:port``. ``token`` is sent as ``authorization: Bearer <token>``.
     ``tls``: ``None`` for plaintext, ``True`` for TLS with the system's roots, or a
     :class:`Tls`. ``timeout`` is each call's deadline in seconds, retries included (a call
-    may override it). ``options`` are passed to the gRPC channel.
+    may override it). ``retry``: a :class:`RetryPolicy` (default ``RetryPolicy()``).
+    ``options`` are passed to the gRPC channel.
 
     Every method raises a :class:`banditd.BanditError` subclass on failure.
     """
@@ -33,7 +34,7 @@ class Client:
         token: Optional[str] = None,
         tls: Union[Tls, bool, None] = None,
         timeout: float = DEFAULT_TIMEOUT,
-        retry: RetryPolicy = RetryPolicy(),
+        retry: Optional[RetryPolicy] = None,
         options: Sequence[Tuple[str, object]] = (),
     ) -> None:
         self._settings = s = Settings(target, token, tls, timeout, retry, options)
@@ -92,9 +93,7 @@ class Client:
 
     def list_models(self, *, timeout: Optional[float] = None) -> List[ModelInfo]:
         """Every configured model (an admin token when any is configured)."""
-        response = self._call(
-            "ListModels", self._stub.ListModels, pb.ListModelsRequest(), timeout
-        )
+        response = self._call("ListModels", self._stub.ListModels, pb.ListModelsRequest(), timeout)
         return [_wire.model_info(m) for m in response.models]
 
     def close(self) -> None:
