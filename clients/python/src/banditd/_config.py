@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from typing import Optional, Sequence, Tuple, Union
+from typing import Any, Optional, Sequence, Tuple, Union
 
 import grpc
 
@@ -41,6 +41,13 @@ class Settings:
         )
         # Jitter only: no reason for callers to seed it.
         self.rng = random.Random()
+
+    def channel(self, transport: Any) -> Any:
+        """A channel to the target from ``transport``: the ``grpc`` module (sync) or
+        ``grpc.aio``, which build channels with the same signatures."""
+        if self.credentials is None:
+            return transport.insecure_channel(self.target, options=self.options)
+        return transport.secure_channel(self.target, self.credentials, options=self.options)
 
     def call_timeout(self, timeout: Optional[float]) -> float:
         return self.timeout if timeout is None else timeout

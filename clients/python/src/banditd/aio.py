@@ -30,11 +30,8 @@ class AsyncClient:
         retry: Optional[RetryPolicy] = None,
         options: Sequence[Tuple[str, object]] = (),
     ) -> None:
-        self._settings = s = Settings(target, token, tls, timeout, retry, options)
-        if s.credentials is None:
-            self._channel = grpc.aio.insecure_channel(target, options=s.options)
-        else:
-            self._channel = grpc.aio.secure_channel(target, s.credentials, options=s.options)
+        self._settings = Settings(target, token, tls, timeout, retry, options)
+        self._channel = self._settings.channel(grpc.aio)
         self._stub = bandit_pb2_grpc.BanditServiceStub(self._channel)
 
     async def choose(

@@ -37,11 +37,8 @@ class Client:
         retry: Optional[RetryPolicy] = None,
         options: Sequence[Tuple[str, object]] = (),
     ) -> None:
-        self._settings = s = Settings(target, token, tls, timeout, retry, options)
-        if s.credentials is None:
-            self._channel = grpc.insecure_channel(target, options=s.options)
-        else:
-            self._channel = grpc.secure_channel(target, s.credentials, options=s.options)
+        self._settings = Settings(target, token, tls, timeout, retry, options)
+        self._channel = self._settings.channel(grpc)
         self._stub = bandit_pb2_grpc.BanditServiceStub(self._channel)
 
     def choose(
