@@ -5,6 +5,7 @@ RetryInfo of 100 ms."""
 from __future__ import annotations
 
 import random
+import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import List, Optional
@@ -174,3 +175,21 @@ def test_retries_honour_retry_info(limited) -> None:
         assert event.error.retry_delay == pytest.approx(SERVER_RETRY_DELAY)
         assert event.delay >= SERVER_RETRY_DELAY
         assert event.method in ("ChooseArm", "ReportReward", "GetModel")
+
+
+def test_unavailable_is_retried_until_the_attempts_run_out() -> None:
+    """Nothing listens on the port: every send fails UNAVAILABLE; the client sends
+    ``max_attempts`` times, with backoff, then raises."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again below: connections are refused
+    events: List[RetryEvent] = []
+    policy = RetryPolicy(max_attempts=3, on_retry=events.append)
+    with Client(f"127.0.0.1:{port}", retry=policy, timeout=30) as bandit:
+        with pytest.raises(banditd.Unavailable) as raised:
+            bandit.choose("wheel", [0, 0])
+    assert raised.value.attempts == 3
+    assert [e.attempt for e in events] == [1, 2]
+    assert all(isinstance(e.error, banditd.Unavailable) for e in events)
+    # No RetryInfo: the jittered backoff alone, 0.05 s then 0.1 s at most.
+    assert events[0].delay < 0.05 and events[1].delay < 0.1
