@@ -132,9 +132,22 @@ class Banditd:
             return grpc.insecure_channel(self.target)
         return grpc.secure_channel(self.target, self._credentials)
 
+    def _listening(self, deadline: float) -> bool:
+        """True once the gRPC port accepts connections. Polled with plain TCP: a gRPC
+        channel refused while the server starts backs off (seconds in older grpcio)."""
+        while time.monotonic() < deadline and self.process.poll() is None:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1.0).close()
+                return True
+            except OSError:
+                time.sleep(0.02)
+        return False
+
     def _wait_serving(self, timeout: float) -> bool:
         """True once health says SERVING; False if the process exited first."""
         deadline = time.monotonic() + timeout
+        if not self._listening(deadline):
+            return False
         with self.channel() as channel:
             health = health_pb2_grpc.HealthStub(channel)
             while time.monotonic() < deadline:
