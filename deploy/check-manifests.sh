@@ -3,7 +3,7 @@
 #   - deploy/validate.py --require-tools: its cross-checks against the binary, then every
 #     kustomization rendered by `kubectl kustomize` and each object validated (strict) against
 #     the Kubernetes OpenAPI schemas (kubernetes-validate, offline; K8S_VERSIONS);
-#   - hadolint on deploy/Dockerfile;
+#   - hadolint on deploy/Dockerfile, shellcheck on deploy/*.sh;
 #   - `podman-compose config` parses deploy/compose.yaml (that its services, volume and ports
 #     match the image is checked by validate.py against the Dockerfile and by
 #     deploy/test-image.sh against the built image).
@@ -20,9 +20,13 @@ hadolint --version
 hadolint deploy/Dockerfile
 say "hadolint deploy/Dockerfile: no findings"
 
+# The image's HEALTHCHECK script and these scripts.
+need_debian shellcheck shellcheck
+shellcheck -x deploy/*.sh
+say "shellcheck deploy/*.sh: no findings"
+
 # podman-compose only parses and normalises here (`config` runs no container; `--profile load`
-# includes the loadgen service). It needs a
-# podman binary on PATH to start at all.
+# includes the loadgen service). It needs a podman binary on PATH to start at all.
 need_podman
 (cd deploy && podman-compose -f compose.yaml --profile load config > "$DEPLOY_WORK/compose.rendered.yaml")
 python3 - "$DEPLOY_WORK/compose.rendered.yaml" <<'EOF'

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by deploy/check-manifests.sh, deploy/test-image.sh and deploy/build-image-full.sh
 # (sourced, not run). Everything these scripts need is installed here from Debian or PyPI,
 # so they work on a fresh Debian 12 machine run as root (CI) with no Docker daemon, no
@@ -25,13 +26,15 @@ mkdir -p "$DEPLOY_WORK"
 say() { printf '[%s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { say "FAILED: $*"; exit 1; }
 
-# Debian packages, installed when one of the commands is missing. Usage: need_debian CMD PKG...
-need_debian() {
-    local cmd="$1"; shift
-    command -v "$cmd" >/dev/null && return 0
+apt_install() {
     say "installing $* (Debian)"
     if [ -z "${DEPLOY_APT_UPDATED:-}" ]; then apt-get update -qq; DEPLOY_APT_UPDATED=1; fi
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+# Debian packages, installed when the command is missing. Usage: need_debian CMD PKG...
+need_debian() {
+    local cmd="$1"; shift
+    command -v "$cmd" >/dev/null || apt_install "$@"
 }
 
 # The pinned PyPI tools (deploy/requirements-ci.txt) in their own virtualenv, first on PATH.
@@ -39,6 +42,8 @@ need_venv() {
     local req="$ROOT/deploy/requirements-ci.txt" stamp="$DEPLOY_VENV/.requirements"
     if ! cmp -s "$req" "$stamp" 2>/dev/null; then
         say "installing deploy/requirements-ci.txt into $DEPLOY_VENV (PyPI)"
+        # Debian's own python3 keeps venv and ensurepip in a separate package.
+        python3 -c 'import ensurepip, venv' 2>/dev/null || apt_install python3-venv
         python3 -m venv "$DEPLOY_VENV"
         "$DEPLOY_VENV/bin/pip" install --quiet --disable-pip-version-check -r "$req"
         cp "$req" "$stamp"
