@@ -24,8 +24,9 @@ need_builder_image
 for target in runtime loadgen; do
     tag=localhost/banditd:full; [ "$target" = loadgen ] && tag=localhost/banditd-loadgen:full
     start=$(date +%s)
-    # The second target reuses the first's `build` stage (podman's layer cache).
-    pm build --isolation chroot --network host \
+    # The second target reuses the first's `build` stage (podman's layer cache). Docker's
+    # image format keeps the HEALTHCHECK (OCI has none).
+    pm build --isolation chroot --network host --format docker \
         --ignorefile deploy/Dockerfile.dockerignore -f deploy/Dockerfile \
         --build-arg BUILDER_IMAGE="$BUILDER_IMAGE" --build-arg RUNTIME_IMAGE="$BASE_IMAGE" \
         --target "$target" -t "$tag" . > "$DEPLOY_WORK/build-full-$target.log" 2>&1 \

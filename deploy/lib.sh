@@ -60,9 +60,12 @@ need_podman() {
         printf '[containers]\ndefault_ulimits = []\n' > "$CONTAINERS_CONF"
     fi
 }
+# Podman schedules a container's HEALTHCHECK with systemd timers; without systemd (here) it
+# logs an error on every run, stop and rm and carries on. Those lines are dropped; the
+# HEALTHCHECK itself still runs with `podman healthcheck run`.
 pm() {
     # shellcheck disable=SC2086 # the flags are words on purpose
-    podman $DEPLOY_PODMAN_FLAGS "$@"
+    podman $DEPLOY_PODMAN_FLAGS "$@" 2> >(grep -v 'unable to get systemd connection' >&2)
 }
 
 # A Debian root made by debootstrap, imported as an image: base images cannot be pulled here.

@@ -80,7 +80,9 @@ if [ -z "$IMAGE" ]; then
     for target in runtime loadgen; do
         tag="$IMAGE"; [ "$target" = loadgen ] && tag="$LOADGEN_IMAGE"
         start=$(date +%s)
-        pm build --isolation chroot --network host --quiet \
+        # Docker's image format, as `docker build` makes: podman's default (OCI) has no
+        # HEALTHCHECK and would drop it.
+        pm build --isolation chroot --network host --quiet --format docker \
             --ignorefile deploy/Dockerfile.dockerignore -f deploy/Dockerfile \
             --build-arg RUNTIME_IMAGE="$BASE_IMAGE" --build-context binaries="$bins" \
             --target "$target" -t "$tag" . >/dev/null
@@ -181,7 +183,7 @@ ok "4. /metrics scraped: the decision and the reward are counted"
 # --- 5. HEALTHCHECK -----------------------------------------------------------------------------
 
 pm healthcheck run "$NAME" >/dev/null || die "5. podman healthcheck run: unhealthy"
-if pm exec -e BANDITD_METRICS_ADDR=0.0.0.0:1 "$NAME" /usr/local/bin/banditd-healthcheck >/dev/null; then
+if pm exec -e BANDITD_METRICS_ADDR=0.0.0.0:1 "$NAME" /usr/local/bin/banditd-healthcheck >/dev/null 2>&1; then
     die "5. the HEALTHCHECK command passed against a closed port"
 fi
 ok "5. HEALTHCHECK (podman healthcheck run) healthy; its command exits 1 against a closed port"
