@@ -111,7 +111,7 @@ def check_env(env, where):
 dockerfile = read("deploy/Dockerfile")
 # Join continuation lines, split into stages.
 lines = re.sub(r"\\\n", " ", dockerfile).splitlines()
-stages, current = {}, None
+stages, current, global_args, stage_base = {}, None, {}, {}
 for line in lines:
     line = line.strip()
     if not line or line.startswith("#"):
@@ -122,9 +122,26 @@ for line in lines:
         m = re.search(r"\bAS\s+(\S+)", rest, re.I)
         current = m.group(1) if m else rest
         stages[current] = []
+        stage_base[current] = rest.split()[0]
     elif current is not None:
         stages[current].append((word, rest.strip()))
+    elif word == "ARG":
+        name, _, value = rest.strip().partition("=")
+        global_args[name] = value
 check(list(stages)[-1] == "runtime", "Dockerfile: the last (default) stage must be `runtime`")
+# The base images are build arguments whose defaults stay the public images, so a plain
+# `docker build` needs none; the binaries come from the `binaries` stage (just the two files),
+# which `--build-context binaries=DIR` replaces with binaries built outside (OPERATING.md).
+check(global_args.get("BUILDER_IMAGE", "").startswith("rust:") and stage_base.get("build") == "${BUILDER_IMAGE}",
+      f"Dockerfile: the build stage must be FROM ${{BUILDER_IMAGE}}, default rust:… ({global_args.get('BUILDER_IMAGE')})")
+check(global_args.get("RUNTIME_IMAGE", "").startswith("debian:") and stage_base.get("base") == "${RUNTIME_IMAGE}",
+      f"Dockerfile: the base stage must be FROM ${{RUNTIME_IMAGE}}, default debian:… ({global_args.get('RUNTIME_IMAGE')})")
+check(stage_base.get("binaries") == "scratch"
+      and stages.get("binaries") == [("COPY", "--from=build /out/banditd /out/banditd-loadgen /")],
+      f"Dockerfile: the binaries stage must be scratch holding only the two binaries: {stages.get('binaries')}")
+for stage, binary in (("runtime", "banditd"), ("loadgen", "banditd-loadgen")):
+    check(any(w == "COPY" and r.startswith(f"--from=binaries /{binary} ") for w, r in stages.get(stage, [])),
+          f"Dockerfile: the {stage} stage must take /{binary} from the binaries stage")
 runtime = stages.get("runtime", [])
 rt = {}
 for word, rest in runtime:
