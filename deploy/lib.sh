@@ -26,10 +26,14 @@ mkdir -p "$DEPLOY_WORK"
 say() { printf '[%s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { say "FAILED: $*"; exit 1; }
 
+# Usage: apt_install [--with-recommends] PKG...
 apt_install() {
+    local recommends=--no-install-recommends
+    if [ "$1" = --with-recommends ]; then recommends=""; shift; fi
     say "installing $* (Debian)"
     if [ -z "${DEPLOY_APT_UPDATED:-}" ]; then apt-get update -qq; DEPLOY_APT_UPDATED=1; fi
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+    # shellcheck disable=SC2086 # empty when recommends are wanted
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $recommends "$@" >/dev/null
 }
 # Debian packages, installed when the command is missing. Usage: need_debian CMD PKG...
 need_debian() {
@@ -53,7 +57,8 @@ need_venv() {
 
 # podman with this machine's settings. The containers.conf is written once per work dir.
 need_podman() {
-    need_debian podman podman runc
+    # With its recommended packages, as measured (`apt-get install podman runc`).
+    command -v podman >/dev/null || apt_install --with-recommends podman runc
     need_debian runc runc
     if [ -z "${CONTAINERS_CONF:-}" ]; then
         export CONTAINERS_CONF="$DEPLOY_WORK/containers.conf"
