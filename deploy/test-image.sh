@@ -96,7 +96,8 @@ fi
 pm image inspect "$IMAGE" > "$DEPLOY_WORK/image.json"
 python3 - "$DEPLOY_WORK/image.json" deploy/compose.yaml <<'EOF'
 import json, sys, yaml
-cfg = json.load(open(sys.argv[1]))[0]["Config"]
+image = json.load(open(sys.argv[1]))[0]
+cfg = image["Config"]
 compose = yaml.safe_load(open(sys.argv[2]))["services"]["banditd"]
 fail = []
 if cfg.get("User") != "10001:10001":
@@ -111,8 +112,10 @@ if volumes != {env.get("BANDITD_DATA_DIR")}:
 for name, port in (("BANDITD_GRPC_ADDR", 50051), ("BANDITD_METRICS_ADDR", 9464)):
     if env.get(name) != f"0.0.0.0:{port}":
         fail.append(f"image {name}={env.get(name)!r}")
-if "Healthcheck" not in cfg and "Healthcheck" not in json.load(open(sys.argv[1]))[0]:
-    fail.append("image has no HEALTHCHECK")
+# podman inspect shows a Docker-format image's HEALTHCHECK at the top level.
+health = (image.get("Healthcheck") or {}).get("Test")
+if health != ["CMD", "/usr/local/bin/banditd-healthcheck"]:
+    fail.append(f"image HEALTHCHECK {health}, want CMD /usr/local/bin/banditd-healthcheck")
 published = {int(p.rsplit(":", 1)[1]) for p in compose.get("ports", [])}
 if published != ports:
     fail.append(f"compose publishes container ports {sorted(published)}, the image exposes {sorted(ports)}")
