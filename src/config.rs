@@ -430,10 +430,6 @@ pub struct ModelConfig {
     /// Most decisions waiting for a reward; past it the oldest are evicted.
     #[serde(default = "defaults::pending_capacity")]
     pub pending_capacity: usize,
-    /// Most rewards queued for the learner; past it `ReportReward` fails with
-    /// RESOURCE_EXHAUSTED.
-    #[serde(default = "defaults::learner_queue_capacity")]
-    pub learner_queue_capacity: usize,
     /// Most SGD steps the learner may owe; when rewards arrive faster than it can train,
     /// the excess steps are skipped (counted) rather than rewards refused.
     #[serde(default = "defaults::max_step_backlog")]
@@ -485,9 +481,6 @@ mod defaults {
         // About 1 KB each (more with per-arm features): a quarter of a GB per model at most.
         250_000
     }
-    pub(super) fn learner_queue_capacity() -> usize {
-        65_536
-    }
     pub(super) fn max_step_backlog() -> usize {
         // About a second of training at the default network size.
         4096
@@ -535,7 +528,6 @@ impl ModelConfig {
             default_reward: None,
             seed: defaults::seed(),
             pending_capacity: defaults::pending_capacity(),
-            learner_queue_capacity: defaults::learner_queue_capacity(),
             max_step_backlog: defaults::max_step_backlog(),
             publish_every_steps: defaults::publish_every_steps(),
             publish_interval_ms: defaults::publish_interval_ms(),
@@ -748,7 +740,6 @@ impl ModelConfig {
             ("batch_size", self.batch_size),
             ("replay_capacity", self.replay_capacity),
             ("pending_capacity", self.pending_capacity),
-            ("learner_queue_capacity", self.learner_queue_capacity),
             ("publish_every_steps", self.publish_every_steps),
             ("max_step_backlog", self.max_step_backlog),
         ] {

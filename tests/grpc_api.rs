@@ -543,16 +543,16 @@ async fn pending_store_is_bounded() {
     server.stop().await.unwrap();
 }
 
-/// When the learner cannot keep up, backpressure reaches the client: the learner queue
-/// fills, the log writer waits on it, the writer queue fills, and further rewards are refused
-/// at once with RESOURCE_EXHAUSTED; the refused decisions stay open for a retry.
+/// When the log writer cannot keep up, backpressure reaches the client: its queue fills and
+/// further rewards are refused at once with RESOURCE_EXHAUSTED; the refused decisions stay
+/// open for a retry. (A slow learner no longer backs up the writer: it falls behind in the
+/// log instead.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backpressure_fails_fast() {
     let mut config = test_config();
     config.storage.writer_queue_capacity = 1;
     let mut model = short_window_model("slow", None);
     model.reward_window_seconds = 3600.0;
-    model.learner_queue_capacity = 1;
     // Each reward buys 1000 steps (tens of ms at least) and none are skipped, so 40
     // concurrent reports (sent within a few ms) cannot all fit in queues of one. A small
     // network keeps the worst case (every report accepted) to a few seconds of training.

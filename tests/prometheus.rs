@@ -517,7 +517,7 @@ fn dashboard_and_rules_name_only_exported_metrics() {
         "banditd_report_reward_duration_seconds",
         "banditd_learner_loss",
         "banditd_learner_steps_total",
-        "banditd_learner_queue_depth",
+        "banditd_learner_lag_records",
         "banditd_replay_size",
         "banditd_pending_decisions",
         "banditd_decisions_expired_total",

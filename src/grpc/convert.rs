@@ -122,7 +122,6 @@ impl From<ModelStatus> for pb::ModelInfo {
             default_reward,
             seed,
             pending_capacity: _,
-            learner_queue_capacity: _,
             publish_every_steps: _,
             max_step_backlog: _,
             publish_interval_ms: _,
