@@ -117,9 +117,12 @@ impl LinearStats {
         if !(mean.iter().all(|v| v.is_finite()) && scale.is_finite()) {
             return Err("posterior is not finite".to_owned());
         }
+        let chol_l = chol.unpack();
+        let l_rows = packed_rows(&chol_l);
         Ok(LinearPosterior {
             mean,
-            chol_l: chol.unpack(),
+            chol_l,
+            l_rows,
             shape,
             scale,
         })
@@ -132,6 +135,10 @@ impl LinearStats {
 pub struct LinearPosterior {
     mean: DVector<f64>,
     chol_l: DMatrix<f64>,
+    /// `L`'s lower triangle row by row (row i: its i + 1 entries), for the serving path's
+    /// forward substitution: contiguous dot products that vectorise, where the column-major
+    /// solve on `chol_l` cost ~1.6 µs per head at d = 101 (perf: 20% of serving CPU).
+    l_rows: Vec<f64>,
     shape: f64,
     scale: f64,
 }
@@ -163,17 +170,29 @@ impl LinearPosterior {
     /// drawing β: given σ², `φᵀβ ~ N(φᵀμ, σ² φᵀΛ⁻¹φ)`, and `φᵀΛ⁻¹φ = ‖L⁻¹φ‖²` costs one
     /// triangular solve. Each draw is then O(1) instead of O(d²).
     pub fn predictive(&self, phi: &[f32]) -> Predictive<'_> {
-        let phi = DVector::from_iterator(self.dim(), phi.iter().map(|&v| f64::from(v)));
-        let mean = phi.dot(&self.mean);
-        let spread = self
-            .chol_l
-            .solve_lower_triangular(&phi)
-            .map_or(0.0, |w| w.norm_squared());
+        let mean = dot(phi, &self.mean);
+        let spread = self.spread(phi);
         Predictive {
             posterior: self,
             mean,
             spread,
         }
+    }
+
+    /// `φᵀΛ⁻¹φ = ‖w‖²` with `Lw = φ`, by forward substitution over the packed rows of `L`.
+    fn spread(&self, phi: &[f32]) -> f64 {
+        let d = self.dim();
+        let mut w = vec![0.0f64; d];
+        let mut start = 0;
+        let mut total = 0.0;
+        for i in 0..d.min(phi.len()) {
+            let row = &self.l_rows[start..start + i + 1];
+            start += i + 1;
+            let wi = (f64::from(phi[i]) - dot4(&row[..i], &w[..i])) / row[i];
+            w[i] = wi;
+            total += wi * wi;
+        }
+        if total.is_finite() { total } else { 0.0 }
     }
 
     /// One draw of σ² from its inverse-gamma posterior.
@@ -210,6 +229,33 @@ impl Predictive<'_> {
     pub fn mean(&self) -> f64 {
         self.mean
     }
+}
+
+/// The lower triangle of `l`, row by row.
+fn packed_rows(l: &DMatrix<f64>) -> Vec<f64> {
+    let d = l.nrows();
+    let mut out = Vec::with_capacity(d * (d + 1) / 2);
+    for i in 0..d {
+        for j in 0..=i {
+            out.push(l[(i, j)]);
+        }
+    }
+    out
+}
+
+/// A dot product with four independent sums, so that the compiler vectorises it (one running
+/// sum is a dependency chain it may not reorder).
+fn dot4(a: &[f64], b: &[f64]) -> f64 {
+    let mut acc = [0.0f64; 4];
+    let (ca, cb) = (a.chunks_exact(4), b.chunks_exact(4));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for k in 0..4 {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    let tail: f64 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
+    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
 }
 
 /// `φᵀβ` for f32 features and f64 weights.
@@ -317,6 +363,23 @@ mod tests {
             pred.mean()
         );
         assert!((s1 / s2 - 1.0).abs() < 0.07, "sd {s1} vs {s2}");
+    }
+
+    /// The packed forward substitution gives nalgebra's `‖L⁻¹φ‖²` to rounding.
+    #[test]
+    fn packed_spread_matches_the_triangular_solve() {
+        let mut stats = LinearStats::new(7, PRIOR);
+        for i in 0..50 {
+            let x = i as f32 / 50.0;
+            let phi: Vec<f32> = (0..7).map(|k| ((k + 1) as f32 * x).sin()).collect();
+            stats.add(&phi, f64::from(x));
+        }
+        let post = stats.posterior().unwrap();
+        let phi: Vec<f32> = (0..7).map(|k| 0.3 - 0.1 * k as f32).collect();
+        let phi64 = DVector::from_iterator(7, phi.iter().map(|&v| f64::from(v)));
+        let exact = post.chol_l.solve_lower_triangular(&phi64).unwrap().norm_squared();
+        let fast = post.predictive(&phi).spread;
+        assert!((fast - exact).abs() <= 1e-12 * exact.max(1.0), "{fast} vs {exact}");
     }
 
     /// Without data, draws follow the prior: wide (σ²/λ with E σ² = 1.2 gives sd ≈ 2.2),
