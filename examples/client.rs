@@ -50,7 +50,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             tls = tls.ca_certificate(Certificate::from_pem(std::fs::read(ca)?));
         }
         if let (Some(cert), Some(key)) = (&args.client_cert, &args.client_key) {
-            tls = tls.identity(Identity::from_pem(std::fs::read(cert)?, std::fs::read(key)?));
+            tls = tls.identity(Identity::from_pem(
+                std::fs::read(cert)?,
+                std::fs::read(key)?,
+            ));
         }
         endpoint = endpoint.tls_config(tls)?;
     }
@@ -60,7 +63,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let add_token = move |mut request: Request<()>| -> Result<Request<()>, Status> {
         if let Some(token) = &token {
-            request.metadata_mut().insert("authorization", token.clone());
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
         }
         Ok(request)
     };

@@ -829,7 +829,10 @@ impl Config {
         for (field, value) in [
             ("server.max_connections", server.max_connections as u64),
             ("server.handshake_timeout_ms", server.handshake_timeout_ms),
-            ("server.max_header_list_bytes", u64::from(server.max_header_list_bytes)),
+            (
+                "server.max_header_list_bytes",
+                u64::from(server.max_header_list_bytes),
+            ),
         ] {
             if value == 0 {
                 return Err(ConfigError::Invalid {
@@ -842,7 +845,10 @@ impl Config {
         // HTTP/2 (RFC 9113 §6.9.1): a window is at least the initial 65,535 bytes and at most
         // 2^31 - 1.
         for (field, value) in [
-            ("server.connection_window_bytes", server.connection_window_bytes),
+            (
+                "server.connection_window_bytes",
+                server.connection_window_bytes,
+            ),
             ("server.stream_window_bytes", server.stream_window_bytes),
         ] {
             if !(65_535..=0x7fff_ffff).contains(&value) {

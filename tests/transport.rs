@@ -109,7 +109,10 @@ impl Server {
             if let Some(status) = child.try_wait().expect("wait") {
                 return Err((status, std::fs::read_to_string(&log).unwrap_or_default()));
             }
-            assert!(Instant::now() < deadline, "banditd not listening after 30 s");
+            assert!(
+                Instant::now() < deadline,
+                "banditd not listening after 30 s"
+            );
             // Only the metrics port is probed: a bare connection to the gRPC port would be
             // one of the idle connections this file is about.
             if TcpStream::connect(metrics).is_ok() {
@@ -272,11 +275,7 @@ fn call_headers(authority: &str) -> Vec<u8> {
 /// a body that never comes; DATA frames this small would trip h2's own "too many small DATA
 /// frames" guard and end the connection before any stream is served). Reads and discards
 /// whatever the server sends. Returns the connections' tasks (abort to close).
-async fn flood(
-    addr: SocketAddr,
-    connections: usize,
-    streams: u32,
-) -> Vec<tokio::task::JoinHandle<()>> {
+fn flood(addr: SocketAddr, connections: usize, streams: u32) -> Vec<tokio::task::JoinHandle<()>> {
     let headers = call_headers(&addr.to_string());
     let mut bytes = PREFACE.to_vec();
     frame(&mut bytes, SETTINGS, 0, 0, &[]);
@@ -362,7 +361,10 @@ async fn run_flood(connections: usize, streams: u32, rounds: usize) {
     })
     .unwrap_or_else(|(status, log)| panic!("banditd exited with {status}:\n{log}"));
     server.wait_serving().await;
-    let channel = server.channel(Duration::from_secs(5)).await.expect("connect");
+    let channel = server
+        .channel(Duration::from_secs(5))
+        .await
+        .expect("connect");
     let mut client = BanditServiceClient::new(channel.clone());
     for _ in 0..50 {
         client
@@ -375,7 +377,7 @@ async fn run_flood(connections: usize, streams: u32, rounds: usize) {
     let allowed = limits.budget(connections as u64);
     let mut max = baseline;
     for _ in 0..rounds {
-        let tasks = flood(server.grpc, connections, streams).await;
+        let tasks = flood(server.grpc, connections, streams);
         let until = Instant::now() + Duration::from_secs(2);
         while Instant::now() < until {
             max = max.max(rss(server.pid()));
@@ -425,7 +427,8 @@ async fn run_flood(connections: usize, streams: u32, rounds: usize) {
         max as f64 / MIB as f64,
         (baseline + allowed) as f64 / MIB as f64
     );
-    let mut client = BanditServiceClient::new(server.channel(Duration::from_secs(5)).await.unwrap());
+    let mut client =
+        BanditServiceClient::new(server.channel(Duration::from_secs(5)).await.unwrap());
     client
         .choose_arm(with_token(decision(), "flood-test-token"))
         .await
@@ -475,7 +478,10 @@ arms = ["0", "1", "2", "3", "4"]
     })
     .unwrap_or_else(|(status, log)| panic!("banditd exited with {status}:\n{log}"));
     server.wait_serving().await;
-    let channel = server.channel(Duration::from_secs(5)).await.expect("connect");
+    let channel = server
+        .channel(Duration::from_secs(5))
+        .await
+        .expect("connect");
     let mut client = BanditServiceClient::new(channel.clone());
     client.choose_arm(decision()).await.expect("decision");
 
@@ -483,14 +489,21 @@ arms = ["0", "1", "2", "3", "4"]
     let idle: Vec<TcpStream> = (0..400)
         .filter_map(|_| TcpStream::connect_timeout(&server.grpc, Duration::from_secs(1)).ok())
         .collect();
-    assert!(idle.len() > 256, "only {} idle connections opened", idle.len());
+    assert!(
+        idle.len() > 256,
+        "only {} idle connections opened",
+        idle.len()
+    );
     // The connected client is served while the idle connections are held.
     for _ in 0..20 {
         client
             .choose_arm(decision())
             .await
             .expect("a decision while idle connections are held");
-        assert!(serving(&channel).await, "health while idle connections are held");
+        assert!(
+            serving(&channel).await,
+            "health while idle connections are held"
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     // A new client gets in once the handshake timeout has closed the idle ones.
@@ -562,7 +575,11 @@ async fn empty_token_source_refuses_to_start() {
                     if let Some(status) = server.child.try_wait().expect("wait") {
                         break status;
                     }
-                    assert!(Instant::now() < deadline, "banditd started:\n{}", server.logs());
+                    assert!(
+                        Instant::now() < deadline,
+                        "banditd started:\n{}",
+                        server.logs()
+                    );
                     std::thread::sleep(Duration::from_millis(20));
                 };
                 (status, server.logs())
@@ -647,7 +664,10 @@ policy = "mc_dropout"
             "banditd_choose_arm_duration_seconds_count",
             "banditd_report_reward_duration_seconds_count",
         ] {
-            assert!(metric(&text, name, &m).is_some(), "{name}{{model={model}}} missing");
+            assert!(
+                metric(&text, name, &m).is_some(),
+                "{name}{{model={model}}} missing"
+            );
         }
         for outcome in ["defaulted", "dropped"] {
             assert!(
@@ -660,12 +680,24 @@ policy = "mc_dropout"
                 "decisions_expired_total{{{model},{outcome}}} missing"
             );
         }
-        assert!(metric(&text, "banditd_drop_rate", &[("model", model), ("layer", "2")]).is_some());
+        assert!(
+            metric(
+                &text,
+                "banditd_drop_rate",
+                &[("model", model), ("layer", "2")]
+            )
+            .is_some()
+        );
     }
     assert!(metric(&text, "banditd_decisions_total", &[("model", "items")]).is_some());
     for arm in ["0", "4"] {
         assert!(
-            metric(&text, "banditd_decisions_total", &[("model", "wheel"), ("arm", arm)]).is_some()
+            metric(
+                &text,
+                "banditd_decisions_total",
+                &[("model", "wheel"), ("arm", arm)]
+            )
+            .is_some()
         );
     }
     assert_eq!(
@@ -679,9 +711,19 @@ policy = "mc_dropout"
     for name in ["banditd_connections_open", "banditd_connections_max"] {
         assert!(metric(&text, name, &[]).is_some(), "{name} missing");
     }
-    assert!(metric(&text, "banditd_accept_errors_total", &[("kind", "fd_limit")]).is_some());
+    assert!(
+        metric(
+            &text,
+            "banditd_accept_errors_total",
+            &[("kind", "fd_limit")]
+        )
+        .is_some()
+    );
 
-    let channel = server.channel(Duration::from_secs(5)).await.expect("connect");
+    let channel = server
+        .channel(Duration::from_secs(5))
+        .await
+        .expect("connect");
     let mut client = BanditServiceClient::new(channel);
     let mut big = decision();
     big.decision_id = "x".repeat(2048);
@@ -700,5 +742,8 @@ policy = "mc_dropout"
     assert!(server.terminate().success());
     let logs = server.logs();
     assert!(logs.contains("serving"), "{logs}");
-    assert!(!logs.contains('\u{1b}'), "colour codes in a log file:\n{logs}");
+    assert!(
+        !logs.contains('\u{1b}'),
+        "colour codes in a log file:\n{logs}"
+    );
 }

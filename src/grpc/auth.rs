@@ -56,7 +56,10 @@ pub enum Role {
 /// source that yields nothing would otherwise leave the server open without a word.
 fn read_tokens(setting: &str, path: &Path) -> Result<Vec<Vec<u8>>, Error> {
     let text = fs::read_to_string(path).map_err(|e| {
-        Error::Internal(format!("auth.{setting} {}: cannot read: {e}", path.display()))
+        Error::Internal(format!(
+            "auth.{setting} {}: cannot read: {e}",
+            path.display()
+        ))
     })?;
     let tokens: Vec<Vec<u8>> = text
         .lines()
@@ -261,7 +264,14 @@ mod tests {
             code(Some("Bearer u1"), Role::Admin),
             Err(tonic::Code::PermissionDenied)
         );
-        for bad in ["Bearer nope", "u1", "Basic u1", "Bearer", "Bearer ", "Beareru1"] {
+        for bad in [
+            "Bearer nope",
+            "u1",
+            "Basic u1",
+            "Bearer",
+            "Bearer ",
+            "Beareru1",
+        ] {
             assert_eq!(
                 code(Some(bad), Role::User),
                 Err(tonic::Code::Unauthenticated),

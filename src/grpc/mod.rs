@@ -142,7 +142,9 @@ fn tls_acceptor(tls: &TlsConfig) -> Result<Option<TlsAcceptor>, Error> {
         None => builder.with_no_client_auth(),
         Some(ca) => {
             let mut roots = RootCertStore::empty();
-            for der in CertificateDer::pem_file_iter(ca).map_err(|e| bad("client_ca_file", ca, &e))? {
+            for der in
+                CertificateDer::pem_file_iter(ca).map_err(|e| bad("client_ca_file", ca, &e))?
+            {
                 roots
                     .add(der.map_err(|e| bad("client_ca_file", ca, &e))?)
                     .map_err(|e| bad("client_ca_file", ca, &e))?;

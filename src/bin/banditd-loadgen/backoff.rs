@@ -33,9 +33,7 @@ impl Backoff {
     pub(crate) fn record(&mut self, failure: Option<&Status>) {
         match failure {
             Some(status) if retryable(status.code()) => {
-                let ceiling = BASE
-                    .saturating_mul(1u32 << self.failures.min(16))
-                    .min(CAP);
+                let ceiling = BASE.saturating_mul(1u32 << self.failures.min(16)).min(CAP);
                 let jittered = ceiling.mul_f64(rand::rng().random::<f64>());
                 let hinted = status
                     .get_details_retry_info()

@@ -23,14 +23,20 @@ pub(crate) struct Token(Option<MetadataValue<Ascii>>);
 
 impl std::fmt::Debug for Token {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_some() { "Token(***)" } else { "Token(none)" })
+        f.write_str(if self.0.is_some() {
+            "Token(***)"
+        } else {
+            "Token(none)"
+        })
     }
 }
 
 impl Interceptor for Token {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         if let Some(value) = &self.0 {
-            request.metadata_mut().insert("authorization", value.clone());
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
         }
         Ok(request)
     }
@@ -84,11 +90,11 @@ impl Connector {
         }
         let token = match &args.token {
             None => Token(None),
-            Some(token) => Token(Some(
-                format!("Bearer {}", token.trim())
-                    .parse()
-                    .context("--token / BANDITD_TOKEN: not a valid header value")?,
-            )),
+            Some(token) => {
+                Token(Some(format!("Bearer {}", token.trim()).parse().context(
+                    "--token / BANDITD_TOKEN: not a valid header value",
+                )?))
+            }
         };
         Ok(Self { endpoint, token })
     }

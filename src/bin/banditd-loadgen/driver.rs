@@ -19,19 +19,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, bail};
-use banditd::{
-    config::{ModelConfig, ModelKind},
-    harness::{CurvePoint, NoopService, Tally, curve_every, model_for_env},
-    proto::{
-        self, Arm, ChooseArmRequest, GetModelRequest, ModelInfo, ReportRewardRequest,
-    },
-    sim::{self, Environment, Round},
-};
-use hdrhistogram::Histogram;
-use rand::{Rng, SeedableRng};
-use rand_xoshiro::Xoshiro256PlusPlus;
-use tokio::{sync::Semaphore, task::JoinSet};
 use crate::{
     backoff::{Backoff, retryable},
     cli::{GrpcArgs, RewardDelay},
@@ -39,6 +26,17 @@ use crate::{
     plot,
     report::{GrpcReport, Latencies, LatencySummary, ServerModel},
 };
+use anyhow::{Context, bail};
+use banditd::{
+    config::{ModelConfig, ModelKind},
+    harness::{CurvePoint, NoopService, Tally, curve_every, model_for_env},
+    proto::{self, Arm, ChooseArmRequest, GetModelRequest, ModelInfo, ReportRewardRequest},
+    sim::{self, Environment, Round},
+};
+use hdrhistogram::Histogram;
+use rand::{Rng, SeedableRng};
+use rand_xoshiro::Xoshiro256PlusPlus;
+use tokio::{sync::Semaphore, task::JoinSet};
 
 /// Attempts at one reward report while the server answers "not now" (a decision stays open
 /// until its reward arrives, so a report is worth retrying; a decision is not).
@@ -285,7 +283,12 @@ impl Shared {
 
     /// Sends one reward report; retries (at most [`REPORT_ATTEMPTS`] in all, backing off)
     /// while the server answers "not now". Every failed attempt counts as an error.
-    async fn report(&self, client: &mut Client, backoff: &mut Backoff, request: ReportRewardRequest) {
+    async fn report(
+        &self,
+        client: &mut Client,
+        backoff: &mut Backoff,
+        request: ReportRewardRequest,
+    ) {
         let regret = request.regret.unwrap_or(0.0);
         for attempt in 1..=REPORT_ATTEMPTS {
             backoff.wait().await;
