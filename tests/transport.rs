@@ -747,3 +747,39 @@ policy = "mc_dropout"
         "colour codes in a log file:\n{logs}"
     );
 }
+
+/// The load generator authenticates with `BANDITD_TOKEN` against a server with tokens, and
+/// without it stops at its first call with the server's UNAUTHENTICATED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_sends_its_token() {
+    let server = Server::start(Start {
+        env: vec![("BANDITD_TOKENS", "loadgen-test-token")],
+        ..Start::default()
+    })
+    .unwrap_or_else(|(status, log)| panic!("banditd exited with {status}:\n{log}"));
+    server.wait_serving().await;
+    let url = server.url();
+    let run = |token: Option<&str>| {
+        let mut command = common::loadgen_command(&[
+            "grpc", "--target", &url, "--rounds", "50", "--json", "--quiet",
+        ]);
+        command.env_remove("BANDITD_TOKEN");
+        if let Some(token) = token {
+            command.env("BANDITD_TOKEN", token);
+        }
+        command.output().expect("run banditd-loadgen")
+    };
+    let denied = run(None);
+    assert!(!denied.status.success());
+    let stderr = String::from_utf8_lossy(&denied.stderr);
+    assert!(stderr.contains("UNAUTHENTICATED"), "{stderr}");
+    let served = run(Some("loadgen-test-token"));
+    assert!(
+        served.status.success(),
+        "{}",
+        String::from_utf8_lossy(&served.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&served.stdout).expect("JSON report");
+    assert_eq!(report["decisions"].as_u64(), Some(50), "{report}");
+    assert_eq!(report["errors_total"].as_u64(), Some(0), "{report}");
+}
