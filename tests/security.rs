@@ -254,3 +254,61 @@ async fn in_flight_limit_sheds() {
     assert!(shed < 32, "every call was shed");
     server.stop().await.unwrap();
 }
+
+/// The load generator reaches a mutual-TLS server with `--ca-cert`, `--client-cert` and
+/// `--client-key`, and cannot without the client certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_over_mutual_tls() {
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let (ca, cert, key) = (
+        write("ca.pem", &pki.ca),
+        write("client.pem", &pki.client_cert),
+        write("client.key", &pki.client_key),
+    );
+    let mut config = test_config();
+    config.tls.cert_file = Some(write("server.pem", &pki.server_cert).into());
+    config.tls.key_file = Some(write("server.key", &pki.server_key).into());
+    config.tls.client_ca_file = Some(ca.clone().into());
+    let server = TestServer::spawn(config).await;
+    let target = format!("https://localhost:{}", server.addr.port());
+    let run = |identity: bool| {
+        let mut args = vec![
+            "grpc",
+            "--target",
+            &target,
+            "--rounds",
+            "30",
+            "--json",
+            "--quiet",
+            "--ca-cert",
+            &ca,
+        ];
+        if identity {
+            args.extend(["--client-cert", &cert, "--client-key", &key]);
+        }
+        common::loadgen_command(&args)
+            .output()
+            .expect("run banditd-loadgen")
+    };
+    // The load generator waits out UNAVAILABLE while the server recovers. (It blocks one of
+    // the two workers; the server runs on the other.)
+    let served = run(true);
+    assert!(
+        served.status.success(),
+        "{}",
+        String::from_utf8_lossy(&served.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&served.stdout).expect("JSON report");
+    assert_eq!(report["decisions"].as_u64(), Some(30), "{report}");
+    assert!(
+        !run(false).status.success(),
+        "served without a client certificate"
+    );
+    server.stop().await.unwrap();
+}
