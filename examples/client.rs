@@ -1,19 +1,75 @@
 //! A minimal banditd client: list the models, ask for a decision, report its reward.
 //!
 //! Start the server (`cargo run --release`), then:
-//!     cargo run --example client -- http://127.0.0.1:50051
+//!     cargo run --release --example client -- http://127.0.0.1:50051
+//! Against a server with tokens and TLS (the token from the environment, which `ps` does not
+//! show; `--client-cert`/`--client-key` when it requires client certificates):
+//!     BANDITD_TOKEN=... cargo run --release --example client -- https://banditd.example:50051 \
+//!         --ca-cert ca.pem
+
+use std::path::PathBuf;
 
 use banditd::proto::{
     Arm, ChooseArmRequest, ListModelsRequest, ReportRewardRequest,
     bandit_service_client::BanditServiceClient,
 };
+use clap::Parser;
+use tonic::{
+    Request, Status,
+    metadata::MetadataValue,
+    transport::{Certificate, Channel, ClientTlsConfig, Identity},
+};
+
+/// List the models, decide, report rewards.
+#[derive(Debug, Parser)]
+struct Args {
+    /// The server.
+    #[arg(default_value = "http://127.0.0.1:50051")]
+    url: String,
+    /// Bearer token for every call.
+    #[arg(long, env = "BANDITD_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// PEM CA certificate of the server's certificate; turns TLS on (as does `https://`).
+    #[arg(long)]
+    ca_cert: Option<PathBuf>,
+    /// PEM client certificate (mutual TLS).
+    #[arg(long, requires = "client_key")]
+    client_cert: Option<PathBuf>,
+    /// PEM key of `--client-cert`.
+    #[arg(long, requires = "client_cert")]
+    client_key: Option<PathBuf>,
+}
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let url = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "http://127.0.0.1:50051".into());
-    let mut client = BanditServiceClient::connect(url).await?;
+    let args = Args::parse();
+    let mut endpoint = Channel::from_shared(args.url.clone())?;
+    if args.url.starts_with("https://") || args.ca_cert.is_some() {
+        let mut tls = ClientTlsConfig::new();
+        if let Some(ca) = &args.ca_cert {
+            tls = tls.ca_certificate(Certificate::from_pem(std::fs::read(ca)?));
+        }
+        if let (Some(cert), Some(key)) = (&args.client_cert, &args.client_key) {
+            tls = tls.identity(Identity::from_pem(
+                std::fs::read(cert)?,
+                std::fs::read(key)?,
+            ));
+        }
+        endpoint = endpoint.tls_config(tls)?;
+    }
+    let token: Option<MetadataValue<_>> = match &args.token {
+        Some(t) => Some(format!("Bearer {t}").parse()?),
+        None => None,
+    };
+    let add_token = move |mut request: Request<()>| -> Result<Request<()>, Status> {
+        if let Some(token) = &token {
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
+        }
+        Ok(request)
+    };
+    let mut client = BanditServiceClient::with_interceptor(endpoint.connect().await?, add_token);
 
     for model in client
         .list_models(ListModelsRequest {})

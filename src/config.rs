@@ -61,6 +61,24 @@ pub struct ServerConfig {
     /// Connections are closed gracefully after this many seconds so clients rebalance
     /// across replicas (0 = never).
     pub max_connection_age_secs: u64,
+    /// Most gRPC connections open at once (including those still in their handshake); a
+    /// connection past it is closed at once and counted. Lowered at start, with a warning, to
+    /// what the open-file limit leaves after `reserved_fds`.
+    pub max_connections: usize,
+    /// File descriptors kept free of connections for the log, checkpoints, `/metrics` and
+    /// the runtime.
+    pub reserved_fds: usize,
+    /// How long a new connection may take to finish TLS (when configured) and send the
+    /// HTTP/2 preface, in milliseconds; past it the connection is closed and counted.
+    pub handshake_timeout_ms: u64,
+    /// Largest header block of one call, in bytes (HTTP/2 SETTINGS_MAX_HEADER_LIST_SIZE):
+    /// bounds what a stream holds before its token is checked.
+    pub max_header_list_bytes: u32,
+    /// HTTP/2 flow-control window of one connection, in bytes: the most request body a
+    /// connection can have sent that the server has not yet read.
+    pub connection_window_bytes: u32,
+    /// HTTP/2 flow-control window of one stream, in bytes.
+    pub stream_window_bytes: u32,
 }
 
 impl Default for ServerConfig {
@@ -79,6 +97,19 @@ impl Default for ServerConfig {
             keepalive_interval_secs: 30,
             keepalive_timeout_secs: 10,
             max_connection_age_secs: 1800,
+            // Well above what clients behind a balancer open; each connection may hold up to
+            // `connection_window_bytes` of unread body, so this also bounds that memory.
+            max_connections: 4096,
+            // The log and its compaction copy, checkpoint files being written, /metrics
+            // scrapes, tokio's epoll and eventfds, stdio: a few dozen at most.
+            reserved_fds: 64,
+            // A client on a slow network finishes TLS and the preface in well under a second.
+            handshake_timeout_ms: 10_000,
+            // hyper's default (16 KiB); a call's headers are a few hundred bytes.
+            max_header_list_bytes: 16 * 1024,
+            // hyper's defaults (1 MiB each): a 4 MiB message needs a few window updates.
+            connection_window_bytes: 1024 * 1024,
+            stream_window_bytes: 1024 * 1024,
         }
     }
 }
@@ -395,7 +426,7 @@ pub struct ModelConfig {
     #[serde(default)]
     pub concrete_dropout: bool,
     /// Give every output head a second output, its log noise variance, and train the pair
-    /// by the Gaussian negative log-likelihood instead of the squared error (THEORY.md §2):
+    /// by the Gaussian negative log-likelihood instead of the squared error (README "The method" §2):
     /// noisy arms are then fitted as noisy, not kept uncertain. Decisions score the means
     /// only.
     #[serde(default)]
@@ -838,6 +869,39 @@ impl Config {
                 field: "server".into(),
                 why: "max_in_flight, max_in_flight_per_connection, request_timeout_ms and max_message_bytes must be at least 1".into(),
             });
+        }
+        for (field, value) in [
+            ("server.max_connections", server.max_connections as u64),
+            ("server.handshake_timeout_ms", server.handshake_timeout_ms),
+            (
+                "server.max_header_list_bytes",
+                u64::from(server.max_header_list_bytes),
+            ),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid {
+                    model: String::new(),
+                    field: field.into(),
+                    why: "must be at least 1".into(),
+                });
+            }
+        }
+        // HTTP/2 (RFC 9113 §6.9.1): a window is at least the initial 65,535 bytes and at most
+        // 2^31 - 1.
+        for (field, value) in [
+            (
+                "server.connection_window_bytes",
+                server.connection_window_bytes,
+            ),
+            ("server.stream_window_bytes", server.stream_window_bytes),
+        ] {
+            if !(65_535..=0x7fff_ffff).contains(&value) {
+                return Err(ConfigError::Invalid {
+                    model: String::new(),
+                    field: field.into(),
+                    why: format!("{value} is not in [65535, 2147483647] (HTTP/2 window sizes)"),
+                });
+            }
         }
         if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
             return Err(ConfigError::Invalid {

@@ -1,9 +1,10 @@
 //! banditd: a self-hosted contextual-bandit decision service.
 //!
 //! Clients ask which arm to show for a context (`ChooseArm`) and later report the reward
-//! (`ReportReward`). Decisions are Thompson samples from an MC-dropout reward network: one
-//! set of dropout masks is one posterior sample of the weights, and it scores every
-//! candidate of the decision. A learner thread per model folds rewards in with minibatch
+//! (`ReportReward`). Decisions are Thompson samples from a neural reward model: one posterior
+//! sample (NeuralLinear's Bayesian last layer by default, or one set of MC-dropout masks)
+//! scores every candidate of the decision. Every decision and reward is appended to a log;
+//! a learner thread per model reads its examples from the log, folds them in with minibatch
 //! SGD and publishes copied weights that serving reads without locks.
 //!
 //! # Layout

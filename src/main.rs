@@ -1,6 +1,6 @@
 //! The `banditd` binary: parse flags, set up logs and metrics, bind, serve until a signal.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{io::IsTerminal, net::SocketAddr, path::PathBuf};
 
 use anyhow::Context;
 use banditd::{Config, config::Secret, metrics, shutdown};
@@ -11,7 +11,9 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Contextual-bandit decisions over gRPC: Thompson sampling with an MC-dropout reward network.
+/// Contextual-bandit decisions over gRPC: Thompson sampling on a neural reward model, by
+/// NeuralLinear (the default policy: a Bayesian linear regression on the network's last hidden
+/// layer) or MC dropout (one dropout mask set per decision), set per model in the config.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Cli {
@@ -25,7 +27,8 @@ struct Cli {
     /// Prometheus `/metrics` listen address (overrides the file's `server.metrics_addr`).
     #[arg(long, env = "BANDITD_METRICS_ADDR")]
     metrics_addr: Option<SocketAddr>,
-    /// Log format; the level comes from `RUST_LOG` (default `info`).
+    /// Log format; the level comes from `RUST_LOG` (default `info`). Text is coloured only
+    /// when stderr is a terminal and `NO_COLOR` is unset.
     #[arg(long, env = "BANDITD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
     /// Data directory: the decision/reward log and the checkpoints (overrides the file's
@@ -72,9 +75,14 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colour codes are for a person at a terminal; in a file or a log collector they are noise.
+    // (`NO_COLOR` set to anything but the empty string turns colour off: no-color.org.)
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     match cli.log_format {
         LogFormat::Text => tracing_subscriber::fmt()
             .with_writer(std::io::stderr)
+            .with_ansi(colour)
             .with_env_filter(filter)
             .init(),
         LogFormat::Json => tracing_subscriber::fmt()
@@ -96,20 +104,40 @@ fn main() -> anyhow::Result<()> {
     if let Some(dir) = cli.data_dir {
         config.storage.data_dir = dir;
     }
-    // Tokens come from the environment only (never the command line, which `ps` shows).
-    let tokens = |name: &str| -> Vec<Secret> {
-        std::env::var(name)
-            .unwrap_or_default()
+    // Tokens come from the environment only (never the command line, which `ps` shows). A
+    // variable that is set but holds no token is refused, as an empty token file is: it was
+    // meant to turn authentication on.
+    let tokens = |name: &str| -> anyhow::Result<Vec<Secret>> {
+        let Some(value) = std::env::var_os(name) else {
+            return Ok(Vec::new());
+        };
+        let value = value
+            .into_string()
+            .map_err(|_| anyhow::anyhow!("{name}: not valid UTF-8"))?;
+        let tokens: Vec<Secret> = value
             .split(',')
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .map(|t| Secret(t.to_owned()))
-            .collect()
+            .collect();
+        anyhow::ensure!(
+            !tokens.is_empty(),
+            "{name} is set but holds no token; refusing to start without authentication: \
+             set a token, or unset {name} to run without"
+        );
+        Ok(tokens)
     };
-    config.auth.tokens = tokens("BANDITD_TOKENS");
-    config.auth.admin_tokens = tokens("BANDITD_ADMIN_TOKENS");
+    config.auth.tokens = tokens("BANDITD_TOKENS")?;
+    config.auth.admin_tokens = tokens("BANDITD_ADMIN_TOKENS")?;
     if let Some(Command::Export { model }) = cli.command {
         return export(&config, &model);
+    }
+    match banditd::server::raise_fd_limit() {
+        Ok((before, after)) if before != after => {
+            tracing::info!(before, after, "open-file limit raised to the hard limit");
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
     }
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -62,6 +62,18 @@ pub const LINEAR_REFRESH_SECONDS: &str = "banditd_neural_linear_refresh_seconds"
 /// units, then each hidden layer): the configured rate, or the learned one with
 /// `concrete_dropout`.
 pub const DROP_RATE: &str = "banditd_drop_rate";
+/// gRPC connections open (including those still in their handshake).
+pub const CONNECTIONS_OPEN: &str = "banditd_connections_open";
+/// The connection cap in force (`server.max_connections`, lowered to what the open-file
+/// limit allows).
+pub const CONNECTIONS_MAX: &str = "banditd_connections_max";
+/// Connections closed by the server before serving a call, by reason (`limit`: over the
+/// connection cap; `handshake_timeout`: no TLS handshake or HTTP/2 preface in time;
+/// `handshake_failed`: the TLS handshake failed or the peer closed first).
+pub const CONNECTIONS_REFUSED: &str = "banditd_connections_refused_total";
+/// Failed `accept` calls on the gRPC listener, by kind (`fd_limit`: EMFILE/ENFILE;
+/// `no_memory`: ENOBUFS/ENOMEM; `aborted`: the peer went away first; `other`).
+pub const ACCEPT_ERRORS: &str = "banditd_accept_errors_total";
 
 /// Latency buckets in seconds: the service answers in tens of microseconds, a slow one in
 /// milliseconds; 25 µs to 1 s covers both with about two buckets per doubling at the low end.
@@ -183,6 +195,26 @@ pub fn describe() {
         "Decisions refused with RESOURCE_EXHAUSTED because the log writer queue was full."
     );
     describe_gauge!(MODEL_VERSION, "Version of the weights serving decisions.");
+    describe_gauge!(
+        CONNECTIONS_OPEN,
+        Unit::Count,
+        "gRPC connections open, including those still in their handshake."
+    );
+    describe_gauge!(
+        CONNECTIONS_MAX,
+        Unit::Count,
+        "The connection cap in force (server.max_connections, lowered to what the open-file limit allows)."
+    );
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        Unit::Count,
+        "Connections closed before serving a call, by reason: limit, handshake_timeout, handshake_failed."
+    );
+    describe_counter!(
+        ACCEPT_ERRORS,
+        Unit::Count,
+        "Failed accepts on the gRPC listener, by kind: fd_limit, no_memory, aborted, other."
+    );
     describe_gauge!(
         DROP_RATE,
         "Drop rate of the units feeding each weight layer of the serving weights (layer 0 = input); learned with concrete_dropout."
@@ -329,7 +361,6 @@ fn describe_log() {
         Unit::Count,
         "Log segments deleted by retention."
     );
-    gauge!(LOG_FAILING).set(0.0);
 }
 
 /// A group of `records` records (`bytes` bytes) was appended to the log.
@@ -352,4 +383,126 @@ pub fn log_writable() {
 /// Retention deleted `n` log segments.
 pub fn log_segments_removed(n: u64) {
     counter!(LOG_SEGMENTS_REMOVED).increment(n);
+}
+
+/// The gRPC methods, for the series [`init_series`] creates.
+const METHODS: [&str; 4] = ["ChooseArm", "ReportReward", "GetModel", "ListModels"];
+/// The codes a bandit call commonly fails with (README.md "Errors"), spelled as
+/// `grpc::code_name` spells them for [`request_failed`]; other codes appear on their first
+/// occurrence.
+const COMMON_CODES: [&str; 8] = [
+    "INVALID_ARGUMENT",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "RESOURCE_EXHAUSTED",
+    "UNAVAILABLE",
+    "UNAUTHENTICATED",
+    "PERMISSION_DENIED",
+    "OUT_OF_RANGE",
+];
+
+/// What [`init_series`] needs to know of one model.
+#[derive(Debug, Clone, Copy)]
+pub struct ModelSeries<'a> {
+    /// The model's name.
+    pub name: &'a str,
+    /// Its arm ids if it is a fixed-arm model (the `arm` label of [`DECISIONS`]).
+    pub arms: Option<&'a [String]>,
+    /// Its weight layers (hidden layers + 1): the `layer` label of [`DROP_RATE`].
+    pub weight_layers: usize,
+}
+
+/// Creates every series at its zero (counters and gauges, without changing a value already
+/// set; histograms registered empty, which the exporter renders as zero counts), so that
+/// dashboards and `absent()` alerts see a quiet server as quiet, not as missing.
+pub fn init_series(models: &[ModelSeries<'_>]) {
+    for model in models {
+        let m = || model.name.to_owned();
+        match model.arms {
+            Some(arms) => {
+                for arm in arms {
+                    counter!(DECISIONS, "model" => m(), "arm" => arm.clone()).increment(0);
+                }
+            }
+            None => counter!(DECISIONS, "model" => m()).increment(0),
+        }
+        for name in [
+            REWARDS,
+            REWARDS_DROPPED,
+            LEARNER_STEPS,
+            LEARNER_STEPS_SKIPPED,
+            DECISIONS_EVICTED,
+            DECISIONS_UNLOGGED,
+            DECISIONS_REFUSED,
+            LINEAR_REFRESHES,
+        ] {
+            counter!(name, "model" => m()).increment(0);
+        }
+        for outcome in ["defaulted", "dropped"] {
+            counter!(DECISIONS_EXPIRED, "model" => m(), "outcome" => outcome).increment(0);
+        }
+        for name in [
+            REWARD_SUM,
+            REGRET_SUM,
+            LEARNER_LOSS,
+            LEARNER_LAG,
+            REPLAY_SIZE,
+            PENDING_DECISIONS,
+            MODEL_VERSION,
+            LINEAR_REFRESH_SECONDS,
+        ] {
+            gauge!(name, "model" => m()).increment(0.0);
+        }
+        // Registering a histogram without recording creates its (empty) series.
+        let _ = histogram!(CHOOSE_ARM_SECONDS, "model" => m());
+        let _ = histogram!(REPORT_REWARD_SECONDS, "model" => m());
+        for layer in 0..model.weight_layers {
+            gauge!(DROP_RATE, "model" => m(), "layer" => layer.to_string()).increment(0.0);
+        }
+    }
+    for method in METHODS {
+        for code in COMMON_CODES {
+            counter!(REQUEST_ERRORS, "method" => method, "code" => code).increment(0);
+        }
+    }
+    for kind in ["checkpoint", "log_segment", "log_frame"] {
+        counter!(RECOVERY_SKIPPED, "kind" => kind).increment(0);
+    }
+    for name in [
+        LOG_RECORDS,
+        LOG_BYTES,
+        LOG_WRITE_ERRORS,
+        LOG_SEGMENTS_REMOVED,
+    ] {
+        counter!(name).increment(0);
+    }
+    gauge!(LOG_FAILING).increment(0.0);
+    for reason in ["limit", "handshake_timeout", "handshake_failed"] {
+        counter!(CONNECTIONS_REFUSED, "reason" => reason).increment(0);
+    }
+    for kind in ["fd_limit", "no_memory", "aborted", "other"] {
+        counter!(ACCEPT_ERRORS, "kind" => kind).increment(0);
+    }
+    gauge!(CONNECTIONS_OPEN).increment(0.0);
+}
+
+/// The connection cap in force.
+pub fn connections_max(max: usize) {
+    gauge!(CONNECTIONS_MAX).set(max as f64);
+}
+
+/// A connection was accepted (`open` = true) or has closed.
+pub fn connection_open(open: bool) {
+    gauge!(CONNECTIONS_OPEN).increment(if open { 1.0 } else { -1.0 });
+}
+
+/// A connection was closed before serving a call, for `reason` (see [`CONNECTIONS_REFUSED`]).
+pub fn connection_refused(reason: &'static str) {
+    counter!(CONNECTIONS_REFUSED, "reason" => reason).increment(1);
+}
+
+/// An `accept` on the gRPC listener failed (see [`ACCEPT_ERRORS`] for the kinds). The caller
+/// logs, rate-limited: at the fd limit this happens thousands of times a second.
+pub fn accept_failed(kind: &'static str) {
+    counter!(ACCEPT_ERRORS, "kind" => kind).increment(1);
 }

@@ -9,9 +9,13 @@ use std::{
 };
 
 use tokio::{net::TcpListener, sync::Mutex};
-use tonic::transport::server::TcpIncoming;
 
-use crate::{config::Config, engine::Engine, error::Error, grpc};
+use crate::{
+    config::{Config, ModelKind, ServerConfig},
+    engine::Engine,
+    error::Error,
+    grpc, metrics,
+};
 
 /// How often health checks whether the log is writable.
 const LOG_HEALTH_PERIOD: Duration = Duration::from_millis(100);
@@ -26,17 +30,20 @@ const LOG_HEALTH_PERIOD: Duration = Duration::from_millis(100);
 ///
 /// # Errors
 /// Recovery fails (the data directory cannot be opened, a checkpoint contradicts the
-/// configuration) or the transport fails.
+/// configuration), a token or TLS file is unusable, the open-file limit leaves no room for
+/// connections, or the transport fails.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    init_metrics(&config);
     let slot = Arc::new(OnceLock::new());
     let (router, health) = grpc::router(Arc::clone(&slot), &config).await?;
     let addr = listener
         .local_addr()
         .map_err(|e| Error::Internal(format!("listener: {e}")))?;
+    let incoming = grpc::incoming(listener, &config, connection_cap(&config.server)?)?;
 
     // Set once shutdown has begun, under the lock, so recovery finishing late cannot flip
     // health back to SERVING.
@@ -57,9 +64,6 @@ pub async fn run(
         }
     };
     let drain_timeout = Duration::from_millis(config.server.drain_timeout_ms);
-    // TCP_NODELAY: HTTP/2 writes a call's frames separately, and Nagle's algorithm against
-    // the peer's delayed ACK would hold the second write for ~40 ms.
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let serve = router.serve_with_incoming_shutdown(incoming, signal);
     let server = tokio::spawn(async move {
         tokio::select! {
@@ -166,4 +170,92 @@ async fn abort(
     let _ = abort_tx.send(());
     let _ = server.await;
     Err(error)
+}
+
+/// Creates every model's metric series at zero before anything can happen to them.
+fn init_metrics(config: &Config) {
+    let models: Vec<metrics::ModelSeries<'_>> = config
+        .models
+        .iter()
+        .map(|m| metrics::ModelSeries {
+            name: &m.name,
+            arms: (m.kind == ModelKind::FixedArms).then_some(m.arms.as_slice()),
+            weight_layers: m.hidden_layers.len() + 1,
+        })
+        .collect();
+    metrics::init_series(&models);
+}
+
+/// `server.max_connections`, lowered to what the soft open-file limit leaves after the
+/// descriptors open now and `server.reserved_fds`, so that connections can never take the
+/// descriptors the log, the checkpoints and `/metrics` need.
+///
+/// # Errors
+/// The limit leaves no descriptor at all for connections.
+fn connection_cap(server: &ServerConfig) -> Result<usize, Error> {
+    let Some(limit) = fd_limit() else {
+        return Ok(server.max_connections);
+    };
+    let open = std::fs::read_dir("/proc/self/fd").map_or(0, Iterator::count) as u64;
+    let reserved = server.reserved_fds as u64;
+    let available = limit.saturating_sub(open).saturating_sub(reserved);
+    if available == 0 {
+        return Err(Error::Internal(format!(
+            "server.max_connections: the open-file limit ({limit}) leaves no descriptor for \
+             connections after the {open} open now and server.reserved_fds ({reserved}); raise \
+             it (ulimit -n, systemd LimitNOFILE=) or lower server.reserved_fds"
+        )));
+    }
+    let cap = usize::try_from(available)
+        .unwrap_or(usize::MAX)
+        .min(server.max_connections);
+    if cap < server.max_connections {
+        tracing::warn!(
+            configured = server.max_connections,
+            cap,
+            fd_limit = limit,
+            open,
+            reserved,
+            "server.max_connections lowered to what the open-file limit allows"
+        );
+    }
+    Ok(cap)
+}
+
+/// The soft limit on open files, or `None` when unlimited or unknown.
+fn fd_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct it is given, which lives on this stack.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) } == 0;
+    (ok && limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur)
+}
+
+/// Raises the soft limit on open files to the hard limit, so that connections, the log and
+/// the checkpoints do not run out of descriptors at a distribution's default of 1024 while
+/// the hard limit allows far more; returns the limit before and after. Call once at start.
+/// (Two syscalls through `libc`, already in the dependency tree, rather than another crate.)
+///
+/// # Errors
+/// The limit cannot be read or set (the returned error says which).
+pub fn raise_fd_limit() -> std::io::Result<(u64, u64)> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct it is given, which lives on this stack.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let before = limit.rlim_cur;
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: setrlimit only reads the struct it is given.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok((before, limit.rlim_cur))
 }

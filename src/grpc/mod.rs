@@ -1,8 +1,10 @@
 //! The gRPC transport: the only module that knows tonic and the generated code. It assembles
-//! the router (the bandit service, `grpc.health.v1`, server reflection).
+//! the router (the bandit service behind its token check, `grpc.health.v1`, server
+//! reflection) and the stream of accepted connections (cap, handshake deadline, TLS).
 
 mod auth;
 mod convert;
+mod incoming;
 mod service;
 
 use std::{
@@ -10,7 +12,17 @@ use std::{
     time::Duration,
 };
 
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig, server::Router};
+use tokio::net::TcpListener;
+use tokio_rustls::{
+    TlsAcceptor,
+    rustls::{
+        RootCertStore, ServerConfig,
+        pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+        server::WebPkiClientVerifier,
+    },
+};
+use tokio_stream::Stream;
+use tonic::transport::{Server, server::Router};
 use tonic_health::server::HealthReporter;
 
 pub use service::BanditGrpc;
@@ -28,11 +40,12 @@ pub use convert::{MAX_STATUS_TEXT_BYTES, code_name};
 /// The full name of the bandit service, as health checks name it.
 pub const SERVICE_NAME: &str = "banditd.v1.BanditService";
 
-/// Builds the router (limits, keepalive, TLS) and the health reporter (every service starts
-/// NOT_SERVING). The bandit service answers UNAVAILABLE until `engine` is set.
+/// Builds the router (limits, keepalive, HTTP/2 windows, tokens) and the health reporter
+/// (every service starts NOT_SERVING). The bandit service answers UNAVAILABLE until `engine`
+/// is set.
 ///
 /// # Errors
-/// A token or TLS file cannot be read or is invalid.
+/// A token file cannot be read or holds no token.
 pub async fn router(
     engine: Arc<OnceLock<Arc<Engine>>>,
     config: &Config,
@@ -54,12 +67,14 @@ pub async fn router(
     if !tokens.enabled() {
         tracing::info!("no tokens configured: calls are not authenticated");
     }
-    let bandit = proto::bandit_service_server::BanditServiceServer::new(BanditGrpc::new(
-        engine,
+    let bandit = auth::Authenticated::new(
+        proto::bandit_service_server::BanditServiceServer::new(BanditGrpc::new(
+            engine,
+            server.max_in_flight,
+        ))
+        .max_decoding_message_size(server.max_message_bytes),
         tokens,
-        server.max_in_flight,
-    ))
-    .max_decoding_message_size(server.max_message_bytes);
+    );
     let secs = |s: u64| (s > 0).then(|| Duration::from_secs(s));
     let per_connection = server.max_in_flight_per_connection;
     let mut builder = Server::builder()
@@ -73,14 +88,15 @@ pub async fn router(
         .load_shed(true)
         .timeout(Duration::from_millis(server.request_timeout_ms))
         .http2_keepalive_interval(secs(server.keepalive_interval_secs))
-        .http2_keepalive_timeout(secs(server.keepalive_timeout_secs));
+        .http2_keepalive_timeout(secs(server.keepalive_timeout_secs))
+        // What a connection may hold before the token is checked (one header block per
+        // stream) and before the handlers read it (the windows): with `max_connections`,
+        // this bounds the memory of streams waiting for their body.
+        .http2_max_header_list_size(server.max_header_list_bytes)
+        .initial_connection_window_size(server.connection_window_bytes)
+        .initial_stream_window_size(server.stream_window_bytes);
     if let Some(age) = secs(server.max_connection_age_secs) {
         builder = builder.max_connection_age(age);
-    }
-    if let Some(tls) = tls_config(&config.tls)? {
-        builder = builder
-            .tls_config(tls)
-            .map_err(|e| Error::Internal(format!("tls: {e}")))?;
     }
     let router = builder
         .add_service(health)
@@ -90,20 +106,60 @@ pub async fn router(
     Ok((router, reporter))
 }
 
-/// The rustls configuration from PEM files, if TLS is configured.
-fn tls_config(tls: &TlsConfig) -> Result<Option<ServerTlsConfig>, Error> {
+/// The connections `listener` accepts, at most `max_connections` open at once, each past its
+/// TLS handshake (if configured) and HTTP/2 preface within `server.handshake_timeout_ms`.
+///
+/// # Errors
+/// A TLS file cannot be read or is invalid.
+pub(crate) fn incoming(
+    listener: TcpListener,
+    config: &Config,
+    max_connections: usize,
+) -> Result<impl Stream<Item = Result<incoming::Conn, std::io::Error>> + use<>, Error> {
+    let accept = incoming::AcceptConfig {
+        max_connections,
+        handshake_timeout: Duration::from_millis(config.server.handshake_timeout_ms),
+        tls: tls_acceptor(&config.tls)?,
+    };
+    Ok(incoming::incoming(listener, accept))
+}
+
+/// The rustls configuration from PEM files, if TLS is configured: HTTP/2 only (ALPN `h2`),
+/// client certificates required when `client_ca_file` is set.
+fn tls_acceptor(tls: &TlsConfig) -> Result<Option<TlsAcceptor>, Error> {
     let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) else {
         return Ok(None);
     };
-    let read = |path: &std::path::Path| {
-        std::fs::read(path)
-            .map_err(|e| Error::Internal(format!("tls: cannot read {}: {e}", path.display())))
+    let bad = |field: &str, path: &std::path::Path, e: &dyn std::fmt::Display| {
+        Error::Internal(format!("tls.{field} {}: {e}", path.display()))
     };
-    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
-    if let Some(ca) = &tls.client_ca_file {
-        config = config.client_ca_root(Certificate::from_pem(read(ca)?));
-    }
-    Ok(Some(config))
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| bad("cert_file", cert, &e))?;
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| bad("key_file", key, &e))?;
+    let builder = ServerConfig::builder();
+    let builder = match &tls.client_ca_file {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            for der in
+                CertificateDer::pem_file_iter(ca).map_err(|e| bad("client_ca_file", ca, &e))?
+            {
+                roots
+                    .add(der.map_err(|e| bad("client_ca_file", ca, &e))?)
+                    .map_err(|e| bad("client_ca_file", ca, &e))?;
+            }
+            let verifier = WebPkiClientVerifier::builder(roots.into())
+                .build()
+                .map_err(|e| bad("client_ca_file", ca, &e))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut server = builder
+        .with_single_cert(certs, key_der)
+        .map_err(|e| bad("key_file", key, &e))?;
+    server.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Some(TlsAcceptor::from(Arc::new(server))))
 }
 
 /// Sets the overall status ("") and the bandit service's status.

@@ -48,7 +48,7 @@ impl Replay {
         self.items.is_empty()
     }
 
-    /// `m` examples drawn uniformly with replacement (the minibatch estimator of THEORY.md
+    /// `m` examples drawn uniformly with replacement (the minibatch estimator of README "The method"
     /// §4 is unbiased for uniform draws). Empty when the buffer is.
     pub fn sample<'a, R: Rng>(&'a self, rng: &mut R, m: usize) -> Vec<&'a Example> {
         if self.items.is_empty() {

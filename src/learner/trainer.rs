@@ -416,7 +416,7 @@ impl Trainer {
 
     /// One SGD step on a minibatch drawn from replay, with fresh dropout masks per example
     /// and squared error on the chosen head only. The prior enters as weight decay weighing
-    /// `prior_strength / N` (THEORY.md §1), N = examples seen, so the data dominates as N
+    /// `prior_strength / N` (README "The method" §1), N = examples seen, so the data dominates as N
     /// grows. With Concrete Dropout the masks are relaxed ones that depend on the learned
     /// rates, the loss adds the rates' regulariser (see
     /// [`TrainableNet::concrete_regulariser`]) and layer `l`'s weights decay by

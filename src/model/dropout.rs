@@ -1,6 +1,6 @@
 //! MC-dropout masks, drawn on the host from an RNG the caller owns.
 //!
-//! One draw of every layer's mask is one posterior sample of the weights (THEORY.md §1):
+//! One draw of every layer's mask is one posterior sample of the weights (README "The method" §1):
 //! masking the units that feed a layer is masking that layer's weight columns. Masks are drawn
 //! here rather than with `candle_nn::ops::dropout` for three reasons: candle's CPU RNG cannot
 //! be seeded, its dropout draws an independent mask per row (a decision must share one mask

@@ -377,9 +377,16 @@ mod tests {
         let post = stats.posterior().unwrap();
         let phi: Vec<f32> = (0..7).map(|k| 0.3 - 0.1 * k as f32).collect();
         let phi64 = DVector::from_iterator(7, phi.iter().map(|&v| f64::from(v)));
-        let exact = post.chol_l.solve_lower_triangular(&phi64).unwrap().norm_squared();
+        let exact = post
+            .chol_l
+            .solve_lower_triangular(&phi64)
+            .unwrap()
+            .norm_squared();
         let fast = post.predictive(&phi).spread;
-        assert!((fast - exact).abs() <= 1e-12 * exact.max(1.0), "{fast} vs {exact}");
+        assert!(
+            (fast - exact).abs() <= 1e-12 * exact.max(1.0),
+            "{fast} vs {exact}"
+        );
     }
 
     /// Without data, draws follow the prior: wide (σ²/λ with E σ² = 1.2 gives sd ≈ 2.2),

@@ -1,4 +1,4 @@
-//! Decisions from a published model snapshot: the policies of THEORY.md §3 and their
+//! Decisions from a published model snapshot: the policies of README "The method" §3 and their
 //! baselines, plus the two questions a client may ask about a decision (how likely was it,
 //! and how sure is the model).
 //!

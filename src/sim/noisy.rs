@@ -9,7 +9,7 @@ use super::{Environment, Round, SimError};
 /// Wraps an environment and adds `N(0, sigma²)` to the sampled reward of the candidate whose
 /// id is `arm`, whenever it is offered. Expected rewards (and so regret) are unchanged: the
 /// arm is exactly as good as before, only noisier, which is what a model that confuses
-/// noise with uncertainty gets wrong (THEORY.md §2).
+/// noise with uncertainty gets wrong (README "The method" §2).
 ///
 /// The noise comes from its own generator (seeded from the environment's seed), one draw per
 /// round whether or not the arm is offered, so the wrapped environment's rounds are the

@@ -13,6 +13,10 @@ pub(crate) struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "parsed once at start; boxing the grpc arguments buys nothing"
+)]
 pub(crate) enum Command {
     /// Drive a running banditd over gRPC and report regret, throughput, latency and errors.
     Grpc(GrpcArgs),
@@ -86,9 +90,34 @@ pub(crate) struct GrpcArgs {
     /// Per-request deadline.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub(crate) request_timeout: Duration,
+    /// Token and TLS options.
+    #[command(flatten)]
+    pub(crate) connect: ConnectArgs,
     /// Report, plot and progress options.
     #[command(flatten)]
     pub(crate) output: OutputArgs,
+}
+
+/// How `grpc` authenticates and secures its connections.
+#[derive(Debug, Args)]
+pub(crate) struct ConnectArgs {
+    /// Bearer token sent with every call. Prefer the environment variable: the command line
+    /// is visible to every user of the machine (`ps`).
+    #[arg(long, env = "BANDITD_TOKEN", hide_env_values = true)]
+    pub(crate) token: Option<String>,
+    /// PEM CA certificate to verify the server with; turns TLS on (as does an `https://`
+    /// target).
+    #[arg(long)]
+    pub(crate) ca_cert: Option<PathBuf>,
+    /// PEM client certificate, for servers that require one (mutual TLS).
+    #[arg(long, requires = "client_key")]
+    pub(crate) client_cert: Option<PathBuf>,
+    /// PEM private key of `--client-cert`.
+    #[arg(long, requires = "client_cert")]
+    pub(crate) client_key: Option<PathBuf>,
+    /// The name to verify the server's certificate against (default: the target's host).
+    #[arg(long)]
+    pub(crate) tls_domain: Option<String>,
 }
 
 /// How `grpc` and `inproc` report: a table or JSON, an optional plot, a progress bar.

@@ -19,29 +19,28 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::{
+    backoff::{Backoff, retryable},
+    cli::{GrpcArgs, RewardDelay},
+    connect::{Client, Connector},
+    plot,
+    report::{GrpcReport, Latencies, LatencySummary, ServerModel},
+};
 use anyhow::{Context, bail};
 use banditd::{
     config::{ModelConfig, ModelKind},
     harness::{CurvePoint, NoopService, Tally, curve_every, model_for_env},
-    proto::{
-        self, Arm, ChooseArmRequest, GetModelRequest, ModelInfo, ReportRewardRequest,
-        bandit_service_client::BanditServiceClient,
-    },
+    proto::{self, Arm, ChooseArmRequest, GetModelRequest, ModelInfo, ReportRewardRequest},
     sim::{self, Environment, Round},
 };
 use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use tokio::{sync::Semaphore, task::JoinSet};
-use tonic::transport::{Channel, Endpoint};
 
-use crate::{
-    cli::{GrpcArgs, RewardDelay},
-    plot,
-    report::{GrpcReport, Latencies, LatencySummary, ServerModel},
-};
-
-type Client = BanditServiceClient<Channel>;
+/// Attempts at one reward report while the server answers "not now" (a decision stays open
+/// until its reward arrives, so a report is worth retrying; a decision is not).
+const REPORT_ATTEMPTS: u32 = 5;
 
 /// Rounds played when neither `--rounds` nor `--duration` is given.
 const DEFAULT_ROUNDS: u64 = 5000;
@@ -236,10 +235,12 @@ impl Shared {
     async fn choose(
         &self,
         client: &mut Client,
+        backoff: &mut Backoff,
         job: Job,
         t0: Instant,
     ) -> Option<(ReportRewardRequest, Duration)> {
         let result = client.choose_arm(self.plan.request(&job.round)).await;
+        backoff.record(result.as_ref().err());
         let elapsed = micros(t0);
         let mut stats = lock(&self.stats);
         stats.choose.saturating_record(elapsed);
@@ -280,42 +281,38 @@ impl Shared {
         Some((report, job.delay))
     }
 
-    /// Sends one reward report.
-    async fn report(&self, client: &mut Client, request: ReportRewardRequest) {
+    /// Sends one reward report; retries (at most [`REPORT_ATTEMPTS`] in all, backing off)
+    /// while the server answers "not now". Every failed attempt counts as an error.
+    async fn report(
+        &self,
+        client: &mut Client,
+        backoff: &mut Backoff,
+        request: ReportRewardRequest,
+    ) {
         let regret = request.regret.unwrap_or(0.0);
-        let t0 = Instant::now();
-        let result = client.report_reward(request).await;
-        let elapsed = micros(t0);
-        let mut stats = lock(&self.stats);
-        stats.report.saturating_record(elapsed);
-        match result {
-            Ok(_) => {
-                stats.rewards_accepted += 1;
-                stats.regret_reported += regret;
+        for attempt in 1..=REPORT_ATTEMPTS {
+            backoff.wait().await;
+            let t0 = Instant::now();
+            let result = client.report_reward(request.clone()).await;
+            backoff.record(result.as_ref().err());
+            let elapsed = micros(t0);
+            let mut stats = lock(&self.stats);
+            stats.report.saturating_record(elapsed);
+            match result {
+                Ok(_) => {
+                    stats.rewards_accepted += 1;
+                    stats.regret_reported += regret;
+                    return;
+                }
+                Err(status) => {
+                    stats.error("ReportReward", banditd::grpc::code_name(status.code()));
+                    if !retryable(status.code()) || attempt == REPORT_ATTEMPTS {
+                        return;
+                    }
+                }
             }
-            Err(status) => stats.error("ReportReward", banditd::grpc::code_name(status.code())),
         }
     }
-}
-
-/// `n` independent HTTP/2 connections to `url`.
-async fn connect(url: &str, n: u64, timeout: Duration) -> anyhow::Result<Vec<Channel>> {
-    let endpoint = Endpoint::from_shared(url.to_owned())
-        .with_context(|| {
-            format!("invalid target URL {url:?} (expected e.g. http://127.0.0.1:50051)")
-        })?
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(timeout)
-        .tcp_nodelay(true);
-    let mut channels = Vec::new();
-    for _ in 0..n {
-        let channel = endpoint
-            .connect()
-            .await
-            .with_context(|| format!("cannot connect to {url}"))?;
-        channels.push(channel);
-    }
-    Ok(channels)
 }
 
 /// How long `get_model` waits for a server that answers UNAVAILABLE (still recovering at
@@ -324,8 +321,9 @@ const READY_WAIT: Duration = Duration::from_secs(60);
 
 /// The model's description; waits (up to [`READY_WAIT`]) while the server is UNAVAILABLE,
 /// i.e. still recovering its models at startup.
-async fn get_model(channel: &Channel, url: &str, model: &str) -> anyhow::Result<ModelInfo> {
-    let mut client = Client::new(channel.clone());
+async fn get_model(client: &Client, url: &str, model: &str) -> anyhow::Result<ModelInfo> {
+    let mut client = client.clone();
+    let mut backoff = Backoff::default();
     let deadline = Instant::now() + READY_WAIT;
     loop {
         let result = client
@@ -338,7 +336,8 @@ async fn get_model(channel: &Channel, url: &str, model: &str) -> anyhow::Result<
             Err(status)
                 if status.code() == tonic::Code::Unavailable && Instant::now() < deadline =>
             {
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                backoff.record(Some(&status));
+                backoff.wait().await;
             }
             Err(status) => bail!(
                 "{url}: GetModel({model:?}) failed: {}: {}",
@@ -418,7 +417,9 @@ async fn run(args: GrpcArgs) -> anyhow::Result<()> {
         plot::check_path(path)?;
     }
     let env = sim::from_spec(&args.env, args.seed)?;
-    let target = connect(&args.target, args.connections, args.request_timeout).await?;
+    let target = Connector::new(&args.target, &args.connect, args.request_timeout)?
+        .connect(args.connections)
+        .await?;
     let info = get_model(&target[0], &args.target, &args.model).await?;
     let plan = Plan::new(&*env, &info)
         .with_context(|| format!("{}: model {:?}", args.target, args.model))?;
@@ -436,7 +437,8 @@ async fn run(args: GrpcArgs) -> anyhow::Result<()> {
                 Some(b) => format!("http://{}", b.addr),
                 None => spec.to_owned(),
             };
-            let channels = connect(&url, args.connections, args.request_timeout)
+            let channels = Connector::new(&url, &args.connect, args.request_timeout)?
+                .connect(args.connections)
                 .await
                 .context("the --baseline server")?;
             let base_info = get_model(&channels[0], &url, &args.model).await?;
@@ -487,12 +489,12 @@ async fn run(args: GrpcArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Plays the load once against `url` over `channels`.
+/// Plays the load once against `url` over `clients` (one per connection).
 async fn drive(
     args: &GrpcArgs,
     url: &str,
     label: &str,
-    channels: Vec<Channel>,
+    clients: Vec<Client>,
     plan: &Plan,
     rounds: Option<u64>,
 ) -> anyhow::Result<GrpcReport> {
@@ -546,7 +548,6 @@ async fn drive(
         })
     };
 
-    let clients: Vec<Client> = channels.into_iter().map(Client::new).collect();
     let delayed = match args.rate {
         None => closed_loop(&shared, &clients, args.workers).await,
         Some(rate) => open_loop(&shared, &clients, args.workers, rate).await,
@@ -641,19 +642,29 @@ async fn closed_loop(shared: &Arc<Shared>, clients: &[Client], workers: u64) -> 
         let mut client = clients[(w as usize) % clients.len()].clone();
         tasks.spawn(async move {
             let mut delayed = JoinSet::new();
-            while let Some(job) = shared.next_job() {
-                let Some((report, delay)) = shared.choose(&mut client, job, Instant::now()).await
+            let mut backoff = Backoff::default();
+            loop {
+                // Before taking a round: a backed-off worker does not hold one meanwhile.
+                backoff.wait().await;
+                let Some(job) = shared.next_job() else {
+                    break;
+                };
+                let Some((report, delay)) = shared
+                    .choose(&mut client, &mut backoff, job, Instant::now())
+                    .await
                 else {
                     continue;
                 };
                 if delay.is_zero() {
-                    shared.report(&mut client, report).await;
+                    shared.report(&mut client, &mut backoff, report).await;
                 } else {
                     let shared = Arc::clone(&shared);
                     let mut client = client.clone();
                     delayed.spawn(async move {
                         tokio::time::sleep(delay).await;
-                        shared.report(&mut client, report).await;
+                        shared
+                            .report(&mut client, &mut Backoff::default(), report)
+                            .await;
                     });
                 }
                 while delayed.try_join_next().is_some() {}
@@ -699,16 +710,20 @@ async fn open_loop(
         };
         let shared = Arc::clone(shared);
         let mut client = clients[(k as usize) % clients.len()].clone();
+        // Open loop keeps its schedule whatever the answers (that is its point); only a
+        // reward report backs off and retries.
         tasks.spawn(async move {
-            let reply = shared.choose(&mut client, job, due).await;
+            let mut backoff = Backoff::default();
+            let reply = shared.choose(&mut client, &mut backoff, job, due).await;
             if let Some((report, delay)) = reply {
+                let mut backoff = Backoff::default();
                 if delay.is_zero() {
-                    shared.report(&mut client, report).await;
+                    shared.report(&mut client, &mut backoff, report).await;
                     drop(slot);
                 } else {
                     drop(slot);
                     tokio::time::sleep(delay).await;
-                    shared.report(&mut client, report).await;
+                    shared.report(&mut client, &mut backoff, report).await;
                 }
             }
         });

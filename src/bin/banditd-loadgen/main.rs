@@ -12,7 +12,9 @@
 //!   comparison under `bench/peers/`) play exactly the same rounds.
 //! - `plot`: draws the regret curves of saved `--json` reports into one SVG.
 
+mod backoff;
 mod cli;
+mod connect;
 mod driver;
 mod plot;
 mod report;
