@@ -13,7 +13,8 @@
 //! - [`error`]: the domain error enum (no gRPC in it).
 //! - [`config`]: the TOML configuration and the embedded default.
 //! - [`proto`]: generated code: the gRPC API and the log's record format.
-//! - [`metrics`]: metric names and one function per event.
+//! - [`telemetry`]: process and per-thread CPU time as metrics.
+//! - [`metrics`]: metric names and one function per event; installs the exporter.
 //! - [`model`]: the candle network, its masks, trainable and published weights.
 //! - [`policy`]: Thompson sampling over a published snapshot.
 //! - [`storage`]: the append-only decision/reward log, checkpoints, recovery, export.
@@ -43,6 +44,7 @@ pub mod server;
 pub mod shutdown;
 pub mod sim;
 pub mod storage;
+pub mod telemetry;
 
 pub use config::Config;
 pub use error::Error;

@@ -93,6 +93,8 @@ pub fn install(addr: SocketAddr) -> Result<(), BuildError> {
         .set_buckets_for_metric(Matcher::Suffix("_duration_seconds".into()), LATENCY_BUCKETS)?
         .install()?;
     describe();
+    crate::telemetry::describe();
+    crate::telemetry::spawn();
     Ok(())
 }
 

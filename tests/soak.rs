@@ -58,7 +58,6 @@ struct Soak {
 struct Limits {
     pending_capacity: u64,
     writer_queue_capacity: u64,
-    cache_mib: u64,
     max_in_flight: u64,
     max_in_flight_per_connection: u64,
     keepalive_interval_secs: u64,
@@ -71,7 +70,6 @@ impl Limits {
         Self {
             pending_capacity: 250_000,
             writer_queue_capacity: 65_536,
-            cache_mib: 64,
             max_in_flight: 4096,
             max_in_flight_per_connection: 1024,
             keepalive_interval_secs: 30,
@@ -92,7 +90,6 @@ keepalive_timeout_secs = {keepalive_timeout_secs}
 [storage]
 durability = "periodic"
 writer_queue_capacity = {writer_queue_capacity}
-cache_mib = {cache_mib}
 
 [[models]]
 name = "wheel"
@@ -106,7 +103,6 @@ pending_capacity = {pending_capacity}
             keepalive_interval_secs = self.keepalive_interval_secs,
             keepalive_timeout_secs = self.keepalive_timeout_secs,
             writer_queue_capacity = self.writer_queue_capacity,
-            cache_mib = self.cache_mib,
             pending_capacity = self.pending_capacity,
         )
     }
@@ -120,10 +116,11 @@ pending_capacity = {pending_capacity}
             // A pending decision of the wheel model (id, arm, 5 scores, input, map and queue
             // entries) is under 1 KiB.
             ("pending decisions", self.pending_capacity * 4 * KIB),
-            // A queued log operation is a boxed decision row: under 1 KiB.
+            // A queued log operation is a boxed decision record: under 1 KiB.
             ("log writer queue", self.writer_queue_capacity * 4 * KIB),
-            // redb's page cache.
-            ("log page cache", self.cache_mib * MIB),
+            // The writer encodes a group of at most 4096 records into one buffer it keeps.
+            // (The segment files' pages are the kernel's page cache, not the process's RSS.)
+            ("log writer group buffer", 4096 * 4 * KIB),
             // A call in a handler: its request, response and task, a few KiB.
             ("calls in flight", self.max_in_flight * 16 * KIB),
             // A connection nobody reads: at most `max_in_flight_per_connection` streams are
@@ -136,7 +133,7 @@ pending_capacity = {pending_capacity}
             // The load generator's and the test's own connections.
             ("other connections", other_connections * 1024 * KIB),
             // What no limit above covers: freed memory mimalloc keeps for reuse, thread stacks
-            // touched, redb's write buffers, the learner's and the writer's working sets. In
+            // touched, the learner's and the writer's working sets. In
             // `soak` on the reference machine everything together stayed 50-60 MiB above the
             // baseline; without the HTTP/2 stream limit the deaf clients alone took it past
             // 400 MiB within the same 24 s.
@@ -529,7 +526,6 @@ async fn soak() {
         limits: Some(Limits {
             pending_capacity: 2000,
             writer_queue_capacity: 1024,
-            cache_mib: 8,
             max_in_flight: 128,
             max_in_flight_per_connection: 32,
             keepalive_interval_secs: 30,
