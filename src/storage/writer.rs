@@ -451,8 +451,16 @@ impl Writer {
     /// Writes `ops` as one group and acknowledges them; a failure is reported to every
     /// waiter and leaves the file as it was before the group.
     fn commit_group(&mut self, ops: Vec<Op>, force_sync: bool) {
+        // In fsync mode only a group someone waits on (a reward, a synced decision, a flush)
+        // needs its own fsync: a decision nobody waits for becomes durable with the next
+        // acknowledged write (writes are ordered) or the periodic sync, as promised.
+        let waited_on = ops.iter().any(|op| match op {
+            Op::Decision(_, ack) => ack.is_some(),
+            Op::Reward(..) | Op::Flush(_) => true,
+            Op::Closed(_) | Op::Shutdown => false,
+        });
         let sync = force_sync
-            || self.mode == DurabilityMode::Fsync
+            || (self.mode == DurabilityMode::Fsync && waited_on)
             || self.last_sync.elapsed() >= self.sync_interval;
         self.buf.clear();
         let mut acks = Vec::new();
