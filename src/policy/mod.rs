@@ -6,6 +6,8 @@
 //!   every candidate; the best score wins.
 //! - `neural_linear`: one draw from each candidate head's exact linear posterior on the
 //!   network's last hidden layer (one draw shared by every row for per-arm models).
+//! - `mc_dropout` with `bayesian_last_layer`: ONE set of dropout masks for the body, then
+//!   one draw of the linear posterior on the masked last hidden layer.
 //! - `greedy`, `epsilon_greedy`, `uniform`: the baselines, on the network without dropout.
 //!
 //! Everything here is synchronous and deterministic given the RNG, so it is tested without a
@@ -83,12 +85,12 @@ pub fn decide<R: Rng>(
         return Err(Error::Internal("decide: no candidates".into()));
     }
     match snapshot.policy.kind {
-        PolicyKind::McDropout => thompson(snapshot, inputs, rng),
-        PolicyKind::NeuralLinear => {
+        PolicyKind::McDropout if snapshot.linear.is_none() => thompson(snapshot, inputs, rng),
+        PolicyKind::McDropout | PolicyKind::NeuralLinear => {
             let scores =
                 draws::neural_linear_draws(linear_of(snapshot)?, snapshot, inputs, 1, rng)?
                     .pop()
-                    .ok_or_else(|| Error::Internal("no neural_linear draw".into()))?;
+                    .ok_or_else(|| Error::Internal("no linear posterior draw".into()))?;
             Ok(Choice {
                 best: argmax(&scores),
                 scores,
@@ -185,18 +187,20 @@ fn linear_of(snapshot: &Snapshot) -> Result<&NeuralLinear, Error> {
 }
 
 /// The features `[last hidden, 1]` of the candidates' inputs: one row for a fixed-arm
-/// network (every head reads the same context), one per candidate for a per-arm network.
+/// network (every head reads the same context), one per candidate for a per-arm network;
+/// `masks` (one row, shared by every candidate) mask the body, `None` = no dropout.
 fn linear_features(
     lin: &NeuralLinear,
     snapshot: &Snapshot,
     inputs: Inputs<'_>,
+    masks: Option<&Masks>,
 ) -> Result<(Vec<f32>, usize), Error> {
     let input_dim = snapshot.shape.input_dim;
     let xs = match inputs {
         Inputs::Heads { context, .. } => matrix(context.to_vec(), 1, input_dim)?,
         Inputs::Rows { values, rows } => matrix(values.to_vec(), rows, input_dim)?,
     };
-    Ok(lin.features_of(&xs)?)
+    Ok(lin.features_of(&xs, masks)?)
 }
 
 /// Index of the largest value, the first on ties; NaN never wins.
