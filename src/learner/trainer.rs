@@ -613,7 +613,7 @@ fn heteroscedastic_loss(squared: &Tensor, log_variance: &Tensor) -> candle_core:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ModelKind;
+    use crate::config::{ModelKind, PolicyKind};
 
     /// Two arms on a 2-d context, rewards `x0` and `-x0` (no noise), starting rates 0.2
     /// and 0.3, learned.
@@ -934,5 +934,35 @@ mod tests {
         }
         assert!((s.mean - 5.0).abs() < 1e-12);
         assert!((s.std() - (32.0f64 / 7.0).sqrt()).abs() < 1e-12);
+    }
+
+    /// Robust standardisation: a wild value grows the standard deviation by exactly the
+    /// limit (2) and is admitted as the bound; an ordinary value passes unchanged; a new
+    /// scale (50 after rewards of about 1) is admitted in full after a few values; with the
+    /// limit off (0) the wild value is folded in as it is.
+    #[test]
+    fn one_value_at_most_doubles_the_reward_scale() {
+        let base = |growth| {
+            let mut s = RunningStats::default();
+            for i in 0..1000 {
+                s.push_bounded(1.0 + 0.1 * f64::from(i % 3), growth);
+            }
+            s
+        };
+        let mut s = base(2.0);
+        let std = s.std();
+        let admitted = s.push_bounded(-1e6, 2.0);
+        assert!(admitted > -1e6 && admitted < s.mean, "{admitted}");
+        assert!((s.std() / std - 2.0).abs() < 1e-9, "{} vs {std}", s.std());
+        let mut s = base(2.0);
+        assert_eq!(s.push_bounded(1.15, 2.0), 1.15);
+        let mut admitted = 0.0;
+        for _ in 0..12 {
+            admitted = s.push_bounded(50.0, 2.0);
+        }
+        assert_eq!(admitted, 50.0);
+        let mut off = base(0.0);
+        assert_eq!(off.push_bounded(-1e6, 0.0), -1e6);
+        assert!(off.std() > 1e4);
     }
 }
