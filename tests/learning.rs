@@ -143,7 +143,7 @@ async fn per_arm_features_beat_uniform() {
 /// Issue 12: one extreme reward report must not ruin a model. The default model plays the
 /// wheel (δ = 0.5) in process for 4000 rounds, and in round 1000 the learner is told an
 /// extreme reward instead of the sampled one (−1e6, then +1e9; a client bug). With the
-/// robust standardisation (`reward_std_growth_limit`, default 10) the regret of the 3000 rounds
+/// robust standardisation (`reward_std_growth_limit`, default 2) the regret of the 3000 rounds
 /// after it stays close to that of the same run without the outlier; with it turned off
 /// (`reward_std_growth_limit = 0`) the same outlier wrecks them, which is what the setting is for
 /// (and shows the comparison can fail). Deterministic: seeds fix everything.
@@ -177,8 +177,10 @@ fn one_outlier_reward_barely_changes_later_regret() {
     for outlier in [-1e6, 1e9] {
         let hit = after(&robust, Some(outlier));
         eprintln!("wheel(0.5): regret after round {OUTLIER_AT} {clean:.2} clean, {hit:.2} with {outlier:e}");
+        // Measured: 1.43 clean, 5.11 after −1e6, 5.61 after +1e9; without the limit the
+        // same −1e6 gives 100.9 (below). The bound sits between, nearer the former.
         assert!(
-            hit < clean + 5.0,
+            hit < clean + 10.0,
             "outlier {outlier:e}: later regret {hit:.2} vs {clean:.2} without it"
         );
     }
@@ -188,7 +190,7 @@ fn one_outlier_reward_barely_changes_later_regret() {
     let hit_plain = after(&plain, Some(-1e6));
     eprintln!("without robust standardisation: {clean_plain:.2} clean, {hit_plain:.2} with -1e6");
     assert!(
-        hit_plain > clean_plain + 20.0,
+        hit_plain > clean_plain + 50.0,
         "without the robust standardisation the outlier should hurt: {hit_plain:.2} vs {clean_plain:.2}"
     );
 }

@@ -510,6 +510,69 @@ mod tests {
         assert!(distinct > 20, "only {distinct} of 30 draws differed");
     }
 
+    /// MC dropout with a Bayesian last layer: identical candidate rows get identical scores
+    /// (one mask set and one weight draw per decision, shared by every candidate), the
+    /// scores vary between decisions, and with every drop rate 0 a decision is exactly
+    /// NeuralLinear's with the same RNG (the masks then draw nothing).
+    #[test]
+    fn bayesian_last_layer_shares_one_mask_and_one_draw() {
+        use std::sync::Arc;
+
+        use crate::model::linear::{LinearPrior, LinearStats};
+        let with_linear = |rate: f64, kind: PolicyKind| {
+            let mut snap = with_policy(snapshot(6, 1, rate), kind, 0.0);
+            let prior = LinearPrior {
+                precision: 0.25,
+                shape: 6.0,
+                scale: 6.0,
+            };
+            snap.linear = Some(Arc::new(NeuralLinear {
+                features: snap.weights.clone(),
+                reward_mean: 0.5,
+                reward_std: 2.0,
+                heads: vec![Arc::new(LinearStats::new(33, prior).posterior().unwrap())],
+            }));
+            snap
+        };
+        let row = [0.3f32, -1.0, 0.5, 2.0, 0.1, -0.4];
+        let values: Vec<f32> = row.iter().copied().cycle().take(6 * 5).collect();
+        let inputs = Inputs::Rows {
+            values: &values,
+            rows: 5,
+        };
+        let snap = with_linear(0.5, PolicyKind::McDropout);
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(12);
+        let mut firsts = Vec::new();
+        for _ in 0..20 {
+            let choice = decide(&snap, inputs, &mut rng).unwrap();
+            assert!(
+                choice.scores.iter().all(|&s| s == choice.scores[0]),
+                "{:?}",
+                choice.scores
+            );
+            firsts.push(choice.scores[0]);
+        }
+        firsts.dedup();
+        assert!(firsts.len() > 15, "{firsts:?}");
+
+        let other = [1.0f32, 0.2, -0.3, 0.0, 0.7, 1.5];
+        let values: Vec<f32> = row.iter().chain(&other).copied().collect();
+        let inputs = Inputs::Rows {
+            values: &values,
+            rows: 2,
+        };
+        let masked = with_linear(0.0, PolicyKind::McDropout);
+        let linear = with_linear(0.0, PolicyKind::NeuralLinear);
+        let mut a = Xoshiro256PlusPlus::seed_from_u64(13);
+        let mut b = Xoshiro256PlusPlus::seed_from_u64(13);
+        for _ in 0..10 {
+            assert_eq!(
+                decide(&masked, inputs, &mut a).unwrap(),
+                decide(&linear, inputs, &mut b).unwrap()
+            );
+        }
+    }
+
     /// argmax picks the first maximum and never a NaN.
     #[test]
     fn argmax_ties_and_nan() {
