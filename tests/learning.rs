@@ -114,7 +114,8 @@ fn default_policy_escapes_the_wheel_safe_arm() {
         let run = harness::run_inproc(&mut env, &model, 3000, |_| {}).unwrap();
         let normalized = run.tally.normalized_regret();
         eprintln!("wheel(0.95), seed {seed}, 3000 rounds: normalized regret {normalized:.1}");
-        // Stuck on the safe arm is about 120; having found the large rewards, 15 to 45 here.
+        // Stuck on the safe arm is about 120; having found the large rewards, 33 to 51 here
+        // (MC dropout with a Bayesian last layer; NeuralLinear measured 15 to 45).
         assert!(
             normalized < 80.0,
             "seed {seed}: normalized regret {normalized:.1}"

@@ -522,10 +522,14 @@ def describe_model(model: dict | None) -> str:
     if not model:
         return "the embedded default model of the environment's kind"
     keys = ["hidden_layers", "drop_rates", "optimizer", "learning_rate", "batch_size",
-            "updates_per_reward", "prior_strength", "replay_capacity", "publish_every_steps"]
+            "updates_per_reward", "prior_strength", "replay_capacity", "publish_every_steps",
+            "reward_std_growth_limit"]
+    linear_head = model.get("policy") == "mc_dropout" and model.get("bayesian_last_layer")
+    if model.get("policy") == "mc_dropout":
+        keys.insert(0, "bayesian_last_layer")
     shown = [f"{k} = {json.dumps(model[k])}" for k in keys if model.get(k) is not None]
     nl = model.get("neural_linear")
-    if model.get("policy") == "neural_linear" and isinstance(nl, dict):
+    if (model.get("policy") == "neural_linear" or linear_head) and isinstance(nl, dict):
         shown.append("neural_linear = " + json.dumps(nl))
     return f"policy `{model.get('policy')}`; " + ", ".join(shown)
 
