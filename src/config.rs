@@ -993,7 +993,10 @@ mod tests {
         assert_eq!(config.models[0].hidden_layers, vec![100, 100]);
         assert_eq!(config.models[0].policy, PolicyKind::McDropout);
         assert!(config.models[0].bayesian_last_layer);
-        assert_eq!(config.models[0].effective_drop_rates(), vec![0.0, 0.05, 0.05]);
+        assert_eq!(
+            config.models[0].effective_drop_rates(),
+            vec![0.0, 0.05, 0.05]
+        );
         let mut mc = config.models[0].clone();
         mc.bayesian_last_layer = false;
         assert_eq!(mc.effective_drop_rates(), vec![0.02, 0.3, 0.3]);
@@ -1040,7 +1043,11 @@ mod tests {
         assert_eq!(clip.check_reward(-1e6).unwrap(), 0.0);
         assert_eq!(clip.check_reward(1e9).unwrap(), 50.5);
         assert_eq!(clip.check_reward(7.0).unwrap(), 7.0);
-        for bad in ["reward_range=[1.0, 1.0]", "reward_range=[2.0, 1.0]", "reward_range=[0.0, inf]"] {
+        for bad in [
+            "reward_range=[1.0, 1.0]",
+            "reward_range=[2.0, 1.0]",
+            "reward_range=[0.0, inf]",
+        ] {
             let err = set(&[bad]).unwrap_err().to_string();
             assert!(err.contains("reward_range"), "{bad}: {err}");
         }
@@ -1048,7 +1055,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("default_reward"), "{err}");
-        for bad in ["reward_std_growth_limit=-1.0", "reward_std_growth_limit=1.0"] {
+        for bad in [
+            "reward_std_growth_limit=-1.0",
+            "reward_std_growth_limit=1.0",
+        ] {
             let err = set(&[bad]).unwrap_err().to_string();
             assert!(err.contains("reward_std_growth_limit"), "{err}");
         }

@@ -373,9 +373,7 @@ impl Trainer {
     /// Puts an already-counted example (one a checkpoint covers) back into replay only.
     pub fn push_replay(&mut self, mut example: Example) {
         // As `add` would have admitted it (the log keeps the raw report).
-        example.reward = self
-            .rewards
-            .bounded(example.reward, self.std_growth_limit);
+        example.reward = self.rewards.bounded(example.reward, self.std_growth_limit);
         self.replay.push(example);
     }
 
