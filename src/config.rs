@@ -245,8 +245,8 @@ pub enum PolicyKind {
     /// weights) scores every candidate. The default, with `bayesian_last_layer` (one mask
     /// set for the body, one draw of an exact linear posterior for the last layer): issue
     /// 14 measured it within about one seed-standard-deviation of NeuralLinear (wheel δ =
-    /// 0.5 / 0.95, digits, 5 seeds: 3.98 / 24.7 / 12.08 against 3.69 / 22.4 / 11.41) where
-    /// plain MC dropout at fixed rates was 8.9 / 80.1 / 15.4; BENCHMARKS.md has every row.
+    /// 0.5 / 0.95, digits, 5 seeds: 3.98 / 24.7 / 12.08 against 3.71 / 22.4 / 11.41) where
+    /// plain MC dropout at fixed rates was 9.2 / 67.9 / 16.0; BENCHMARKS.md has every row.
     #[default]
     McDropout,
     /// NeuralLinear (Riquelme et al. 2018): Thompson sampling from an exact Bayesian linear
@@ -361,7 +361,7 @@ pub struct ModelConfig {
     /// the masked last hidden layer (NeuralLinear's posterior, with the `neural_linear`
     /// settings), so a decision is still one sample of the whole network. On by default:
     /// fixed-rate dropout's spread does not shrink with data, the linear posterior's does
-    /// (wheel δ = 0.95, 5 seeds: regret 24.7 with it, 80.1 without).
+    /// (wheel δ = 0.95, 5 seeds: regret 24.7 with it, 67.9 without).
     #[serde(default = "defaults::bayesian_last_layer")]
     pub bayesian_last_layer: bool,
     /// Give every output head a second output, its log noise variance, and train the pair
