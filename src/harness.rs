@@ -270,6 +270,22 @@ pub fn run_inproc(
     env: &mut dyn Environment,
     model: &ModelConfig,
     rounds: u64,
+    progress: impl FnMut(u64),
+) -> Result<InprocRun, Error> {
+    run_inproc_reporting(env, model, rounds, |_, reward| reward, progress)
+}
+
+/// [`run_inproc`], with the reward the learner is told in round `t` replaced by
+/// `report(t, sampled reward)`: a client's wrong or extreme report (issue 12: one outlier
+/// must not ruin a model). Regret is still measured on the environment's expected rewards.
+///
+/// # Errors
+/// As [`run_inproc`].
+pub fn run_inproc_reporting(
+    env: &mut dyn Environment,
+    model: &ModelConfig,
+    rounds: u64,
+    mut report: impl FnMut(u64, f64) -> f64,
     mut progress: impl FnMut(u64),
 ) -> Result<InprocRun, Error> {
     let model =
@@ -348,6 +364,10 @@ pub fn run_inproc(
             (choice.best, example)
         };
         tally.record(&round, best);
+        let example = Example {
+            reward: report(t, example.reward),
+            ..example
+        };
         let owed = trainer.add(example);
         trainer.train(owed)?;
         steps += owed as u64;

@@ -70,6 +70,8 @@ VW_CONFIGS = {
 BANDITD_METHODS = {
     "banditd": [],
     "banditd-mc_dropout": ["policy=mc_dropout"],
+    # MC dropout alone: fixed-rate masks on every layer, no Bayesian last layer.
+    "banditd-mc_dropout_plain": ["policy=mc_dropout", "bayesian_last_layer=false"],
     "banditd-neural_linear": ["policy=neural_linear"],
     "banditd-greedy": ["policy=greedy"],
     "banditd-epsilon_greedy": ["policy=epsilon_greedy", "epsilon=0.05"],
@@ -79,6 +81,7 @@ BANDITD_METHODS = {
 LABELS = {
     "banditd": "banditd default",
     "banditd-mc_dropout": "banditd mc_dropout",
+    "banditd-mc_dropout_plain": "banditd mc_dropout, no linear last layer",
     "banditd-neural_linear": "banditd neural_linear",
     "banditd-greedy": "banditd greedy",
     "banditd-epsilon_greedy": "banditd epsilon_greedy (0.05)",
@@ -93,6 +96,12 @@ ALL_METHODS = [*BANDITD_METHODS, *VW_CONFIGS, "lints"]
 
 BEGIN_MARKER = "<!-- regret-table:begin -->"
 END_MARKER = "<!-- regret-table:end -->"
+
+
+def markers(block: str) -> tuple[str, str]:
+    """The begin and end markers of the BENCHMARKS.md block named `block` (--block): the
+    T = 5000 table is `regret-table`, the long-horizon wheel rows `regret-long`."""
+    return f"<!-- {block}:begin -->", f"<!-- {block}:end -->"
 
 
 # ---------------------------------------------------------------------------------------
@@ -157,9 +166,29 @@ def vw_features(prefix: str, values: np.ndarray) -> str:
     return " ".join(f"{prefix}{i}:{v:.6g}" for i, v in enumerate(values) if v != 0.0)
 
 
+def reward_range(rounds: Rounds) -> tuple[float, float]:
+    """The environment's known reward range: the lowest and highest expected reward any
+    candidate has in the rounds (wheel: 1.0 to 50; classification: 0 to 1). It comes from
+    the environment's definition (the dump's expected rewards), not from what a method saw."""
+    lo = min(float(e.min()) for e in rounds.expected)
+    hi = max(float(e.max()) for e in rounds.expected)
+    return lo, hi
+
+
+def vw_cost(reward: float, lo: float, hi: float) -> float:
+    """The reward as a VW cost in [0, 1]: 0 for the best reward of the range, 1 for the worst.
+    squarecb's and the other explorers' constants assume costs in [0, 1]; the wheel's rewards
+    go up to 50, so the raw −reward made squarecb explore for far too long. Sampled rewards
+    can fall a little outside the expected range (the noise): clipped."""
+    if hi <= lo:
+        return 0.0
+    return min(1.0, max(0.0, (hi - reward) / (hi - lo)))
+
+
 def run_vw(rounds: Rounds, args: str, seed: int) -> Score:
     vw = vowpalwabbit.Workspace(f"{args} --quiet --random_seed {seed}")
     rng = np.random.default_rng(seed)
+    lo, hi = reward_range(rounds)
     score = Score()
     try:
         for t, context in enumerate(rounds.contexts):
@@ -173,9 +202,11 @@ def run_vw(rounds: Rounds, args: str, seed: int) -> Score:
             chosen = int(rng.choice(len(pmf), p=pmf))
             reward = float(rounds.rewards[t][chosen])
             score.add(rounds.expected[t], chosen, reward)
-            # VW minimizes cost: cost = -reward, with the probability it was chosen with.
+            # VW minimizes cost: the reward scaled into [0, 1] by the environment's reward
+            # range, with the probability it was chosen with.
             labelled = list(actions)
-            labelled[chosen] = f"0:{-reward:.6g}:{pmf[chosen]:.6g} {actions[chosen]}"
+            cost = vw_cost(reward, lo, hi)
+            labelled[chosen] = f"0:{cost:.6g}:{pmf[chosen]:.6g} {actions[chosen]}"
             vw.learn([shared, *labelled])
     finally:
         vw.finish()
@@ -491,10 +522,14 @@ def describe_model(model: dict | None) -> str:
     if not model:
         return "the embedded default model of the environment's kind"
     keys = ["hidden_layers", "drop_rates", "optimizer", "learning_rate", "batch_size",
-            "updates_per_reward", "prior_strength", "replay_capacity", "publish_every_steps"]
+            "updates_per_reward", "prior_strength", "replay_capacity", "publish_every_steps",
+            "reward_std_growth_limit"]
+    linear_head = model.get("policy") == "mc_dropout" and model.get("bayesian_last_layer")
+    if model.get("policy") == "mc_dropout":
+        keys.insert(0, "bayesian_last_layer")
     shown = [f"{k} = {json.dumps(model[k])}" for k in keys if model.get(k) is not None]
     nl = model.get("neural_linear")
-    if model.get("policy") == "neural_linear" and isinstance(nl, dict):
+    if (model.get("policy") == "neural_linear" or linear_head) and isinstance(nl, dict):
         shown.append("neural_linear = " + json.dumps(nl))
     return f"policy `{model.get('policy')}`; " + ", ".join(shown)
 
@@ -505,7 +540,8 @@ def benchmarks_block(args, envs: list[Env], methods: list[str], results: dict,
     seeds = ", ".join(map(str, args.seeds_list))
     default_policy = default_model.get("policy") if default_model else None
     today = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
-    out = [BEGIN_MARKER,
+    begin_marker, end_marker = markers(args.block)
+    out = [begin_marker,
            "<!-- Written by bench/peers/peers.py (run.sh --write-benchmarks): edit the script, "
            "not this block. -->",
            "",
@@ -578,7 +614,8 @@ def benchmarks_block(args, envs: list[Env], methods: list[str], results: dict,
         elif m in VW_CONFIGS:
             out.append(f"- **{label(m, default_policy)}**: Vowpal Wabbit `{VW_CONFIGS[m]}`; "
                        f"context as a shared namespace, one ADF line per action; cost = "
-                       f"−reward.")
+                       f"(hi − reward) / (hi − lo) clipped to [0, 1], with [lo, hi] the "
+                       f"environment's range of expected rewards.")
         elif m == "lints":
             out.append(f"- **{label(m, default_policy)}**: Bayesian linear regression per "
                        f"arm on `[context, 1]`, Normal-inverse-gamma prior (λ = 0.25, "
@@ -595,17 +632,18 @@ def benchmarks_block(args, envs: list[Env], methods: list[str], results: dict,
         for m in methods) + ".")
     out.append("")
     out.append("</details>")
-    out.append(END_MARKER)
+    out.append(end_marker)
     return "\n".join(out)
 
 
-def write_block(path: str, block: str) -> None:
+def write_block(path: str, block: str, name: str) -> None:
+    begin_marker, end_marker = markers(name)
     with open(path, encoding="utf-8") as f:
         text = f.read()
-    begin, end = text.find(BEGIN_MARKER), text.find(END_MARKER)
+    begin, end = text.find(begin_marker), text.find(end_marker)
     if begin < 0 or end < begin:
-        sys.exit(f"{path} has no {BEGIN_MARKER} ... {END_MARKER} block to replace")
-    text = text[:begin] + block + text[end + len(END_MARKER):]
+        sys.exit(f"{path} has no {begin_marker} ... {end_marker} block to replace")
+    text = text[:begin] + block + text[end + len(end_marker):]
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
 
@@ -626,7 +664,7 @@ def main() -> None:
     parser.add_argument("--loadgen", required=True, help="path of the banditd-loadgen binary")
     parser.add_argument("--env", action="append",
                         help=f"environment (repeat; default: {' '.join(DEFAULT_ENVS)})")
-    parser.add_argument("--seeds", default="1,2,3")
+    parser.add_argument("--seeds", default="1,2,3,4,5")
     parser.add_argument("--rounds", type=int, default=5000)
     parser.add_argument("--work", default="target/peers", help="scratch directory")
     parser.add_argument("--methods", default=",".join(ALL_METHODS),
@@ -634,7 +672,11 @@ def main() -> None:
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--write-benchmarks", metavar="FILE",
                         help=f"replace the block between {BEGIN_MARKER} and {END_MARKER} "
-                             f"in FILE (BENCHMARKS.md) with the table and its notes")
+                             f"(or --block's markers) in FILE (BENCHMARKS.md) with the table and its notes")
+    parser.add_argument("--block", default="regret-table",
+                        help="which BENCHMARKS.md block --write-benchmarks replaces: the one "
+                             "between <!-- BLOCK:begin --> and <!-- BLOCK:end --> "
+                             "(regret-table: the main table; regret-long: the long-horizon rows)")
     parser.add_argument("--command", help="the command to record in the block")
     parser.add_argument("--repo", default=os.getcwd(), help="the repository (for its commit)")
     args = parser.parse_args()
@@ -724,7 +766,7 @@ def main() -> None:
     if args.write_benchmarks:
         block = benchmarks_block(args, envs, methods, results, seconds, same_as_default,
                                  default_model, wall, load_before, load_average())
-        write_block(args.write_benchmarks, block)
+        write_block(args.write_benchmarks, block, args.block)
         print(f"wrote the regret table into {args.write_benchmarks}")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:

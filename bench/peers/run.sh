@@ -34,7 +34,7 @@ for arg in "$@"; do
 done
 
 ROUNDS="${ROUNDS:-5000}"
-SEEDS="${SEEDS:-1,2,3}"
+SEEDS="${SEEDS:-1,2,3,4,5}"
 VENV="${VENV:-$repo/target/peers-venv}"
 WORK="${WORK:-$repo/target/peers}"
 PYTHON="${PYTHON:-python3}"

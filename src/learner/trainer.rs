@@ -14,7 +14,7 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 
 use super::replay::{Example, Replay};
 use crate::{
-    config::{ModelConfig, OptimizerKind, PolicyKind},
+    config::{ModelConfig, OptimizerKind},
     error::Error,
     model::{
         NetShape, NeuralLinear, Policy, Snapshot, TrainableNet, Weights,
@@ -40,6 +40,31 @@ impl RunningStats {
         let delta = x - self.mean;
         self.mean += delta / self.n as f64;
         self.m2 += delta * (x - self.mean);
+    }
+
+    /// Folds in `x`, winsorised so that this one value multiplies the standard deviation by
+    /// at most `growth` (`growth` = 0, or fewer than two values so far: `x` itself); returns
+    /// the value folded in. A value at distance `d` from the mean turns the variance `v` of
+    /// `n` values into `(v (n-1) + d² n/(n+1)) / n`; the bound is the `d` that makes that
+    /// `growth² v`. A wild report (−1e6 among rewards of about 1) then at most doubles the
+    /// scale once (default `growth` 2) instead of dominating the statistics for thousands of
+    /// rewards, while a genuinely new reward scale (the wheel's first rewards of 50 after
+    /// rewards of about 1) is fully admitted after a few values, each doubling the scale.
+    pub fn push_bounded(&mut self, x: f64, growth: f64) -> f64 {
+        let admitted = self.bounded(x, growth);
+        self.push(admitted);
+        admitted
+    }
+
+    /// What [`RunningStats::push_bounded`] would fold in for `x`, without folding it in.
+    pub fn bounded(&self, x: f64, growth: f64) -> f64 {
+        if growth <= 0.0 || self.n < 2 {
+            return x;
+        }
+        let n = self.n as f64;
+        let v = self.std().powi(2);
+        let reach = (v * (growth * growth * n - n + 1.0) * (n + 1.0) / n).sqrt();
+        x.clamp(self.mean - reach, self.mean + reach)
     }
 
     /// The standard deviation, or 1 while it is undefined or degenerate (so a constant
@@ -109,6 +134,8 @@ pub struct Trainer {
     rate_opt: Option<AdamW>,
     learning_rate: f64,
     prior_strength: f64,
+    /// `reward_std_growth_limit`: how much one reward may grow the reward scale.
+    std_growth_limit: f64,
     batch_size: usize,
     updates_per_reward: usize,
     replay: Replay,
@@ -173,6 +200,7 @@ impl Trainer {
             rate_opt,
             learning_rate: config.learning_rate,
             prior_strength: config.prior_strength,
+            std_growth_limit: config.reward_std_growth_limit,
             batch_size: config.batch_size,
             updates_per_reward: config.updates_per_reward,
             replay: Replay::new(config.replay_capacity),
@@ -192,7 +220,7 @@ impl Trainer {
 
     /// Sets up NeuralLinear's regressions on the initial network when the policy needs them.
     fn with_linear(mut self, config: &ModelConfig) -> Result<Self, Error> {
-        if config.policy != PolicyKind::NeuralLinear {
+        if !config.uses_linear_posterior() {
             return Ok(self);
         }
         let nl = config.neural_linear;
@@ -260,7 +288,7 @@ impl Trainer {
                 inputs.extend_from_slice(&example.input);
             }
             let xs = matrix(inputs, chunk.len(), input_dim)?;
-            let (phi, width) = neural_linear_features(&features, &xs)?;
+            let (phi, width) = neural_linear_features(&features, &xs, None)?;
             // Group the rows by head, one batched update per head.
             let mut by_head: Vec<(Vec<f32>, Vec<f64>)> =
                 vec![(Vec::new(), Vec::new()); stats.len()];
@@ -307,7 +335,7 @@ impl Trainer {
             return Err(Error::Internal(format!("example for head {head}")));
         }
         let xs = matrix(example.input.clone(), 1, self.net.shape().input_dim)?;
-        let (phi, _) = neural_linear_features(&lin.features, &xs)?;
+        let (phi, _) = neural_linear_features(&lin.features, &xs, None)?;
         let y = (example.reward - lin.reward_mean) / lin.reward_std;
         lin.stats[head].add(&phi, y);
         lin.posteriors[head] = None;
@@ -343,7 +371,9 @@ impl Trainer {
     }
 
     /// Puts an already-counted example (one a checkpoint covers) back into replay only.
-    pub fn push_replay(&mut self, example: Example) {
+    pub fn push_replay(&mut self, mut example: Example) {
+        // As `add` would have admitted it (the log keeps the raw report).
+        example.reward = self.rewards.bounded(example.reward, self.std_growth_limit);
         self.replay.push(example);
     }
 
@@ -388,8 +418,12 @@ impl Trainer {
 
     /// Folds one example into the replay buffer and the reward statistics; returns the
     /// number of steps it buys (`updates_per_reward`).
-    pub fn add(&mut self, example: Example) -> usize {
-        self.rewards.push(example.reward);
+    pub fn add(&mut self, mut example: Example) -> usize {
+        // Replay keeps the reward as admitted to the statistics, so that a wild value cannot
+        // come back as a huge training target either.
+        example.reward = self
+            .rewards
+            .push_bounded(example.reward, self.std_growth_limit);
         self.last_seq = Some(self.last_seq.map_or(example.seq, |s| s.max(example.seq)));
         let refresh = self.add_linear(&example).unwrap_or_else(|e| {
             tracing::error!(error = %e, "neural_linear update failed");
@@ -589,7 +623,7 @@ fn heteroscedastic_loss(squared: &Tensor, log_variance: &Tensor) -> candle_core:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ModelKind;
+    use crate::config::{ModelKind, PolicyKind};
 
     /// Two arms on a 2-d context, rewards `x0` and `-x0` (no noise), starting rates 0.2
     /// and 0.3, learned.
@@ -910,5 +944,35 @@ mod tests {
         }
         assert!((s.mean - 5.0).abs() < 1e-12);
         assert!((s.std() - (32.0f64 / 7.0).sqrt()).abs() < 1e-12);
+    }
+
+    /// Robust standardisation: a wild value grows the standard deviation by exactly the
+    /// limit (2) and is admitted as the bound; an ordinary value passes unchanged; a new
+    /// scale (50 after rewards of about 1) is admitted in full after a few values; with the
+    /// limit off (0) the wild value is folded in as it is.
+    #[test]
+    fn one_value_at_most_doubles_the_reward_scale() {
+        let base = |growth| {
+            let mut s = RunningStats::default();
+            for i in 0..1000 {
+                s.push_bounded(1.0 + 0.1 * f64::from(i % 3), growth);
+            }
+            s
+        };
+        let mut s = base(2.0);
+        let std = s.std();
+        let admitted = s.push_bounded(-1e6, 2.0);
+        assert!(admitted > -1e6 && admitted < s.mean, "{admitted}");
+        assert!((s.std() / std - 2.0).abs() < 1e-9, "{} vs {std}", s.std());
+        let mut s = base(2.0);
+        assert_eq!(s.push_bounded(1.15, 2.0), 1.15);
+        let mut admitted = 0.0;
+        for _ in 0..12 {
+            admitted = s.push_bounded(50.0, 2.0);
+        }
+        assert_eq!(admitted, 50.0);
+        let mut off = base(0.0);
+        assert_eq!(off.push_bounded(-1e6, 0.0), -1e6);
+        assert!(off.std() > 1e4);
     }
 }

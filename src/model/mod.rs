@@ -113,12 +113,15 @@ impl Weights {
         }
     }
 
-    /// The last hidden layer's activations for a batch `xs` (no dropout): the features
-    /// NeuralLinear regresses on, `(rows, hidden.last())`.
+    /// The last hidden layer's activations for a batch `xs`: the features NeuralLinear
+    /// regresses on, `(rows, hidden.last())`. `masks` (`None`: no dropout) mask the units
+    /// feeding each hidden layer; a mask set's last entry (the units feeding the output
+    /// layer, i.e. the features themselves) is not used: the last layer's uncertainty is the
+    /// linear posterior's.
     ///
     /// # Errors
     /// Shapes that do not fit the network, or a network without hidden layers.
-    pub fn last_hidden(&self, xs: &Tensor) -> Result<Tensor> {
+    pub fn last_hidden(&self, xs: &Tensor, masks: Option<&Masks>) -> Result<Tensor> {
         let n = self.layers.len();
         if n < 2 {
             return Err(candle_core::Error::Msg(
@@ -126,7 +129,10 @@ impl Weights {
             ));
         }
         let mut h = xs.clone();
-        for (w, b) in &self.layers[..n - 1] {
+        for (l, (w, b)) in self.layers[..n - 1].iter().enumerate() {
+            if let Some(Some(mask)) = masks.map(|m| &m[l]) {
+                h = h.broadcast_mul(mask)?;
+            }
             h = h.matmul(w)?.broadcast_add(b)?.relu()?;
         }
         Ok(h)
@@ -538,18 +544,22 @@ impl NeuralLinear {
     ///
     /// # Errors
     /// Shapes that do not fit the network.
-    pub fn features_of(&self, xs: &Tensor) -> Result<(Vec<f32>, usize)> {
-        neural_linear_features(&self.features, xs)
+    pub fn features_of(&self, xs: &Tensor, masks: Option<&Masks>) -> Result<(Vec<f32>, usize)> {
+        neural_linear_features(&self.features, xs, masks)
     }
 }
 
 /// `[last hidden layer, 1]` of every row of `xs`, row-major, and its width: what NeuralLinear
-/// regresses on (the trailing 1 is the intercept).
+/// regresses on (the trailing 1 is the intercept); under `masks` as in [`Weights::last_hidden`].
 ///
 /// # Errors
 /// Shapes that do not fit the network.
-pub fn neural_linear_features(weights: &Weights, xs: &Tensor) -> Result<(Vec<f32>, usize)> {
-    let h = weights.last_hidden(xs)?;
+pub fn neural_linear_features(
+    weights: &Weights,
+    xs: &Tensor,
+    masks: Option<&Masks>,
+) -> Result<(Vec<f32>, usize)> {
+    let h = weights.last_hidden(xs, masks)?;
     let (rows, width) = h.dims2()?;
     let h: Vec<f32> = h.flatten_all()?.to_vec1()?;
     let mut out = Vec::with_capacity(rows * (width + 1));

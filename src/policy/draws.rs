@@ -86,8 +86,9 @@ pub fn exact_propensity(policy: Policy, n: usize, chosen: usize, greedy: usize) 
 }
 
 /// The posterior mean and standard deviation of every candidate's expected reward over
-/// `samples` posterior samples: NeuralLinear's linear posterior for that policy, MC dropout
-/// (the network's own drop rates) for every other.
+/// `samples` posterior samples: NeuralLinear's linear posterior for that policy, masks and
+/// the linear posterior for MC dropout with a Bayesian last layer, MC dropout (the
+/// network's own drop rates) for every other.
 ///
 /// # Errors
 /// As [`super::decide`], or `samples == 0`.
@@ -126,15 +127,19 @@ fn posterior_draws<R: Rng>(
     if inputs.is_empty() {
         return Err(Error::Internal("no candidates".into()));
     }
-    match snapshot.policy.kind {
-        PolicyKind::NeuralLinear => {
+    match (&snapshot.linear, snapshot.policy.kind) {
+        (_, PolicyKind::NeuralLinear) | (Some(_), PolicyKind::McDropout) => {
             neural_linear_draws(linear_of(snapshot)?, snapshot, inputs, samples, rng)
         }
         _ => dropout_draws(snapshot, inputs, samples, rng),
     }
 }
 
-/// NeuralLinear: the features once, then `samples` draws of the candidates' weights.
+/// `samples` draws of a linear posterior on the last hidden layer. NeuralLinear: the
+/// features once, then `samples` draws of the candidates' weights. MC dropout with a
+/// Bayesian last layer (an `mc_dropout` snapshot with posteriors): per sample, one dropout
+/// mask set for the body (shared by every candidate), the masked features, then one draw of
+/// the weights.
 pub(super) fn neural_linear_draws<R: Rng>(
     lin: &NeuralLinear,
     snapshot: &Snapshot,
@@ -142,7 +147,29 @@ pub(super) fn neural_linear_draws<R: Rng>(
     samples: usize,
     rng: &mut R,
 ) -> Result<Vec<Vec<f64>>, Error> {
-    let (phi, width) = linear_features(lin, snapshot, inputs)?;
+    if snapshot.policy.kind != PolicyKind::McDropout {
+        let (phi, width) = linear_features(lin, snapshot, inputs, None)?;
+        return linear_draws(lin, &phi, width, inputs, samples, rng);
+    }
+    let mut draws = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let masks = snapshot.shape.draw_masks(rng, 1)?;
+        let (phi, width) = linear_features(lin, snapshot, inputs, Some(&masks))?;
+        draws.extend(linear_draws(lin, &phi, width, inputs, 1, rng)?);
+    }
+    Ok(draws)
+}
+
+/// `samples` draws of the candidates' linear weights on the features `phi` (rows of
+/// `width`: one row for fixed arms, one per candidate for per-arm models).
+fn linear_draws<R: Rng>(
+    lin: &NeuralLinear,
+    phi: &[f32],
+    width: usize,
+    inputs: Inputs<'_>,
+    samples: usize,
+    rng: &mut R,
+) -> Result<Vec<Vec<f64>>, Error> {
     let head = |h: usize| {
         lin.heads
             .get(h)
@@ -155,7 +182,7 @@ pub(super) fn neural_linear_draws<R: Rng>(
         Inputs::Heads { heads, .. } => {
             let predictive = heads
                 .iter()
-                .map(|&h| Ok(head(h)?.predictive(&phi)))
+                .map(|&h| Ok(head(h)?.predictive(phi)))
                 .collect::<Result<Vec<_>, Error>>()?;
             Ok((0..samples)
                 .map(|_| {

@@ -6,6 +6,8 @@
 //!   every candidate; the best score wins.
 //! - `neural_linear`: one draw from each candidate head's exact linear posterior on the
 //!   network's last hidden layer (one draw shared by every row for per-arm models).
+//! - `mc_dropout` with `bayesian_last_layer`: ONE set of dropout masks for the body, then
+//!   one draw of the linear posterior on the masked last hidden layer.
 //! - `greedy`, `epsilon_greedy`, `uniform`: the baselines, on the network without dropout.
 //!
 //! Everything here is synchronous and deterministic given the RNG, so it is tested without a
@@ -83,12 +85,12 @@ pub fn decide<R: Rng>(
         return Err(Error::Internal("decide: no candidates".into()));
     }
     match snapshot.policy.kind {
-        PolicyKind::McDropout => thompson(snapshot, inputs, rng),
-        PolicyKind::NeuralLinear => {
+        PolicyKind::McDropout if snapshot.linear.is_none() => thompson(snapshot, inputs, rng),
+        PolicyKind::McDropout | PolicyKind::NeuralLinear => {
             let scores =
                 draws::neural_linear_draws(linear_of(snapshot)?, snapshot, inputs, 1, rng)?
                     .pop()
-                    .ok_or_else(|| Error::Internal("no neural_linear draw".into()))?;
+                    .ok_or_else(|| Error::Internal("no linear posterior draw".into()))?;
             Ok(Choice {
                 best: argmax(&scores),
                 scores,
@@ -185,18 +187,20 @@ fn linear_of(snapshot: &Snapshot) -> Result<&NeuralLinear, Error> {
 }
 
 /// The features `[last hidden, 1]` of the candidates' inputs: one row for a fixed-arm
-/// network (every head reads the same context), one per candidate for a per-arm network.
+/// network (every head reads the same context), one per candidate for a per-arm network;
+/// `masks` (one row, shared by every candidate) mask the body, `None` = no dropout.
 fn linear_features(
     lin: &NeuralLinear,
     snapshot: &Snapshot,
     inputs: Inputs<'_>,
+    masks: Option<&Masks>,
 ) -> Result<(Vec<f32>, usize), Error> {
     let input_dim = snapshot.shape.input_dim;
     let xs = match inputs {
         Inputs::Heads { context, .. } => matrix(context.to_vec(), 1, input_dim)?,
         Inputs::Rows { values, rows } => matrix(values.to_vec(), rows, input_dim)?,
     };
-    Ok(lin.features_of(&xs)?)
+    Ok(lin.features_of(&xs, masks)?)
 }
 
 /// Index of the largest value, the first on ties; NaN never wins.
@@ -504,6 +508,69 @@ mod tests {
             .collect();
         let distinct = draws.iter().filter(|d| **d != draws[0]).count();
         assert!(distinct > 20, "only {distinct} of 30 draws differed");
+    }
+
+    /// MC dropout with a Bayesian last layer: identical candidate rows get identical scores
+    /// (one mask set and one weight draw per decision, shared by every candidate), the
+    /// scores vary between decisions, and with every drop rate 0 a decision is exactly
+    /// NeuralLinear's with the same RNG (the masks then draw nothing).
+    #[test]
+    fn bayesian_last_layer_shares_one_mask_and_one_draw() {
+        use std::sync::Arc;
+
+        use crate::model::linear::{LinearPrior, LinearStats};
+        let with_linear = |rate: f64, kind: PolicyKind| {
+            let mut snap = with_policy(snapshot(6, 1, rate), kind, 0.0);
+            let prior = LinearPrior {
+                precision: 0.25,
+                shape: 6.0,
+                scale: 6.0,
+            };
+            snap.linear = Some(Arc::new(NeuralLinear {
+                features: snap.weights.clone(),
+                reward_mean: 0.5,
+                reward_std: 2.0,
+                heads: vec![Arc::new(LinearStats::new(33, prior).posterior().unwrap())],
+            }));
+            snap
+        };
+        let row = [0.3f32, -1.0, 0.5, 2.0, 0.1, -0.4];
+        let values: Vec<f32> = row.iter().copied().cycle().take(6 * 5).collect();
+        let inputs = Inputs::Rows {
+            values: &values,
+            rows: 5,
+        };
+        let snap = with_linear(0.5, PolicyKind::McDropout);
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(12);
+        let mut firsts = Vec::new();
+        for _ in 0..20 {
+            let choice = decide(&snap, inputs, &mut rng).unwrap();
+            assert!(
+                choice.scores.iter().all(|&s| s == choice.scores[0]),
+                "{:?}",
+                choice.scores
+            );
+            firsts.push(choice.scores[0]);
+        }
+        firsts.dedup();
+        assert!(firsts.len() > 15, "{firsts:?}");
+
+        let other = [1.0f32, 0.2, -0.3, 0.0, 0.7, 1.5];
+        let values: Vec<f32> = row.iter().chain(&other).copied().collect();
+        let inputs = Inputs::Rows {
+            values: &values,
+            rows: 2,
+        };
+        let masked = with_linear(0.0, PolicyKind::McDropout);
+        let linear = with_linear(0.0, PolicyKind::NeuralLinear);
+        let mut a = Xoshiro256PlusPlus::seed_from_u64(13);
+        let mut b = Xoshiro256PlusPlus::seed_from_u64(13);
+        for _ in 0..10 {
+            assert_eq!(
+                decide(&masked, inputs, &mut a).unwrap(),
+                decide(&linear, inputs, &mut b).unwrap()
+            );
+        }
     }
 
     /// argmax picks the first maximum and never a NaN.
