@@ -324,3 +324,50 @@ async fn extreme_finite_values_do_not_poison_the_model() {
         server.stop().await.unwrap();
     }
 }
+
+/// A reward outside the model's `reward_range`: refused with INVALID_ARGUMENT naming
+/// `reward` under `reject`, leaving the decision open; taken as the nearest bound under
+/// `clip` (a retry of the same raw value is then a duplicate of the clipped one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reward_outside_the_range_is_refused_or_clipped() {
+    for clip in [false, true] {
+        let mut config = test_config();
+        for model in &mut config.models {
+            model.reward_range = Some([-1.0, 1.0]);
+            if clip {
+                model.on_reward_out_of_range = banditd::config::OnRewardOutOfRange::Clip;
+            }
+        }
+        let server = TestServer::start(config).await;
+        let mut client = server.client().await;
+        let d = client
+            .choose_arm(fixed("wheel", vec![0.1, 0.2]))
+            .await
+            .unwrap()
+            .into_inner();
+        let report = |r: f64| ReportRewardRequest {
+            model: "wheel".into(),
+            decision_id: d.decision_id.clone(),
+            reward: r,
+            regret: None,
+        };
+        let outcome = client.report_reward(report(-1e6)).await;
+        if clip {
+            assert!(!outcome.unwrap().into_inner().duplicate);
+            let again = client.report_reward(report(-1e6)).await.unwrap();
+            assert!(again.into_inner().duplicate, "the clipped reward's retry");
+            let other = client.report_reward(report(-1.0)).await.unwrap();
+            assert!(other.into_inner().duplicate, "-1e6 was taken as -1");
+        } else {
+            let err = outcome.unwrap_err();
+            assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+            assert!(err.message().starts_with("reward:"), "{}", err.message());
+            let ok = client.report_reward(report(0.5)).await.unwrap();
+            assert!(
+                !ok.into_inner().duplicate,
+                "the refused reward left it open"
+            );
+        }
+        server.stop().await.unwrap();
+    }
+}

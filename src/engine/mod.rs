@@ -399,32 +399,33 @@ impl Engine {
         let started = std::time::Instant::now();
         let model = self.model(&req.model)?;
         validate::reward(&self.limits, &req)?;
+        // The model's `reward_range`: refused, or clipped into it (per its setting).
+        let reward = model.config.check_reward(req.reward)?;
         let name = &model.config.name;
         // At most twice: a retry that waited on a first report whose write then failed is
         // taken as the first report.
         for _ in 0..2 {
-            let outcome =
-                model
-                    .pending
-                    .record_reward(&req.decision_id, req.reward, |decision| {
-                        self.log
-                            .reward(RewardRecord {
-                                model: name.clone(),
-                                decision_id: decision.id.clone(),
-                                at_ms: now_ms(),
-                                regret: req.regret,
-                                example: Some(ExampleRecord {
-                                    input: decision.input.clone(),
-                                    head: decision.head,
-                                    reward: req.reward,
-                                }),
-                            })
-                            .inspect_err(|e| {
-                                if matches!(e, Error::Overloaded(_)) {
-                                    metrics::reward_dropped(name);
-                                }
-                            })
-                    })?;
+            let outcome = model
+                .pending
+                .record_reward(&req.decision_id, reward, |decision| {
+                    self.log
+                        .reward(RewardRecord {
+                            model: name.clone(),
+                            decision_id: decision.id.clone(),
+                            at_ms: now_ms(),
+                            regret: req.regret,
+                            example: Some(ExampleRecord {
+                                input: decision.input.clone(),
+                                head: decision.head,
+                                reward: reward,
+                            }),
+                        })
+                        .inspect_err(|e| {
+                            if matches!(e, Error::Overloaded(_)) {
+                                metrics::reward_dropped(name);
+                            }
+                        })
+                })?;
             let ack = match outcome {
                 RewardOutcome::Accepted(ack) => ack,
                 RewardOutcome::Duplicate(None) => return Ok(RewardOutcome::Duplicate(None)),
@@ -440,7 +441,7 @@ impl Engine {
             let mut guard = Settle {
                 pending: Arc::clone(&model.pending),
                 id: req.decision_id.clone(),
-                reward: req.reward,
+                reward: reward,
                 ack: Some(ack),
             };
             let committed = guard.wait().await;
@@ -448,7 +449,7 @@ impl Engine {
                 return Err(e);
             }
             model.rewards.fetch_add(1, Ordering::Relaxed);
-            metrics::reward_accepted(name, req.reward, req.regret, started.elapsed());
+            metrics::reward_accepted(name, reward, req.regret, started.elapsed());
             return Ok(RewardOutcome::Accepted(()));
         }
         Err(Error::Unavailable(
