@@ -279,6 +279,12 @@ pub struct LimitsConfig {
     /// working range overflow `f32` inside it (1e30 squared) and would turn the model's
     /// weights into NaN; standardise features before sending them.
     pub max_abs_value: f32,
+    /// A `ChooseArm` whose work (posterior samples × scored rows: 1 + `propensity_samples` +
+    /// `explain_samples`, times the candidates of a per-arm model) is above this runs on the
+    /// blocking pool instead of inline on a tokio worker.
+    pub max_inline_work: usize,
+    /// Most such decisions running at once; past it they get RESOURCE_EXHAUSTED.
+    pub max_blocking_decisions: usize,
     /// Largest magnitude of a reported reward.
     pub max_abs_reward: f64,
 }
@@ -295,6 +301,10 @@ impl Default for LimitsConfig {
             max_posterior_samples: 1000,
             max_abs_value: 1e6,
             max_abs_reward: 1e12,
+            // About 64 forward passes, ~0.4 ms on the default network: more than that on a
+            // tokio worker would delay every other call on it (health checks included).
+            max_inline_work: 64,
+            max_blocking_decisions: 4,
         }
     }
 }
@@ -1042,11 +1052,15 @@ impl Config {
                 why: "mutual TLS needs cert_file and key_file too".into(),
             });
         }
-        if self.limits.max_candidates == 0 || self.limits.max_id_bytes == 0 {
+        if self.limits.max_candidates == 0
+            || self.limits.max_id_bytes == 0
+            || self.limits.max_blocking_decisions == 0
+        {
             return Err(ConfigError::Invalid {
                 model: String::new(),
                 field: "limits".into(),
-                why: "max_candidates and max_id_bytes must be at least 1".into(),
+                why: "max_candidates, max_id_bytes and max_blocking_decisions must be at least 1"
+                    .into(),
             });
         }
         let positive = |v: f64| v.is_finite() && v > 0.0;

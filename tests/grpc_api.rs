@@ -852,3 +852,33 @@ async fn reflection_lists_services() {
     drop(responses);
     server.stop().await.unwrap();
 }
+
+/// A decision above `limits.max_inline_work` runs on the blocking pool and answers exactly
+/// what the same decision inline answers (same seed, same draws): arm, scores, propensity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_decisions_off_the_reactor_decide_the_same() {
+    let mut answers = Vec::new();
+    for max_inline_work in [usize::MAX, 0] {
+        let mut config = test_config();
+        config.limits.max_inline_work = max_inline_work;
+        config.limits.max_blocking_decisions = 1;
+        let server = TestServer::start(config).await;
+        let mut client = server.client().await;
+        let request = ChooseArmRequest {
+            propensity_samples: 50,
+            explain_samples: 20,
+            ..fixed("wheel", vec![0.3, -0.4])
+        };
+        let d = client.choose_arm(request).await.unwrap().into_inner();
+        answers.push((
+            d.arm_id,
+            d.scores
+                .iter()
+                .map(|s| (s.score, s.posterior_mean, s.posterior_std))
+                .collect::<Vec<_>>(),
+            d.propensity,
+        ));
+        server.stop().await.unwrap();
+    }
+    assert_eq!(answers[0], answers[1]);
+}

@@ -125,6 +125,32 @@ pub struct Engine {
     limits: LimitsConfig,
     /// The decision/reward log; the learners read their examples from it.
     log: Log,
+    /// Permits for decisions too heavy to run inline (`limits.max_blocking_decisions`).
+    heavy: Arc<tokio::sync::Semaphore>,
+}
+
+/// A decision's inputs, owned, so that a heavy decision can move to the blocking pool.
+enum OwnedInputs {
+    Heads {
+        context: Vec<f32>,
+        heads: Vec<usize>,
+    },
+    Rows {
+        values: Vec<f32>,
+        rows: usize,
+    },
+}
+
+impl OwnedInputs {
+    fn inputs(&self) -> Inputs<'_> {
+        match self {
+            Self::Heads { context, heads } => Inputs::Heads { context, heads },
+            Self::Rows { values, rows } => Inputs::Rows {
+                values,
+                rows: *rows,
+            },
+        }
+    }
 }
 
 /// Posterior samples a decision asks for beyond its own.
@@ -249,27 +275,17 @@ impl Engine {
         let mut rng =
             Xoshiro256PlusPlus::seed_from_u64(model.config.seed ^ n.wrapping_mul(SEED_STRIDE));
 
-        let (ids, choice, input, head, logged) = match &valid.candidates {
-            Candidates::Heads { ids, heads } => {
-                let choice = decide(
-                    &snapshot,
-                    Inputs::Heads {
-                        context: &req.context,
-                        heads,
-                    },
-                    samples,
-                    &mut rng,
-                )?;
-                let head = heads[choice.best];
-                let logged = ids
-                    .iter()
-                    .map(|id| LoggedCandidate {
-                        id: (*id).to_owned(),
-                        features: Vec::new(),
-                    })
-                    .collect();
-                (ids.clone(), choice, req.context.clone(), head, logged)
-            }
+        // The scored rows: for a fixed-arm model the context and the candidates' heads, for
+        // a per-arm model one row of context + features per candidate.
+        let (ids, owned, width): (Vec<&str>, OwnedInputs, usize) = match &valid.candidates {
+            Candidates::Heads { ids, heads } => (
+                ids.clone(),
+                OwnedInputs::Heads {
+                    context: req.context.clone(),
+                    heads: heads.clone(),
+                },
+                0,
+            ),
             Candidates::Rows { kept } => {
                 let width = model.config.input_dim();
                 let mut values = Vec::with_capacity(kept.len() * width);
@@ -277,32 +293,65 @@ impl Engine {
                     values.extend_from_slice(&req.context);
                     values.extend_from_slice(&c.features);
                 }
-                let choice = decide(
-                    &snapshot,
-                    Inputs::Rows {
-                        values: &values,
-                        rows: kept.len(),
-                    },
-                    samples,
-                    &mut rng,
-                )?;
-                let input = values[choice.best * width..(choice.best + 1) * width].to_vec();
-                let logged = kept
-                    .iter()
-                    .map(|c| LoggedCandidate {
-                        id: c.id.clone(),
-                        features: c.features.clone(),
-                    })
-                    .collect();
                 (
                     kept.iter().map(|c| c.id.as_str()).collect(),
-                    choice,
-                    input,
-                    0,
-                    logged,
+                    OwnedInputs::Rows {
+                        values,
+                        rows: kept.len(),
+                    },
+                    width,
                 )
             }
         };
+        let rows = match &owned {
+            OwnedInputs::Heads { .. } => 1,
+            OwnedInputs::Rows { rows, .. } => *rows,
+        };
+        let work = (1 + samples.propensity + samples.explain).saturating_mul(rows);
+        let (choice, owned) = if work <= self.limits.max_inline_work {
+            // Measured cheaper inline than a hand-off to another thread.
+            let choice = decide(&snapshot, owned.inputs(), samples, &mut rng)?;
+            (choice, owned)
+        } else {
+            // Thousands of samples would hold a tokio worker (and the health checks queued
+            // on it) for up to a second: bounded, on the blocking pool.
+            let Ok(permit) = Arc::clone(&self.heavy).try_acquire_owned() else {
+                return Err(Error::Overloaded("heavy decision pool"));
+            };
+            let snapshot = Arc::clone(&snapshot);
+            tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                decide(&snapshot, owned.inputs(), samples, &mut rng).map(|c| (c, owned))
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("decision task: {e}")))??
+        };
+        let (input, head, logged): (Vec<f32>, usize, Vec<LoggedCandidate>) =
+            match (&valid.candidates, &owned) {
+                (Candidates::Heads { ids, heads }, _) => (
+                    req.context.clone(),
+                    heads[choice.best],
+                    ids.iter()
+                        .map(|id| LoggedCandidate {
+                            id: (*id).to_owned(),
+                            features: Vec::new(),
+                        })
+                        .collect(),
+                ),
+                (Candidates::Rows { kept }, OwnedInputs::Rows { values, .. }) => (
+                    values[choice.best * width..(choice.best + 1) * width].to_vec(),
+                    0,
+                    kept.iter()
+                        .map(|c| LoggedCandidate {
+                            id: c.id.clone(),
+                            features: c.features.clone(),
+                        })
+                        .collect(),
+                ),
+                (Candidates::Rows { .. }, OwnedInputs::Heads { .. }) => {
+                    return Err(Error::Internal("per-arm candidates without rows".into()));
+                }
+            };
         let id = if req.decision_id.is_empty() {
             uuid::Uuid::new_v4().to_string()
         } else {

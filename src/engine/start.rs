@@ -178,6 +178,9 @@ impl Engine {
             order: config.models.iter().map(|m| m.name.clone()).collect(),
             limits: config.limits.clone(),
             log,
+            heavy: Arc::new(tokio::sync::Semaphore::new(
+                config.limits.max_blocking_decisions,
+            )),
         };
         Ok((
             Arc::new(engine),
