@@ -652,7 +652,7 @@ policy = "mc_dropout"
             "banditd_learner_steps_total",
             "banditd_learner_steps_skipped_total",
             "banditd_learner_loss",
-            "banditd_learner_queue_depth",
+            "banditd_learner_lag_records",
             "banditd_replay_size",
             "banditd_pending_decisions",
             "banditd_decisions_evicted_total",
