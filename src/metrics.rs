@@ -321,10 +321,31 @@ pub fn decision_expired(model: &str, defaulted: bool) {
     counter!(DECISIONS_EXPIRED, "model" => model.to_owned(), "outcome" => outcome).increment(1);
 }
 
-/// `count` decisions were evicted from a full store.
+/// `count` decisions were evicted from a full store. Logged at most once every 10 s (a full
+/// store evicts on every decision: a line each was thousands a second, and their formatting
+/// cost the serving threads more than the decisions did).
 pub fn decisions_evicted(model: &str, count: u64) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SUPPRESSED: AtomicU64 = AtomicU64::new(0);
+    static LAST_LOG_MS: AtomicU64 = AtomicU64::new(0);
     counter!(DECISIONS_EVICTED, "model" => model.to_owned()).increment(count);
-    tracing::warn!(model, count, "pending store full: oldest decisions evicted");
+    let now = crate::domain::now_ms();
+    let last = LAST_LOG_MS.load(Ordering::Relaxed);
+    if now.saturating_sub(last) < 10_000
+        || LAST_LOG_MS
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+    {
+        SUPPRESSED.fetch_add(count, Ordering::Relaxed);
+        return;
+    }
+    let earlier = SUPPRESSED.swap(0, Ordering::Relaxed);
+    tracing::warn!(
+        model,
+        count,
+        evicted_since_last_line = earlier,
+        "pending store full: oldest decisions evicted (see banditd_decisions_evicted_total)"
+    );
 }
 
 /// Records appended to the log.
