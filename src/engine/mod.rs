@@ -466,7 +466,7 @@ impl Engine {
                             example: Some(ExampleRecord {
                                 input: decision.input.clone(),
                                 head: decision.head,
-                                reward: reward,
+                                reward,
                             }),
                         })
                         .inspect_err(|e| {
@@ -490,13 +490,10 @@ impl Engine {
             let mut guard = Settle {
                 pending: Arc::clone(&model.pending),
                 id: req.decision_id.clone(),
-                reward: reward,
+                reward,
                 ack: Some(ack),
             };
-            let committed = guard.wait().await;
-            if let Err(e) = committed {
-                return Err(e);
-            }
+            guard.wait().await?;
             model.rewards.fetch_add(1, Ordering::Relaxed);
             metrics::reward_accepted(name, reward, req.regret, started.elapsed());
             return Ok(RewardOutcome::Accepted(()));

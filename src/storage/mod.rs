@@ -195,6 +195,9 @@ mod tests {
 
     const MODELS: [&str; 2] = ["a", "b"];
 
+    /// Each model's examples as (input, head, reward), in log order.
+    type Logged<'a> = BTreeMap<&'a str, Vec<(Vec<f32>, u32, f64)>>;
+
     #[derive(Debug, Clone)]
     enum Step {
         Decide {
@@ -305,7 +308,7 @@ mod tests {
         dir: &Path,
         recovered: &Recovered,
         decisions: &[Modelled],
-        examples: &BTreeMap<&str, Vec<(Vec<f32>, u32, f64)>>,
+        examples: &Logged<'_>,
     ) -> Result<(), TestCaseError> {
         for model in MODELS {
             let want: Vec<(String, Option<f64>)> = decisions
@@ -359,7 +362,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let (mut running, _) = Running::start(dir.path(), segment_bytes);
             let mut decisions: Vec<Modelled> = Vec::new();
-            let mut examples: BTreeMap<&str, Vec<(Vec<f32>, u32, f64)>> = BTreeMap::new();
+            let mut examples: Logged<'_> = BTreeMap::new();
             for (i, step) in steps.into_iter().enumerate() {
                 match step {
                     Step::Decide { model, version } => {

@@ -75,6 +75,19 @@ impl Record {
         }
     }
 
+    /// The training example this event gives `model` at log position `lsn`, if any.
+    pub(crate) fn example_for(&self, model: &str, lsn: u64) -> Option<crate::domain::Example> {
+        if self.model() != model {
+            return None;
+        }
+        self.example().map(|e| crate::domain::Example {
+            input: e.input.clone(),
+            head: e.head,
+            reward: e.reward,
+            seq: lsn,
+        })
+    }
+
     /// Appends this record as one frame to `out`.
     pub(super) fn encode_frame(&self, out: &mut Vec<u8>) {
         let (kind, len) = match self {

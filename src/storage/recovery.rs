@@ -97,17 +97,7 @@ pub(super) fn recover(data_dir: &Path, repair: bool) -> Result<Recovered, Error>
 pub fn examples(data_dir: &Path, model: &str) -> Result<Vec<Example>, Error> {
     let mut out = Vec::new();
     scan(data_dir, false, |lsn, record| {
-        if record.model() != model {
-            return;
-        }
-        if let Some(e) = record.example() {
-            out.push(Example {
-                input: e.input.clone(),
-                head: e.head,
-                reward: e.reward,
-                seq: lsn,
-            });
-        }
+        out.extend(record.example_for(model, lsn))
     })?;
     Ok(out)
 }

@@ -12,7 +12,7 @@ use std::{
 };
 
 use super::{
-    record::{Kind, Record},
+    record::Kind,
     segment::{self, ReadError, Reader},
     writer::{Shared, Watermark},
 };
@@ -114,7 +114,7 @@ impl Tail {
                         continue;
                     }
                     match frame.decode() {
-                        Ok(record) => push_example(&self.model, lsn, &record, out),
+                        Ok(record) => out.extend(record.example_for(&self.model, lsn)),
                         Err(e) => {
                             skip_rest(reader.path(), &format!("{e:?}"));
                             return self.next_segment();
@@ -191,21 +191,6 @@ impl Tail {
         reader.rewind_to_offset()?;
         self.reader = Some((*base, reader));
         Ok(true)
-    }
-}
-
-/// Appends `record`'s example to `out` if it has one for `model`.
-fn push_example(model: &str, lsn: u64, record: &Record, out: &mut Vec<Example>) {
-    if record.model() != model {
-        return;
-    }
-    if let Some(e) = record.example() {
-        out.push(Example {
-            input: e.input.clone(),
-            head: e.head,
-            reward: e.reward,
-            seq: lsn,
-        });
     }
 }
 
