@@ -363,9 +363,10 @@ for r in ("cpu", "memory"):
     check(r in res.get("requests", {}) and r in res.get("limits", {}), f"resources: {r} request and limit")
     if r in res.get("requests", {}) and r in res.get("limits", {}):
         check(quantity(res["requests"][r]) <= quantity(res["limits"][r]), f"resources: {r} request > limit")
-# The measured memory model (deploy/OPERATING.md "Sizing"): ~35 MB at rest, redb's page cache
-# up to 1 GiB, ~1 KB per pending decision, at most pending_capacity per model.
-worst = 35e6 + 2**30 + sum(mod.get("pending_capacity", 1_000_000) * 1024 for mod in models)
+# The memory model (deploy/OPERATING.md "Sizing"): ~35 MB at rest, the log writer's group
+# buffer (4096 records x 4 KiB at most), ~1 KB per pending decision, at most pending_capacity
+# per model. (The log's pages are the kernel's page cache, not the process's memory.)
+worst = 35e6 + 4096 * 4096 + sum(mod.get("pending_capacity", 1_000_000) * 1024 for mod in models)
 check(quantity(res.get("limits", {}).get("memory", 0)) >= worst,
       f"memory limit {res.get('limits', {}).get('memory')} < measured worst case {worst / 2**30:.2f} GiB "
       "for this banditd.toml")

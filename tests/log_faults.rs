@@ -258,3 +258,50 @@ async fn unreadable_log_stops_the_start_naming_the_file() {
     let server = TestServer::start(config).await;
     server.stop().await.unwrap();
 }
+
+/// `banditd export` says what is wrong instead of printing nothing: a missing data directory
+/// (not created), a directory without a log, a model with no decisions in the log; and it
+/// reads a directory whose server is still running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_errors_say_what_is_wrong() {
+    let export = |dir: &std::path::Path, model: Option<&str>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_banditd"));
+        cmd.arg("--data-dir").arg(dir).arg("export");
+        if let Some(m) = model {
+            cmd.args(["--model", m]);
+        }
+        cmd.output().expect("cannot run banditd export")
+    };
+    let root = tempfile::tempdir().unwrap();
+    let missing = root.path().join("nothing-here");
+    let out = export(&missing, None);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
+    assert!(!missing.exists(), "export created the missing directory");
+    let out = export(root.path(), None);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("holds no log"));
+
+    let mut config: Config = test_config();
+    config.storage.data_dir = root.path().join("data");
+    let server = TestServer::start(config.clone()).await;
+    let mut client = server.client().await;
+    let d = client
+        .choose_arm(fixed("wheel", vec![0.1, 0.2]))
+        .await
+        .unwrap()
+        .into_inner();
+    client
+        .report_reward(reward("wheel", &d.decision_id, 1.0))
+        .await
+        .unwrap();
+    // The server is running: export reads what is committed.
+    let out = export(&config.storage.data_dir, Some("wheel"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let line = String::from_utf8(out.stdout).unwrap();
+    assert!(line.contains(&d.decision_id) && line.contains("\"reward\":1.0"), "{line}");
+    let out = export(&config.storage.data_dir, Some("no-such-model"));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-model"));
+    server.stop().await.unwrap();
+}
