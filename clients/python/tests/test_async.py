@@ -60,7 +60,9 @@ async def errors(target: str):
         with pytest.raises(banditd.NotFound):
             await bandit.get_model("nope")
         same = await bandit.choose("wheel", [0, 0], decision_id="async-retry")
-        assert await bandit.choose("wheel", [1, 1], decision_id="async-retry") == same
+        assert await bandit.choose("wheel", [0, 0], decision_id="async-retry") == same
+        with pytest.raises(banditd.FailedPrecondition):
+            await bandit.choose("wheel", [1, 1], decision_id="async-retry")
         assert not (await bandit.reward("wheel", "async-retry", 2.0)).duplicate
         assert (await bandit.reward("wheel", "async-retry", 2.0)).duplicate
     return bad.value

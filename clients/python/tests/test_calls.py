@@ -83,14 +83,18 @@ def test_fixed_arm_subset_and_explanation(server) -> None:
 
 def test_same_decision_id_is_idempotent(server) -> None:
     """A retry with the caller's decision id returns the stored decision, not a new sample;
-    the same reward twice is a duplicate, a different one ALREADY_EXISTS."""
+    the id with another request is FAILED_PRECONDITION; the same reward twice is a
+    duplicate, a different one ALREADY_EXISTS."""
     decision_id = f"order-{uuid.uuid4()}"
     with Client(server.target) as bandit:
         first = bandit.choose("wheel", [0.5, 0.5], decision_id=decision_id)
         assert first.decision_id == decision_id
-        # Another context even: the id alone names the decision.
-        again = bandit.choose("wheel", [-0.5, 0.9], decision_id=decision_id)
+        again = bandit.choose("wheel", [0.5, 0.5], decision_id=decision_id)
         assert again == first
+        with pytest.raises(banditd.FailedPrecondition) as mismatch:
+            bandit.choose("wheel", [-0.5, 0.9], decision_id=decision_id)
+        assert mismatch.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert decision_id in mismatch.value.message
         assert not bandit.reward("wheel", decision_id, 0.25).duplicate
         assert bandit.reward("wheel", decision_id, 0.25).duplicate
         with pytest.raises(banditd.AlreadyExists) as conflict:
@@ -216,7 +220,7 @@ def test_models(server) -> None:
         wheel = bandit.get_model("wheel")
         assert wheel.kind == "fixed_arms" and wheel.arm_ids == tuple(WHEEL_ARMS)
         assert wheel.context_dim == 2 and wheel.arm_feature_dim == 0
-        assert wheel.hidden_layers == (16, 16) and wheel.policy == "neural_linear"
+        assert wheel.hidden_layers == (16, 16) and wheel.policy == "mc_dropout"
         made = bandit.choose("wheel", [0, 0])
         bandit.reward("wheel", made.decision_id, 1.0)
         after = bandit.get_model("wheel")

@@ -63,6 +63,11 @@ class AlreadyExists(BanditError):
     """A different reward for a decision that already has one."""
 
 
+class FailedPrecondition(BanditError):
+    """A retried decision id with a different request (context, candidates or exclusions):
+    use a new id for a new request. Never retried."""
+
+
 class ResourceExhausted(BanditError):
     """A server limit was reached; retried after ``retry_delay`` until the deadline."""
 
@@ -91,6 +96,7 @@ _BY_CODE: Dict[grpc.StatusCode, Type[BanditError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
     grpc.StatusCode.NOT_FOUND: NotFound,
     grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
