@@ -297,11 +297,74 @@ async fn export_errors_say_what_is_wrong() {
         .unwrap();
     // The server is running: export reads what is committed.
     let out = export(&config.storage.data_dir, Some("wheel"));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let line = String::from_utf8(out.stdout).unwrap();
-    assert!(line.contains(&d.decision_id) && line.contains("\"reward\":1.0"), "{line}");
+    assert!(
+        line.contains(&d.decision_id) && line.contains("\"reward\":1.0"),
+        "{line}"
+    );
     let out = export(&config.storage.data_dir, Some("no-such-model"));
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-model"));
+    server.stop().await.unwrap();
+}
+
+/// GetModel's counters survive a restart: decisions and rewards are counted from the log,
+/// training steps from the checkpoint; `pending_decisions` counts open windows and
+/// `awaiting_reward` those of them without a reward.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_counters_survive_a_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let mut config: Config = test_config();
+    config.storage.data_dir = data.path().to_owned();
+    let info = |client: &mut banditd::proto::bandit_service_client::BanditServiceClient<
+        tonic::transport::Channel,
+    >| {
+        let mut client = client.clone();
+        async move {
+            client
+                .get_model(banditd::proto::GetModelRequest {
+                    model: "wheel".into(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let server = TestServer::start(config.clone()).await;
+    let mut client = server.client().await;
+    for i in 0..3 {
+        let d = client
+            .choose_arm(fixed("wheel", vec![0.1 * i as f32, 0.2]))
+            .await
+            .unwrap()
+            .into_inner();
+        if i < 2 {
+            client
+                .report_reward(reward("wheel", &d.decision_id, 1.0))
+                .await
+                .unwrap();
+        }
+    }
+    let before = info(&mut client).await;
+    assert_eq!((before.decisions, before.rewards), (3, 2));
+    assert_eq!((before.pending_decisions, before.awaiting_reward), (3, 1));
+    server.stop().await.unwrap();
+
+    let server = TestServer::start(config).await;
+    let mut client = server.client().await;
+    let after = info(&mut client).await;
+    assert_eq!((after.decisions, after.rewards), (3, 2), "counts restarted");
+    assert!(
+        after.training_steps >= before.training_steps && after.training_steps > 0,
+        "training steps went from {} to {}",
+        before.training_steps,
+        after.training_steps
+    );
+    assert_eq!((after.pending_decisions, after.awaiting_reward), (3, 1));
     server.stop().await.unwrap();
 }
