@@ -34,7 +34,8 @@ fn small(policy: PolicyKind) -> ModelConfig {
 
 /// Each policy answers, reports itself in GetModel, returns a propensity exactly when it
 /// should (always for the baselines, on request for the Thompson policies), explains every
-/// candidate when asked, and keeps answering while its learner trains on rewards.
+/// candidate when asked, and learns: after 150 rewards the paying arm's posterior mean leads
+/// every other arm's (greedy excepted, which may never try it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_policy_decides_explains_and_learns() {
     let mut config = test_config();
@@ -81,6 +82,41 @@ async fn every_policy_decides_explains_and_learns() {
                 .report_reward(reward(name, &d.decision_id, r))
                 .await
                 .unwrap();
+        }
+
+        // Learns: arm "c" (the only one that pays) leads every other arm's posterior mean by
+        // a margin (rewards are 0 or 1, so an untrained model's noise cannot pass for it) once
+        // the learner has read the rewards (it trains asynchronously: polled, at most 30 s).
+        // Greedy is exempt: it never explores, so it may never have tried "c".
+        if policy != PolicyKind::Greedy {
+            let mut lead = f64::NEG_INFINITY;
+            for _ in 0..300 {
+                let d = client
+                    .choose_arm(ChooseArmRequest {
+                        explain_samples: 100,
+                        ..fixed(name, vec![0.3, 0.7])
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                let mean = |id: &str| {
+                    d.scores
+                        .iter()
+                        .find(|s| s.arm_id == id)
+                        .and_then(|s| s.posterior_mean)
+                        .unwrap()
+                };
+                let others = ["a", "b", "d"].map(mean);
+                lead = mean("c") - others.into_iter().fold(f64::MIN, f64::max);
+                if lead > 0.25 {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            assert!(
+                lead > 0.25,
+                "{name}: the rewarded arm does not lead after 150 rewards (by {lead})"
+            );
         }
 
         // Asked for both: the propensity is a probability and every candidate is explained.
