@@ -169,17 +169,7 @@ fn fixed_candidates<'a>(
         }
         req.candidates.iter().map(|c| c.id.as_str()).collect()
     };
-    let kept: Vec<&str> = all
-        .into_iter()
-        .filter(|id| !excluded.contains(id))
-        .collect();
-    if kept.is_empty() {
-        return Err(Error::invalid(
-            "excluded_arm_ids",
-            "every candidate is excluded",
-        ));
-    }
-    Ok(kept)
+    without_excluded(all, excluded, |id| id)
 }
 
 /// The candidates of a per-arm request, checked, minus the excluded ones.
@@ -214,10 +204,18 @@ fn per_arm_candidates<'a>(
             limits.max_abs_value,
         )?;
     }
-    let kept: Vec<&super::Candidate> = req
-        .candidates
-        .iter()
-        .filter(|c| !excluded.contains(c.id.as_str()))
+    without_excluded(req.candidates.iter().collect(), excluded, |c| c.id.as_str())
+}
+
+/// `all` minus the excluded ids; at least one must be left.
+fn without_excluded<T>(
+    all: Vec<T>,
+    excluded: &HashSet<&str>,
+    id: impl Fn(&T) -> &str,
+) -> Result<Vec<T>, Error> {
+    let kept: Vec<T> = all
+        .into_iter()
+        .filter(|c| !excluded.contains(id(c)))
         .collect();
     if kept.is_empty() {
         return Err(Error::invalid(
