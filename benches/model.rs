@@ -33,7 +33,8 @@ use std::{hint::black_box, time::Duration};
 use banditd::{
     config::{ModelConfig, ModelKind, OptimizerKind, PolicyKind},
     learner::{Example, RunningStats, Trainer},
-    model::{Snapshot, Weights},
+    model::Weights,
+    policy::Snapshot,
     policy::{self, Inputs},
 };
 use criterion::{Criterion, criterion_group, criterion_main};

@@ -122,6 +122,19 @@ struct State {
     map: HashMap<String, Entry>,
     /// Ids by insertion time, oldest first; exactly the map's keys.
     order: VecDeque<(Instant, String)>,
+    /// Entries of the map that have a reward (so counting the others needs no scan).
+    rewarded: usize,
+}
+
+impl State {
+    /// Removes an entry, keeping `rewarded` in step.
+    fn take(&mut self, id: &str) -> Option<Entry> {
+        let entry = self.map.remove(id)?;
+        if entry.reward.is_some() {
+            self.rewarded -= 1;
+        }
+        Some(entry)
+    }
 }
 
 /// A decision whose window closed.
@@ -192,11 +205,12 @@ impl PendingStore {
             let Some((_, old)) = state.order.pop_front() else {
                 break;
             };
-            if let Some(entry) = state.map.remove(&old) {
+            if let Some(entry) = state.take(&old) {
                 evicted.push(entry.decision);
             }
         }
         let decision = Arc::new(decision);
+        state.rewarded += usize::from(reward.is_some());
         state.order.push_back((created, decision.id.clone()));
         state.map.insert(
             decision.id.clone(),
@@ -220,7 +234,7 @@ impl PendingStore {
     /// pending.
     pub fn remove(&self, id: &str) -> bool {
         let mut state = self.lock();
-        if state.map.remove(id).is_none() {
+        if state.take(id).is_none() {
             return false;
         }
         // Stored a moment ago: it is at or near the back of the queue.
@@ -246,6 +260,7 @@ impl PendingStore {
         let commit = recorded.commit.take();
         if !durable {
             entry.reward = None;
+            state.rewarded -= 1;
         }
         if let Some(commit) = commit {
             let _ = commit.send(if durable {
@@ -291,6 +306,7 @@ impl PendingStore {
                     value: reward,
                     commit: Some(watch::Sender::new(CommitState::InFlight)),
                 });
+                state.rewarded += 1;
                 Ok(RewardOutcome::Accepted(accepted))
             }
         }
@@ -307,7 +323,7 @@ impl PendingStore {
             let Some((_, id)) = state.order.pop_front() else {
                 break;
             };
-            if let Some(entry) = state.map.remove(&id) {
+            if let Some(entry) = state.take(&id) {
                 expired.push(Expired {
                     decision: entry.decision,
                     rewarded: entry.reward.is_some(),
@@ -324,11 +340,8 @@ impl PendingStore {
 
     /// Decisions held that have no reward yet.
     pub fn awaiting_reward(&self) -> usize {
-        self.lock()
-            .map
-            .values()
-            .filter(|e| e.reward.is_none())
-            .count()
+        let state = self.lock();
+        state.map.len() - state.rewarded
     }
 
     /// True when nothing is held.
@@ -455,6 +468,39 @@ mod tests {
                 .unwrap(),
             RewardOutcome::Accepted(())
         ));
+    }
+
+    /// `awaiting_reward` follows rewards, reverted rewards, removal, eviction and expiry
+    /// without a scan.
+    #[tokio::test(start_paused = true)]
+    async fn awaiting_reward_counts_in_step() {
+        let store = PendingStore::new(Duration::from_secs(10), 3);
+        for id in ["a", "b", "c"] {
+            store.insert(decision(id));
+        }
+        assert_eq!(store.awaiting_reward(), 3);
+        store
+            .record_reward("a", 1.0, |_| Ok::<(), Error>(()))
+            .unwrap();
+        store
+            .record_reward("b", 1.0, |_| Ok::<(), Error>(()))
+            .unwrap();
+        assert_eq!(store.awaiting_reward(), 1);
+        store.settle("b", 1.0, false);
+        assert_eq!(store.awaiting_reward(), 2);
+        // "a" (rewarded) is evicted by "d".
+        assert_eq!(store.insert(decision("d")).evicted.len(), 1);
+        assert_eq!((store.len(), store.awaiting_reward()), (3, 3));
+        store
+            .record_reward("c", 1.0, |_| Ok::<(), Error>(()))
+            .unwrap();
+        assert!(store.remove("c"));
+        assert_eq!((store.len(), store.awaiting_reward()), (2, 2));
+        store.restore(decision("e"), Duration::ZERO, Some(0.5));
+        assert_eq!((store.len(), store.awaiting_reward()), (3, 2));
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert_eq!(store.expire(Instant::now()).len(), 3);
+        assert_eq!((store.len(), store.awaiting_reward()), (0, 0));
     }
 
     /// Inserting an id that is pending keeps the first decision.

@@ -15,8 +15,10 @@
 //! - [`proto`]: generated code: the gRPC API and the log's record format.
 //! - [`telemetry`]: process and per-thread CPU time as metrics.
 //! - [`metrics`]: metric names and one function per event; installs the exporter.
-//! - [`model`]: the candle network, its masks, trainable and published weights.
-//! - [`policy`]: Thompson sampling over a published snapshot.
+//! - [`model`]: the candle network, its masks, trainable and copied weights, Bayesian linear
+//!   regression (no policy knowledge).
+//! - [`policy`]: the published snapshot (weights, reward scale, decision rule) and the
+//!   policies that decide from it.
 //! - [`storage`]: the append-only decision/reward log, checkpoints, recovery, export.
 //! - [`learner`]: the training thread: reads its model's examples from the log, trains,
 //!   publishes snapshots, writes checkpoints.

@@ -178,7 +178,7 @@ impl std::ops::Deref for Explained {
 /// and always for the baselines; from `samples.propensity` more posterior samples for the
 /// Thompson policies, if any) and the explanation (if asked).
 fn decide(
-    snapshot: &crate::model::Snapshot,
+    snapshot: &crate::policy::Snapshot,
     inputs: Inputs<'_>,
     samples: Samples,
     rng: &mut Xoshiro256PlusPlus,
@@ -327,9 +327,10 @@ impl Engine {
             .map_err(|e| Error::Internal(format!("decision task: {e}")))??
         };
         let (input, head, logged): (Vec<f32>, usize, Vec<LoggedCandidate>) =
-            match (&valid.candidates, &owned) {
-                (Candidates::Heads { ids, heads }, _) => (
-                    req.context.clone(),
+            match (&valid.candidates, owned) {
+                // The decision keeps the inputs' own copy of the context: no second clone.
+                (Candidates::Heads { ids, .. }, OwnedInputs::Heads { context, heads }) => (
+                    context,
                     heads[choice.best],
                     ids.iter()
                         .map(|id| LoggedCandidate {
@@ -348,8 +349,10 @@ impl Engine {
                         })
                         .collect(),
                 ),
-                (Candidates::Rows { .. }, OwnedInputs::Heads { .. }) => {
-                    return Err(Error::Internal("per-arm candidates without rows".into()));
+                _ => {
+                    return Err(Error::Internal(
+                        "candidates and inputs of different kinds".into(),
+                    ));
                 }
             };
         let id = if req.decision_id.is_empty() {

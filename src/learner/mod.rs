@@ -30,7 +30,7 @@ use crate::{
     config::ModelConfig,
     error::Error,
     metrics,
-    model::Snapshot,
+    policy::Snapshot,
     storage::{
         Tail,
         checkpoint::{self, Checkpoint},

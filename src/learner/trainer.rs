@@ -17,10 +17,11 @@ use crate::{
     config::{ModelConfig, OptimizerKind},
     error::Error,
     model::{
-        NetShape, NeuralLinear, Policy, Snapshot, TrainableNet, Weights,
+        NetShape, TrainableNet, Weights,
         linear::{LinearPosterior, LinearPrior, LinearStats},
         matrix, neural_linear_features,
     },
+    policy::{NeuralLinear, Policy, Snapshot},
     storage::checkpoint::{Checkpoint, CheckpointMeta},
 };
 

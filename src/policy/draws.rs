@@ -12,7 +12,8 @@ use super::{Inputs, argmax, linear_features, linear_of, network_scores};
 use crate::{
     config::PolicyKind,
     error::Error,
-    model::{NeuralLinear, Policy, Snapshot, linear, matrix},
+    model::{linear, matrix},
+    policy::snapshot::{NeuralLinear, Policy, Snapshot},
 };
 
 /// Rows of one batched forward pass at most (bounds the memory of a large request).

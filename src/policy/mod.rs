@@ -19,12 +19,14 @@ use rand::Rng;
 use crate::{
     config::PolicyKind,
     error::Error,
-    model::{Masks, NeuralLinear, Snapshot, matrix},
+    model::{Masks, matrix},
 };
 
 mod draws;
+mod snapshot;
 
 pub use draws::{Spread, exact_propensity, explain, propensity};
+pub use snapshot::{NeuralLinear, Policy, Snapshot};
 
 /// What the network is asked to score.
 #[derive(Debug, Clone, Copy)]
@@ -236,13 +238,13 @@ mod tests {
             weights: net.snapshot().unwrap(),
             reward_mean: 0.5,
             reward_std: 2.0,
-            policy: crate::model::Policy::default(),
+            policy: Policy::default(),
             linear: None,
         }
     }
 
     fn with_policy(mut snap: Snapshot, kind: PolicyKind, epsilon: f64) -> Snapshot {
-        snap.policy = crate::model::Policy { kind, epsilon };
+        snap.policy = Policy { kind, epsilon };
         snap
     }
 

@@ -81,7 +81,8 @@ fn io(what: &str, path: &Path, e: impl std::fmt::Display) -> Error {
 }
 
 /// Writes `bytes` to `path` atomically: a temp file in the same directory, fsync, rename.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+/// (The rename is durable once the directory is fsynced: [`sync_dir`].)
+pub(super) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     let tmp = path.with_extension("tmp");
     let mut file = fs::File::create(&tmp).map_err(|e| io("create", &tmp, e))?;
     file.write_all(bytes).map_err(|e| io("write", &tmp, e))?;
@@ -90,7 +91,8 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     Ok(())
 }
 
-fn sync_dir(dir: &Path) -> Result<(), Error> {
+/// fsyncs a directory, making the renames and creations in it durable.
+pub(super) fn sync_dir(dir: &Path) -> Result<(), Error> {
     fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| io("fsync dir", dir, e))

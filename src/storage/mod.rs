@@ -43,7 +43,6 @@ mod writer;
 
 use std::{
     fs::{self, File},
-    io::Write,
     path::Path,
 };
 
@@ -129,7 +128,8 @@ impl Storage {
                 )));
             }
         } + 1;
-        write_atomic(&path, format!("{epoch}\n").as_bytes())?;
+        checkpoint::write_atomic(&path, format!("{epoch}\n").as_bytes())?;
+        checkpoint::sync_dir(&self.config.data_dir)?;
         Ok(epoch)
     }
 
@@ -155,25 +155,6 @@ impl Storage {
     pub fn data_dir(&self) -> &Path {
         &self.config.data_dir
     }
-}
-
-/// Writes `bytes` to `path` atomically: a temp file beside it, fsync, rename, fsync the dir.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    let io = |what: &str, p: &Path, e: std::io::Error| {
-        Error::Internal(format!("cannot {what} {}: {e}", p.display()))
-    };
-    let tmp = path.with_extension("tmp");
-    let mut file = File::create(&tmp).map_err(|e| io("create", &tmp, e))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(|e| io("write", &tmp, e))?;
-    fs::rename(&tmp, path).map_err(|e| io("rename", &tmp, e))?;
-    if let Some(dir) = path.parent() {
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| io("fsync", dir, e))?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -369,7 +369,6 @@ struct ErrorLog {
 
 impl ErrorLog {
     fn report(&mut self, what: &str, error: &Error) {
-        metrics::log_write_failed();
         if self.last.is_some_and(|t| t.elapsed() < ERROR_LOG_PERIOD) {
             self.suppressed += 1;
             return;
@@ -487,17 +486,13 @@ impl Writer {
         }
         match self.write(records, sync) {
             Ok(()) => {
-                if self.shared.failing.swap(false, Ordering::AcqRel) {
-                    metrics::log_writable();
-                    tracing::info!("the log is writable again");
-                }
+                self.mark_writable();
                 for ack in acks {
                     let _ = ack.send(Ok(()));
                 }
             }
             Err(e) => {
-                self.shared.failing.store(true, Ordering::Release);
-                self.errors.report(
+                self.mark_failing(
                     "log write failed; refusing new events until a retry succeeds",
                     &e,
                 );
@@ -522,15 +517,27 @@ impl Writer {
         };
         self.cut_back();
         match probe {
-            Ok(()) => {
-                self.shared.failing.store(false, Ordering::Release);
-                metrics::log_writable();
-                tracing::info!("the log is writable again");
+            Ok(()) => self.mark_writable(),
+            Err(e) => {
+                let e = segment::io_error("cannot write", &self.path, &e);
+                self.mark_failing("the log is still not writable", &e);
             }
-            Err(e) => self.errors.report(
-                "the log is still not writable",
-                &segment::io_error("cannot write", &self.path, &e),
-            ),
+        }
+    }
+
+    /// The log cannot take events: refused until a write or probe succeeds (health follows
+    /// `Log::is_failing`), counted, and logged (rate-limited).
+    fn mark_failing(&mut self, what: &str, error: &Error) {
+        self.shared.failing.store(true, Ordering::Release);
+        metrics::log_write_failed();
+        self.errors.report(what, error);
+    }
+
+    /// A write or probe succeeded: if the log was failing, it takes events again.
+    fn mark_writable(&mut self) {
+        if self.shared.failing.swap(false, Ordering::AcqRel) {
+            metrics::log_writable();
+            tracing::info!("the log is writable again");
         }
     }
 
