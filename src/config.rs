@@ -287,6 +287,11 @@ pub struct LimitsConfig {
     pub max_blocking_decisions: usize,
     /// Largest magnitude of a reported reward.
     pub max_abs_reward: f64,
+    /// Most decision ids remembered per model after their window closed, so that an id is
+    /// not reused while its decision is in the retained log (`ALREADY_EXISTS`). Past it the
+    /// oldest are forgotten early (counted in `banditd_decision_ids_forgotten_total`).
+    /// About 40 bytes each.
+    pub max_remembered_ids: usize,
 }
 
 impl Default for LimitsConfig {
@@ -305,6 +310,8 @@ impl Default for LimitsConfig {
             // tokio worker would delay every other call on it (health checks included).
             max_inline_work: 64,
             max_blocking_decisions: 4,
+            // A day of decisions at ~12 per second per model, ~40 MB per model when full.
+            max_remembered_ids: 1_000_000,
         }
     }
 }

@@ -37,6 +37,15 @@ pub enum Error {
         /// The decision id.
         id: String,
     },
+    /// A decision id names a decision whose window has closed but which is still in the
+    /// retained log: a new decision may not take it.
+    #[error(
+        "decision_id: {id:?} was used by a decision that is still in the log (its reward window has closed); use a new id"
+    )]
+    DecisionIdUsed {
+        /// The decision id.
+        id: String,
+    },
     /// A bounded queue is full; the caller may retry later.
     #[error("{0} is full; retry later")]
     Overloaded(&'static str),

@@ -46,6 +46,9 @@ pub const PENDING_DECISIONS: &str = "banditd_pending_decisions";
 pub const DECISIONS_EXPIRED: &str = "banditd_decisions_expired_total";
 /// Decisions evicted before their window closed because the store was full, by model.
 pub const DECISIONS_EVICTED: &str = "banditd_decisions_evicted_total";
+/// Decision ids forgotten before the log's retention because `limits.max_remembered_ids`
+/// was reached, by model (such an id could be taken by a new decision).
+pub const DECISION_IDS_FORGOTTEN: &str = "banditd_decision_ids_forgotten_total";
 /// Things recovery skipped at startup (torn or corrupt files, unreadable rows), by kind.
 pub const RECOVERY_SKIPPED: &str = "banditd_recovery_skipped_total";
 /// Decisions answered but not queued for the log (writer queue full), by model.
@@ -180,6 +183,11 @@ pub fn describe() {
         DECISIONS_EVICTED,
         Unit::Count,
         "Decisions evicted because the pending store was full."
+    );
+    describe_counter!(
+        DECISION_IDS_FORGOTTEN,
+        Unit::Count,
+        "Decision ids forgotten before the log's retention because limits.max_remembered_ids was reached."
     );
     describe_counter!(
         RECOVERY_SKIPPED,
@@ -348,6 +356,13 @@ pub fn decisions_evicted(model: &str, count: u64) {
     );
 }
 
+/// `count` used decision ids were forgotten early (`limits.max_remembered_ids` reached).
+pub fn decision_ids_forgotten(model: &str, count: usize) {
+    if count > 0 {
+        counter!(DECISION_IDS_FORGOTTEN, "model" => model.to_owned()).increment(count as u64);
+    }
+}
+
 /// Records appended to the log.
 pub const LOG_RECORDS: &str = "banditd_log_records_total";
 /// Bytes appended to the log.
@@ -455,6 +470,7 @@ pub fn init_series(models: &[ModelSeries<'_>]) {
             LEARNER_STEPS,
             LEARNER_STEPS_SKIPPED,
             DECISIONS_EVICTED,
+            DECISION_IDS_FORGOTTEN,
             DECISIONS_UNLOGGED,
             DECISIONS_REFUSED,
             LINEAR_REFRESHES,

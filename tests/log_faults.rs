@@ -1,6 +1,6 @@
 //! The log under faults: a disk that stops taking writes and comes back, retries that must
 //! not be acknowledged before what they repeat is durable, a log the server may not open,
-//! and retried decision ids that ask something else.
+//! retried decision ids that ask something else, and ids of closed decisions used again.
 
 mod common;
 
@@ -208,6 +208,60 @@ async fn retried_id_with_another_request_is_refused() {
         );
         assert!(err.message().contains("same-id"), "{}", err.message());
     }
+    server.stop().await.unwrap();
+}
+
+/// A client-made id whose window has closed is refused with ALREADY_EXISTS while its
+/// decision is in the retained log, before and after a restart (the used ids are rebuilt
+/// from the log), instead of a second decision under the same id; a fresh id is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn id_of_a_closed_decision_is_not_reused() {
+    let data = tempfile::tempdir().unwrap();
+    let mut config: Config = test_config();
+    config.storage.data_dir = data.path().to_owned();
+    config.models[0].reward_window_seconds = 0.2;
+    let pending = |client: &banditd::proto::bandit_service_client::BanditServiceClient<
+        tonic::transport::Channel,
+    >| {
+        let mut client = client.clone();
+        async move {
+            client
+                .get_model(banditd::proto::GetModelRequest {
+                    model: "wheel".into(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .pending_decisions
+        }
+    };
+    let request = ChooseArmRequest {
+        decision_id: "campaign-7/user-1".into(),
+        ..fixed("wheel", vec![0.1, 0.2])
+    };
+    let server = TestServer::start(config.clone()).await;
+    let mut client = server.client().await;
+    client.choose_arm(request.clone()).await.unwrap();
+    eventually("the window closed", async || pending(&client).await == 0).await;
+    let refused = |err: tonic::Status| {
+        assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+        assert!(
+            err.message().starts_with("decision_id:") && err.message().contains("campaign-7/user-1"),
+            "{}",
+            err.message()
+        );
+    };
+    refused(client.choose_arm(request.clone()).await.unwrap_err());
+    server.stop().await.unwrap();
+
+    let server = TestServer::start(config).await;
+    let mut client = server.client().await;
+    refused(client.choose_arm(request.clone()).await.unwrap_err());
+    let fresh = ChooseArmRequest {
+        decision_id: "campaign-7/user-2".into(),
+        ..request
+    };
+    client.choose_arm(fresh).await.unwrap();
     server.stop().await.unwrap();
 }
 

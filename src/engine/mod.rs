@@ -25,8 +25,8 @@ pub use start::Background;
 
 use crate::{
     config::{LimitsConfig, ModelConfig, ModelKind, OnLogFull},
-    decisions::{Decision, PendingStore, RewardOutcome},
-    domain::now_ms,
+    decisions::{Decision, PendingStore, RewardOutcome, UsedIds},
+    domain::{id_hash, now_ms},
     error::Error,
     learner::LearnerHandle,
     metrics,
@@ -106,6 +106,8 @@ struct ModelRuntime {
     heads: HashMap<String, usize>,
     learner: LearnerHandle,
     pending: Arc<PendingStore>,
+    /// Ids of decisions in the retained log, which new decisions may not take.
+    used_ids: UsedIds,
     /// Numbers the decisions, and so seeds each decision's RNG; never reused in a process.
     /// Counts decisions made since start (validated requests only).
     decision_counter: AtomicU64,
@@ -257,6 +259,13 @@ impl Engine {
             }
             return Ok(existing);
         }
+        // A client-made id whose decision has closed but is still logged is refused rather
+        // than decided twice; server-made ids are fresh UUIDs.
+        if !req.decision_id.is_empty() && model.used_ids.contains(id_hash(&req.decision_id)) {
+            return Err(Error::DecisionIdUsed {
+                id: req.decision_id.clone(),
+            });
+        }
         let valid = validate::choose(&model.config, &model.heads, &self.limits, &req)?;
         let name = &model.config.name;
         let refuse = self.log.sync_decisions() || self.log.on_full() == OnLogFull::Reject;
@@ -393,10 +402,13 @@ impl Engine {
         }
         let stored = inserted.decision;
         if inserted.new {
+            let (hash, decided_ms) = (id_hash(&stored.id), now_ms());
+            let forgotten = model.used_ids.insert(hash, decided_ms);
+            metrics::decision_ids_forgotten(name, forgotten);
             let record = DecisionRecord {
                 model: name.clone(),
                 decision_id: stored.id.clone(),
-                decided_ms: now_ms(),
+                decided_ms,
                 context: req.context,
                 candidates: logged,
                 chosen: u32::try_from(chosen).unwrap_or(u32::MAX),
@@ -414,6 +426,7 @@ impl Engine {
                         .unwrap_or_else(|_| Err(Error::Unavailable("log writer stopped".into())));
                     if let Err(e) = committed {
                         model.pending.remove(&stored.id);
+                        model.used_ids.remove(hash);
                         return Err(e);
                     }
                 }
@@ -421,6 +434,7 @@ impl Engine {
                     // The client is told there is no decision: a retry of its id or a reward
                     // must not find one.
                     model.pending.remove(&stored.id);
+                    model.used_ids.remove(hash);
                     metrics::decision_refused(name);
                     return Err(e);
                 }
@@ -534,8 +548,10 @@ impl Engine {
     /// Closes the windows that have passed: trains on the default reward where one is
     /// configured, else drops the decision; both are counted and logged.
     pub fn expire(&self, now: Instant) {
+        let wall_ms = now_ms();
         for model in self.models.values() {
             let name = &model.config.name;
+            model.used_ids.prune(wall_ms);
             for expired in model.pending.expire(now) {
                 let d = &expired.decision;
                 if expired.rewarded {

@@ -11,7 +11,7 @@ use std::{
 use super::{Engine, ModelRuntime};
 use crate::{
     config::Config,
-    decisions::{Decision, PendingStore},
+    decisions::{Decision, PendingStore, UsedIds},
     domain::now_ms,
     error::Error,
     learner::{Learner, Resume},
@@ -152,6 +152,16 @@ impl Engine {
                 let reward = open.reward;
                 pending.restore(decision_from_record(open), age, reward);
             }
+            let used_ids = UsedIds::new(
+                config.storage.retention_hours.saturating_mul(3_600_000),
+                config.limits.max_remembered_ids,
+            );
+            let mut forgotten = 0;
+            for (decided_ms, hash) in logged.used_ids {
+                forgotten += used_ids.insert(hash, decided_ms);
+            }
+            used_ids.prune(now);
+            metrics::decision_ids_forgotten(&model.name, forgotten);
             let heads = model
                 .arms
                 .iter()
@@ -165,6 +175,7 @@ impl Engine {
                     heads,
                     learner: learner.handle(),
                     pending: Arc::new(pending),
+                    used_ids,
                     decision_counter: AtomicU64::new(0),
                     logged_decisions: logged.decisions,
                     rewards: AtomicU64::new(0),

@@ -196,7 +196,9 @@ impl From<Error> for Status {
                 ErrorDetails::with_bad_request_violation(bounded(field), bounded(detail)),
             ),
             Error::ModelNotFound(_) | Error::DecisionNotFound(_) => Status::not_found(message),
-            Error::RewardConflict { .. } => Status::already_exists(message),
+            Error::RewardConflict { .. } | Error::DecisionIdUsed { .. } => {
+                Status::already_exists(message)
+            }
             Error::RetryMismatch { .. } => Status::failed_precondition(message),
             // When to retry goes out machine-readable, as a google.rpc.RetryInfo.
             Error::Overloaded(_) => Status::with_error_details(
@@ -253,6 +255,10 @@ mod tests {
                     existing: 1.0,
                     offered: 2.0,
                 },
+                Code::AlreadyExists,
+            ),
+            (
+                Error::DecisionIdUsed { id: "d".into() },
                 Code::AlreadyExists,
             ),
             (

@@ -12,7 +12,10 @@ use super::{
     record::{DecisionRecord, Record},
     scan::{ScanSummary, scan},
 };
-use crate::{domain::Example, error::Error};
+use crate::{
+    domain::{Example, id_hash},
+    error::Error,
+};
 
 /// A decision whose window had not closed, with its reward if one had arrived.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,6 +39,9 @@ pub struct ModelLog {
     pub decisions: u64,
     /// Rewards in the retained log.
     pub rewards: u64,
+    /// Every decision in the retained log as (decided ms, id hash), oldest first: ids that
+    /// new decisions may not take.
+    pub used_ids: Vec<(u64, u64)>,
 }
 
 /// The whole log's state per model.
@@ -61,6 +67,7 @@ pub(super) fn recover(data_dir: &Path, repair: bool) -> Result<Recovered, Error>
             let model = models.entry(d.model.clone()).or_default();
             model.decisions += 1;
             model.max_version = model.max_version.max(d.model_version);
+            model.used_ids.push((d.decided_ms, id_hash(&d.decision_id)));
             open.insert(
                 (d.model.clone(), d.decision_id.clone()),
                 OpenDecision {

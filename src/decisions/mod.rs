@@ -12,6 +12,10 @@
 //! a [`Commit`] to await), so a `duplicate = true` answer is never given for a reward that a
 //! crash could still lose. A first report whose commit fails is reverted, so its retry is
 //! taken as a first report again.
+//!
+//! [`UsedIds`] remembers ids after their window, so that a closed decision's id is not reused.
+
+mod used_ids;
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -22,6 +26,8 @@ use std::{
 use tokio::{sync::watch, time::Instant};
 
 use crate::{error::Error, policy::Spread};
+
+pub use used_ids::UsedIds;
 
 /// What was decided, kept until the reward arrives or the window closes.
 #[derive(Debug, Clone, PartialEq)]
