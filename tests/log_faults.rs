@@ -265,6 +265,39 @@ async fn id_of_a_closed_decision_is_not_reused() {
     server.stop().await.unwrap();
 }
 
+/// Checkpoints are written by examples as well as by time: with an hour's interval and one
+/// checkpoint per 40 examples, a checkpoint covering at least 40 rewards exists while the
+/// server is still running (a crash now would not retrain the whole log on restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoint_follows_the_example_count_before_the_interval() {
+    let data = tempfile::tempdir().unwrap();
+    let mut config: Config = test_config();
+    config.storage.data_dir = data.path().to_owned();
+    config.storage.checkpoint_interval_secs = 3_600;
+    config.storage.checkpoint_every_examples = 40;
+    let widths = config.models[0].layer_widths();
+    let server = TestServer::start(config).await;
+    let mut client = server.client().await;
+    for i in 0..60 {
+        let d = client
+            .choose_arm(fixed("wheel", vec![0.01 * i as f32, 0.2]))
+            .await
+            .unwrap()
+            .into_inner();
+        client
+            .report_reward(reward("wheel", &d.decision_id, 1.0))
+            .await
+            .unwrap();
+    }
+    eventually("a checkpoint covering 40 rewards", async || {
+        let (ck, _) =
+            banditd::storage::checkpoint::load_latest(data.path(), "wheel", &widths).unwrap();
+        ck.is_some_and(|ck| ck.meta.reward_n >= 40)
+    })
+    .await;
+    server.stop().await.unwrap();
+}
+
 /// A log segment the server may not read (another user's file) stops the start with an
 /// error naming the file, and nothing is moved aside or cut: only verified corruption is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
