@@ -12,7 +12,7 @@ use banditd::{
     learner::Trainer,
     offline::{
         estimate::{self, Estimate},
-        evaluate::{self, Candidate, MissingPropensity, Options},
+        evaluate::{self, Candidate, CandidatePolicy, MissingPropensity, Options},
         logs::{self, Log, LoggedDecision, ObdOptions},
         replay::{self, Online, RewardModel},
         warm::{self, TrainOptions, Weighting},
@@ -423,8 +423,10 @@ fn replayed_probabilities_are_distributions() {
     let model = wheel_model();
     let prepared = replay::prepare(&model, &log).unwrap();
     for spec in ["epsilon_greedy epsilon=0.2", "neural_linear", "uniform"] {
-        let c = candidate(spec);
-        let probs = replay::replay(&c.model, &prepared, 50).unwrap();
+        let CandidatePolicy::Replayed(model) = candidate(spec).policy else {
+            panic!("{spec} is replayed");
+        };
+        let probs = replay::replay(&model, &prepared, 50).unwrap();
         assert_eq!(probs.len(), 300);
         for p in &probs {
             assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-9, "{spec}: {p:?}");
@@ -541,7 +543,7 @@ fn cli_evaluate_and_train() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let uniform = &json["policies"][1];
+    let uniform = &json["policies"][0];
     assert_eq!(uniform["label"], "uniform");
     assert!(close(uniform["estimates"]["ips"]["value"].as_f64().unwrap(), 0.375));
     let svg = std::fs::read_to_string(&svg).unwrap();

@@ -7,7 +7,7 @@ use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 
 use super::{
-    evaluate::{self, Candidate, MissingPropensity, Options},
+    evaluate::{self, Candidate, CandidatePolicy, MissingPropensity, Options},
     logs::{self, Log, ObdOptions},
     plot,
     replay::RewardModel,
@@ -53,8 +53,9 @@ pub struct EvaluateArgs {
     /// A candidate policy, repeatable: `POLICY [KEY=VALUE ...]` (a policy name, then model
     /// settings as `banditd-loadgen inproc --set` takes them, e.g. `'epsilon_greedy
     /// epsilon=0.2'`) or `model:NAME [KEY=VALUE ...]` (another model of the configuration
-    /// with the same inputs and arms). The logged model's own configuration is always
-    /// evaluated too (first row).
+    /// with the same inputs and arms) or `probabilities:PATH` (a policy computed elsewhere:
+    /// one JSON array of probabilities per line, one line per rewarded decision). A banditd
+    /// log's model is evaluated as configured too (first row).
     #[arg(long = "candidate", value_name = "SPEC")]
     pub candidates: Vec<String>,
     /// Posterior draws per propensity of a Thompson policy (`mc_dropout`, `neural_linear`).
@@ -188,10 +189,15 @@ pub fn evaluate(config: &Config, args: &EvaluateArgs) -> anyhow::Result<()> {
     let (log, source) = read(&args.source, &config.storage.data_dir, args.model.as_deref())?;
     let explicit = args.model.is_some();
     let model = logged_model(config, args.model.as_deref(), &log, explicit)?;
-    let mut candidates = vec![Candidate {
-        label: format!("as configured ({})", model.policy.as_str()),
-        model: model.clone(),
-    }];
+    // The logged model's own configuration, replayed, when the log is a banditd model's:
+    // how far its replay is from the actual mean reward shows what replay itself costs.
+    let mut candidates = Vec::new();
+    if log.model.is_some() || explicit {
+        candidates.push(Candidate {
+            label: format!("as configured ({})", model.policy.as_str()),
+            policy: CandidatePolicy::Replayed(model.clone()),
+        });
+    }
     for spec in &args.candidates {
         candidates.push(evaluate::parse_candidate(spec, &model, &config.models)?);
     }

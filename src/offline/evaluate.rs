@@ -26,13 +26,38 @@ pub enum MissingPropensity {
     Uniform,
 }
 
-/// A candidate policy: a label and the model configuration replayed.
+/// A candidate policy: a label and what gives its probabilities.
 #[derive(Debug, Clone)]
 pub struct Candidate {
     /// How it is shown.
     pub label: String,
-    /// The configuration replayed.
-    pub model: ModelConfig,
+    /// Where its probabilities come from.
+    pub policy: CandidatePolicy,
+}
+
+/// Where a candidate's probabilities come from.
+#[derive(Debug, Clone)]
+pub enum CandidatePolicy {
+    /// A model configuration replayed over the log, learning as it goes.
+    Replayed(ModelConfig),
+    /// Probabilities computed elsewhere: one row per rewarded decision in log order, one
+    /// probability per candidate.
+    Given(Vec<Vec<f64>>),
+}
+
+/// Reads given probabilities (`probabilities:PATH`): one JSON array per line.
+fn read_probabilities(path: &str) -> Result<Vec<Vec<f64>>, Error> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::invalid(format!("candidate probabilities:{path}"), e.to_string()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| {
+                Error::invalid(format!("{path}: line {}", i + 1), format!("not a JSON array of numbers: {e}"))
+            })
+        })
+        .collect()
 }
 
 /// Splits on whitespace outside brackets and quotes (`a=[1, 2] b="x y"` is two tokens).
@@ -62,9 +87,10 @@ fn tokens(spec: &str) -> Vec<String> {
 }
 
 /// Parses a candidate: `POLICY [KEY=VALUE ...]` (a policy name, then settings as
-/// `banditd-loadgen inproc --set` takes them, applied to the logging model's configuration)
-/// or `model:NAME [KEY=VALUE ...]` (another model of the configuration, which must take the
-/// same inputs and arms).
+/// `banditd-loadgen inproc --set` takes them, applied to the logging model's configuration),
+/// `model:NAME [KEY=VALUE ...]` (another model of the configuration, which must take the
+/// same inputs and arms) or `probabilities:PATH` (a policy computed elsewhere: one JSON
+/// array of probabilities per line, one line per rewarded decision).
 ///
 /// # Errors
 /// An unknown policy or model, a setting that does not apply, or a model of another shape.
@@ -78,6 +104,12 @@ pub fn parse_candidate(
         return Err(Error::invalid("candidate", "empty: give a policy name"));
     };
     let bad = |detail: String| Error::invalid(format!("candidate {spec:?}"), detail);
+    if let Some(path) = spec.trim().strip_prefix("probabilities:") {
+        return Ok(Candidate {
+            label: spec.trim().to_owned(),
+            policy: CandidatePolicy::Given(read_probabilities(path)?),
+        });
+    }
     let model = if let Some(name) = head.strip_prefix("model:") {
         let other = others
             .iter()
@@ -103,7 +135,7 @@ pub fn parse_candidate(
     };
     Ok(Candidate {
         label: spec.trim().to_owned(),
-        model,
+        policy: CandidatePolicy::Replayed(model),
     })
 }
 
@@ -211,7 +243,12 @@ pub fn evaluate(
     let predicted = replay::predictions(model, log, &prepared, &options.reward_model)?;
     let mut policies = Vec::with_capacity(candidates.len());
     for c in candidates {
-        let target = replay::replay(&c.model, &prepared, options.propensity_samples)?;
+        let target = match &c.policy {
+            CandidatePolicy::Replayed(model) => {
+                replay::replay(model, &prepared, options.propensity_samples)?
+            }
+            CandidatePolicy::Given(rows) => check_given(log, &c.label, rows)?,
+        };
         let rounds: Vec<estimate::Round> = log
             .decisions
             .iter()
@@ -247,6 +284,34 @@ pub fn evaluate(
         },
         policies,
     })
+}
+
+/// Checks given probabilities against the log: a row per decision, a probability per
+/// candidate, each in [0, 1], summing to 1.
+fn check_given(log: &Log, label: &str, rows: &[Vec<f64>]) -> Result<Vec<Vec<f64>>, Error> {
+    if rows.len() != log.decisions.len() {
+        return Err(Error::invalid(
+            format!("candidate {label:?}"),
+            format!("{} rows for {} rewarded decisions", rows.len(), log.decisions.len()),
+        ));
+    }
+    for (i, (row, d)) in rows.iter().zip(&log.decisions).enumerate() {
+        let field = format!("candidate {label:?}: row {} ({})", i + 1, d.at);
+        if row.len() != d.candidates.len() {
+            return Err(Error::invalid(
+                field,
+                format!("{} probabilities for {} candidates", row.len(), d.candidates.len()),
+            ));
+        }
+        let sum: f64 = row.iter().sum();
+        if row.iter().any(|p| !(0.0..=1.0).contains(p)) || (sum - 1.0).abs() > 1e-6 {
+            return Err(Error::invalid(
+                field,
+                format!("not a probability distribution (sum {sum})"),
+            ));
+        }
+    }
+    Ok(rows.to_vec())
 }
 
 /// The report as a plain-text table.
