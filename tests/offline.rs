@@ -124,10 +124,26 @@ fn close(a: f64, b: f64) -> bool {
 /// The hand-made log of the exact-value tests: three rewarded decisions and one open.
 fn hand_made() -> Vec<Made> {
     vec![
-        Made { chosen: 0, propensity: Some(0.5), reward: Some(1.0) },
-        Made { chosen: 4, propensity: Some(0.25), reward: Some(2.0) },
-        Made { chosen: 1, propensity: Some(0.2), reward: Some(0.0) },
-        Made { chosen: 2, propensity: Some(0.5), reward: None },
+        Made {
+            chosen: 0,
+            propensity: Some(0.5),
+            reward: Some(1.0),
+        },
+        Made {
+            chosen: 4,
+            propensity: Some(0.25),
+            reward: Some(2.0),
+        },
+        Made {
+            chosen: 1,
+            propensity: Some(0.2),
+            reward: Some(0.0),
+        },
+        Made {
+            chosen: 2,
+            propensity: Some(0.5),
+            reward: None,
+        },
     ]
 }
 
@@ -144,7 +160,10 @@ fn check_hand_made(report: &evaluate::Report) {
     assert!(close(e.snips.value, 2.0 / 2.2), "{}", e.snips.value);
     assert!(close(e.dm.value, 0.8 / 3.0), "{}", e.dm.value);
     assert!(close(e.dr.value, 2.8 / 3.0), "{}", e.dr.value);
-    assert!(close(e.effective_sample_size, 2.2 * 2.2 / (0.16 + 0.64 + 1.0)));
+    assert!(close(
+        e.effective_sample_size,
+        2.2 * 2.2 / (0.16 + 0.64 + 1.0)
+    ));
 }
 
 /// A server's data directory and its export give the same decisions and the same exact
@@ -155,8 +174,14 @@ fn data_dir_and_export_give_exact_estimates() {
     write_log(dir.path(), &hand_made());
     let log = logs::read_data_dir(dir.path(), None).unwrap();
     assert_eq!(log.model.as_deref(), Some("wheel"));
-    let report = evaluate::evaluate(&log, "dir", &wheel_model(), &[candidate("uniform")], &arm_mean())
-        .unwrap();
+    let report = evaluate::evaluate(
+        &log,
+        "dir",
+        &wheel_model(),
+        &[candidate("uniform")],
+        &arm_mean(),
+    )
+    .unwrap();
     check_hand_made(&report);
 
     let export = dir.path().join("decisions.jsonl");
@@ -164,12 +189,20 @@ fn data_dir_and_export_give_exact_estimates() {
     storage::export(dir.path(), &[], &mut out).unwrap();
     let exported = logs::read_export(&export, None).unwrap();
     let strip = |l: &Log| -> Vec<(usize, Option<f64>, f64)> {
-        l.decisions.iter().map(|d| (d.chosen, d.propensity, d.reward)).collect()
+        l.decisions
+            .iter()
+            .map(|d| (d.chosen, d.propensity, d.reward))
+            .collect()
     };
     assert_eq!(strip(&exported), strip(&log));
-    let report =
-        evaluate::evaluate(&exported, "export", &wheel_model(), &[candidate("uniform")], &arm_mean())
-            .unwrap();
+    let report = evaluate::evaluate(
+        &exported,
+        "export",
+        &wheel_model(),
+        &[candidate("uniform")],
+        &arm_mean(),
+    )
+    .unwrap();
     check_hand_made(&report);
 }
 
@@ -229,38 +262,70 @@ fn bad_input_is_named_by_line_and_field() {
     assert_eq!(lines.len(), 4);
 
     // A truncated file: the last line cut in the middle.
-    let cut = format!("{}\n{}\n{}", lines[0], lines[1], &lines[2][..lines[2].len() / 2]);
+    let cut = format!(
+        "{}\n{}\n{}",
+        lines[0],
+        lines[1],
+        &lines[2][..lines[2].len() / 2]
+    );
     let err = logs::read_export(&write(dir.path(), "cut.jsonl", &cut), None).unwrap_err();
-    assert_eq!((err.at.as_str(), err.field.as_str()), ("line 3", "json"), "{err}");
+    assert_eq!(
+        (err.at.as_str(), err.field.as_str()),
+        ("line 3", "json"),
+        "{err}"
+    );
     assert!(err.to_string().contains("truncated"), "{err}");
 
     // A zero propensity, and one above 1.
     for bad in ["0.0", "1.5"] {
         let text = good.replacen("\"propensity\":0.25", &format!("\"propensity\":{bad}"), 1);
         let err = logs::read_export(&write(dir.path(), "p.jsonl", &text), None).unwrap_err();
-        assert_eq!((err.at.as_str(), err.field.as_str()), ("line 2", "propensity"), "{err}");
+        assert_eq!(
+            (err.at.as_str(), err.field.as_str()),
+            ("line 2", "propensity"),
+            "{err}"
+        );
     }
 
     // A chosen arm that is not among the candidates.
     let text = good.replacen("\"arm_id\":\"4\"", "\"arm_id\":\"7\"", 1);
     let err = logs::read_export(&write(dir.path(), "arm.jsonl", &text), None).unwrap_err();
-    assert_eq!((err.at.as_str(), err.field.as_str()), ("line 2", "arm_id"), "{err}");
+    assert_eq!(
+        (err.at.as_str(), err.field.as_str()),
+        ("line 2", "arm_id"),
+        "{err}"
+    );
 
     // A candidate the model does not have.
     let text = good.replacen("{\"id\":\"3\"}", "{\"id\":\"9\"}", 1);
     let log = logs::read_export(&write(dir.path(), "unknown.jsonl", &text), None).unwrap();
-    let err = evaluate::evaluate(&log, "x", &wheel_model(), &[candidate("uniform")], &arm_mean())
-        .unwrap_err()
-        .to_string();
+    let err = evaluate::evaluate(
+        &log,
+        "x",
+        &wheel_model(),
+        &[candidate("uniform")],
+        &arm_mean(),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.starts_with("line 1: candidates[3].id"), "{err}");
 
     // A missing propensity: refused, naming it and the share; or imputed 1/n and counted.
     let text = good.replacen(",\"propensity\":0.25", "", 1);
     let log = logs::read_export(&write(dir.path(), "missing.jsonl", &text), None).unwrap();
-    let err = evaluate::evaluate(&log, "x", &wheel_model(), &[candidate("uniform")], &arm_mean())
-        .unwrap_err()
-        .to_string();
-    assert!(err.starts_with("line 2: propensity: missing (1 of 3"), "{err}");
+    let err = evaluate::evaluate(
+        &log,
+        "x",
+        &wheel_model(),
+        &[candidate("uniform")],
+        &arm_mean(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.starts_with("line 2: propensity: missing (1 of 3"),
+        "{err}"
+    );
     let imputed = Options {
         missing: MissingPropensity::Uniform,
         ..arm_mean()
@@ -275,18 +340,41 @@ fn bad_input_is_named_by_line_and_field() {
     // CSVs: wrong columns, a short row, a bad item, a zero propensity.
     let fixture = std::fs::read_to_string(FIXTURE).unwrap();
     let csv = fixture.replacen("propensity_score", "pscore", 1);
-    let err = logs::read_obd(&write(dir.path(), "cols.csv", &csv), ObdOptions::default()).unwrap_err();
-    assert_eq!((err.at.as_str(), err.field.as_str()), ("header", "propensity_score"), "{err}");
+    let err =
+        logs::read_obd(&write(dir.path(), "cols.csv", &csv), ObdOptions::default()).unwrap_err();
+    assert_eq!(
+        (err.at.as_str(), err.field.as_str()),
+        ("header", "propensity_score"),
+        "{err}"
+    );
     let short: String = fixture.lines().take(3).collect::<Vec<_>>().join("\n");
     let short = format!("{}\n{}", short, &fixture.lines().nth(3).unwrap()[..30]);
-    let err = logs::read_obd(&write(dir.path(), "short.csv", &short), ObdOptions::default()).unwrap_err();
-    assert_eq!((err.at.as_str(), err.field.as_str()), ("line 4", "fields"), "{err}");
+    let err = logs::read_obd(
+        &write(dir.path(), "short.csv", &short),
+        ObdOptions::default(),
+    )
+    .unwrap_err();
+    assert_eq!(
+        (err.at.as_str(), err.field.as_str()),
+        ("line 4", "fields"),
+        "{err}"
+    );
     let item = fixture.replacen(",0,1,0,0.25,", ",x,1,0,0.25,", 1);
-    let err = logs::read_obd(&write(dir.path(), "item.csv", &item), ObdOptions::default()).unwrap_err();
-    assert_eq!((err.at.as_str(), err.field.as_str()), ("line 2", "item_id"), "{err}");
+    let err =
+        logs::read_obd(&write(dir.path(), "item.csv", &item), ObdOptions::default()).unwrap_err();
+    assert_eq!(
+        (err.at.as_str(), err.field.as_str()),
+        ("line 2", "item_id"),
+        "{err}"
+    );
     let zero = fixture.replacen(",0,1,0,0.25,", ",0,1,0,0,", 1);
-    let err = logs::read_obd(&write(dir.path(), "zero.csv", &zero), ObdOptions::default()).unwrap_err();
-    assert_eq!((err.at.as_str(), err.field.as_str()), ("line 2", "propensity_score"), "{err}");
+    let err =
+        logs::read_obd(&write(dir.path(), "zero.csv", &zero), ObdOptions::default()).unwrap_err();
+    assert_eq!(
+        (err.at.as_str(), err.field.as_str()),
+        ("line 2", "propensity_score"),
+        "{err}"
+    );
     let err = logs::read_obd(
         Path::new(FIXTURE),
         ObdOptions {
@@ -295,7 +383,11 @@ fn bad_input_is_named_by_line_and_field() {
         },
     )
     .unwrap_err();
-    assert_eq!((err.at.as_str(), err.field.as_str()), ("line 4", "item_id"), "{err}");
+    assert_eq!(
+        (err.at.as_str(), err.field.as_str()),
+        ("line 4", "item_id"),
+        "{err}"
+    );
 }
 
 /// A skewed, context-dependent logging policy on the wheel: arm 4 or arm 0 (by the
@@ -343,7 +435,11 @@ fn simulated_log(
         let mu = logging(&round.context);
         let a = draw(&mut rng, &mu);
         let target = target_probs(&round.context);
-        truth += target.iter().zip(&round.expected).map(|(p, e)| p * e).sum::<f64>();
+        truth += target
+            .iter()
+            .zip(&round.expected)
+            .map(|(p, e)| p * e)
+            .sum::<f64>();
         log.decisions.push(LoggedDecision {
             at: format!("round {t}"),
             context: round.context.clone(),
@@ -377,7 +473,8 @@ fn ips_and_dr_are_unbiased_and_cover() {
     for seed in 0..logs {
         let (log, targets, truth) = simulated_log(seed, 400, logging_probs);
         let prepared = replay::prepare(&model, &log).unwrap();
-        let predicted = replay::predictions(&model, &log, &prepared, &RewardModel::ArmMean).unwrap();
+        let predicted =
+            replay::predictions(&model, &log, &prepared, &RewardModel::ArmMean).unwrap();
         let rounds: Vec<estimate::Round> = log
             .decisions
             .iter()
@@ -400,7 +497,10 @@ fn ips_and_dr_are_unbiased_and_cover() {
     for (k, name) in ["IPS", "DR", "SNIPS"].iter().enumerate() {
         let summary = Estimate::mean_of(&errors[k]);
         let coverage = covered[k] as f64 / logs as f64;
-        eprintln!("{name}: mean error {:.4} ± {:.4}, coverage {coverage:.3}", summary.value, summary.se);
+        eprintln!(
+            "{name}: mean error {:.4} ± {:.4}, coverage {coverage:.3}",
+            summary.value, summary.se
+        );
         if k < 2 {
             assert!(
                 summary.value.abs() < 3.0 * summary.se,
@@ -410,7 +510,10 @@ fn ips_and_dr_are_unbiased_and_cover() {
             );
         }
         // Binomial(400, 0.95) has a standard deviation of 1.1 points.
-        assert!((0.90..=0.99).contains(&coverage), "{name} coverage {coverage}");
+        assert!(
+            (0.90..=0.99).contains(&coverage),
+            "{name} coverage {coverage}"
+        );
     }
 }
 
@@ -477,7 +580,10 @@ fn warm_online(model: &ModelConfig, dir: &Path) -> Online {
     let mut trainer = Trainer::new(model).unwrap();
     trainer.restore(&ck).unwrap();
     for e in storage::examples(dir, &model.name).unwrap() {
-        assert!(e.seq <= ck.meta.last_seq, "the checkpoint covers every warm example");
+        assert!(
+            e.seq <= ck.meta.last_seq,
+            "the checkpoint covers every warm example"
+        );
         trainer.push_replay(e);
     }
     trainer.refresh_linear().unwrap();
@@ -494,9 +600,17 @@ fn warm_start_lowers_regret_over_the_first_thousand_rounds() {
     let cold = regret(Online::new(&model).unwrap(), 99, 1000);
     let skewed = |c: &[f32]| logging_probs(c);
     for (name, weighting, log) in [
-        ("uniform", Weighting::None, simulated_log(11, 2000, |_| [0.2; 5]).0),
+        (
+            "uniform",
+            Weighting::None,
+            simulated_log(11, 2000, |_| [0.2; 5]).0,
+        ),
         ("skewed", Weighting::None, simulated_log(12, 2000, skewed).0),
-        ("skewed, IPS-weighted", Weighting::Ips { max_repeat: 20 }, simulated_log(12, 2000, skewed).0),
+        (
+            "skewed, IPS-weighted",
+            Weighting::Ips { max_repeat: 20 },
+            simulated_log(12, 2000, skewed).0,
+        ),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let trained = warm::train(
@@ -536,18 +650,36 @@ fn cli_evaluate_and_train() {
     let dir = tempfile::tempdir().unwrap();
     let svg = dir.path().join("estimates.svg");
     let out = std::process::Command::new(bin)
-        .args(["evaluate", "--from", FIXTURE, "--reward-model", "arm-mean", "--json"])
+        .args([
+            "evaluate",
+            "--from",
+            FIXTURE,
+            "--reward-model",
+            "arm-mean",
+            "--json",
+        ])
         .args(["--candidate", "uniform", "--plot"])
         .arg(&svg)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let uniform = &json["policies"][0];
     assert_eq!(uniform["label"], "uniform");
-    assert!(close(uniform["estimates"]["ips"]["value"].as_f64().unwrap(), 0.375));
+    assert!(close(
+        uniform["estimates"]["ips"]["value"].as_f64().unwrap(),
+        0.375
+    ));
     let svg = std::fs::read_to_string(&svg).unwrap();
-    assert!(svg.starts_with("<svg") && svg.contains("uniform"), "{}", &svg[..100]);
+    assert!(
+        svg.starts_with("<svg") && svg.contains("uniform"),
+        "{}",
+        &svg[..100]
+    );
 
     // A log with a missing propensity is refused by the binary with the line and field.
     let source = dir.path().join("source");
@@ -561,7 +693,10 @@ fn cli_evaluate_and_train() {
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("decision d1: propensity: missing (1 of 3"), "{stderr}");
+    assert!(
+        stderr.contains("decision d1: propensity: missing (1 of 3"),
+        "{stderr}"
+    );
 
     let export = dir.path().join("export.jsonl");
     storage::export(&source, &[], &mut std::fs::File::create(&export).unwrap()).unwrap();
@@ -573,7 +708,11 @@ fn cli_evaluate_and_train() {
         .arg(&warm)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let (ck, _) = checkpoint::load_latest(&warm, "wheel", &wheel_model().layer_widths()).unwrap();
     assert_eq!(ck.unwrap().meta.reward_n, 3);
 }

@@ -69,7 +69,8 @@ pub struct EvaluateArgs {
     #[arg(long, value_enum, default_value_t = RewardModelArg::Network)]
     pub reward_model: RewardModelArg,
     /// DR's reward model's predictions from a file instead: one JSON array per line, one
-    /// value per candidate, one line per rewarded decision in log order.
+    /// value per candidate, one line per rewarded decision in the order evaluate reads them
+    /// (banditd logs: by decision time, then id; CSVs: file order).
     #[arg(long, conflicts_with = "reward_model")]
     pub reward_predictions: Option<PathBuf>,
     /// Print JSON instead of a table.
@@ -138,7 +139,12 @@ fn read(source: &Source, data_dir: &Path, model: Option<&str>) -> anyhow::Result
 
 /// The logged model's configuration: the named (or only) model of the configuration; for an
 /// Open Bandit Dataset log without `--config`, a fixed-arm model of its items and context.
-fn logged_model(config: &Config, name: Option<&str>, log: &Log, explicit: bool) -> anyhow::Result<ModelConfig> {
+fn logged_model(
+    config: &Config,
+    name: Option<&str>,
+    log: &Log,
+    explicit: bool,
+) -> anyhow::Result<ModelConfig> {
     let name = name.or(log.model.as_deref());
     if let Some(name) = name {
         return config
@@ -166,13 +172,18 @@ fn logged_model(config: &Config, name: Option<&str>, log: &Log, explicit: bool) 
 }
 
 fn read_predictions(path: &Path) -> anyhow::Result<Vec<Vec<f64>>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| {
             serde_json::from_str(l).with_context(|| {
-                format!("{}: line {}: not a JSON array of numbers", path.display(), i + 1)
+                format!(
+                    "{}: line {}: not a JSON array of numbers",
+                    path.display(),
+                    i + 1
+                )
             })
         })
         .collect()
@@ -186,7 +197,11 @@ pub fn evaluate(config: &Config, args: &EvaluateArgs) -> anyhow::Result<()> {
     if let Some(p) = &args.plot {
         plot::check_path(p)?;
     }
-    let (log, source) = read(&args.source, &config.storage.data_dir, args.model.as_deref())?;
+    let (log, source) = read(
+        &args.source,
+        &config.storage.data_dir,
+        args.model.as_deref(),
+    )?;
     let explicit = args.model.is_some();
     let model = logged_model(config, args.model.as_deref(), &log, explicit)?;
     // The logged model's own configuration, replayed, when the log is a banditd model's:
@@ -195,7 +210,7 @@ pub fn evaluate(config: &Config, args: &EvaluateArgs) -> anyhow::Result<()> {
     if log.model.is_some() || explicit {
         candidates.push(Candidate {
             label: format!("as configured ({})", model.policy.as_str()),
-            policy: CandidatePolicy::Replayed(model.clone()),
+            policy: CandidatePolicy::Replayed(Box::new(model.clone())),
         });
     }
     for spec in &args.candidates {
@@ -240,7 +255,10 @@ fn draw(path: &Path, report: &evaluate::Report) -> anyhow::Result<()> {
         vec![interval("logged", &report.logged)],
     )];
     for (name, pick) in [
-        ("IPS", (|e: &super::estimate::Estimates| e.ips) as fn(&_) -> _),
+        (
+            "IPS",
+            (|e: &super::estimate::Estimates| e.ips) as fn(&_) -> _,
+        ),
         ("SNIPS", |e| e.snips),
         ("DR", |e| e.dr),
     ] {
@@ -257,9 +275,15 @@ fn draw(path: &Path, report: &evaluate::Report) -> anyhow::Result<()> {
         .iter()
         .flat_map(|g| &g.1)
         .filter(|i| i.low.is_finite() && i.high.is_finite())
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), i| (lo.min(i.low), hi.max(i.high)));
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), i| {
+            (lo.min(i.low), hi.max(i.high))
+        });
     let pad = ((hi - lo) * 0.1).max(1e-3);
-    let range = if lo.is_finite() { (lo - pad, hi + pad) } else { (0.0, 1.0) };
+    let range = if lo.is_finite() {
+        (lo - pad, hi + pad)
+    } else {
+        (0.0, 1.0)
+    };
     plot::intervals(
         path,
         plot::Axes {
@@ -286,7 +310,9 @@ pub fn train(config: &Config, args: &TrainArgs) -> anyhow::Result<()> {
         .cloned()
         .with_context(|| format!("no model {:?} in the configuration", args.model))?;
     let Some(from) = &args.source.from else {
-        bail!("--from: give the log to train on (an export, an Open Bandit Dataset CSV, or a data directory)");
+        bail!(
+            "--from: give the log to train on (an export, an Open Bandit Dataset CSV, or a data directory)"
+        );
     };
     let data_dir = &config.storage.data_dir;
     anyhow::ensure!(

@@ -214,7 +214,11 @@ mod tests {
         ];
         let v = 9.0 / 5.5;
         let wbar = 5.5 / 3.0;
-        let psi = [1.0 * (1.0 - v) / wbar, 0.5 * (0.0 - v) / wbar, 4.0 * (2.0 - v) / wbar];
+        let psi = [
+            1.0 * (1.0 - v) / wbar,
+            0.5 * (0.0 - v) / wbar,
+            4.0 * (2.0 - v) / wbar,
+        ];
         let m = psi.iter().sum::<f64>() / 3.0;
         let var = psi.iter().map(|p| (p - m).powi(2)).sum::<f64>() / 2.0;
         let e = estimate(&rounds);

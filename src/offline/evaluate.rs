@@ -8,10 +8,7 @@ use super::{
     logs::{Log, MissingShare},
     replay::{self, RewardModel},
 };
-use crate::{
-    config::ModelConfig,
-    error::Error,
-};
+use crate::{config::ModelConfig, error::Error};
 
 /// What to do with logged decisions that have no propensity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
@@ -39,8 +36,8 @@ pub struct Candidate {
 #[derive(Debug, Clone)]
 pub enum CandidatePolicy {
     /// A model configuration replayed over the log, learning as it goes.
-    Replayed(ModelConfig),
-    /// Probabilities computed elsewhere: one row per rewarded decision in log order, one
+    Replayed(Box<ModelConfig>),
+    /// Probabilities computed elsewhere: one row per rewarded decision in [`Log`] order, one
     /// probability per candidate.
     Given(Vec<Vec<f64>>),
 }
@@ -54,7 +51,10 @@ fn read_probabilities(path: &str) -> Result<Vec<Vec<f64>>, Error> {
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| {
             serde_json::from_str(l).map_err(|e| {
-                Error::invalid(format!("{path}: line {}", i + 1), format!("not a JSON array of numbers: {e}"))
+                Error::invalid(
+                    format!("{path}: line {}", i + 1),
+                    format!("not a JSON array of numbers: {e}"),
+                )
             })
         })
         .collect()
@@ -115,7 +115,9 @@ pub fn parse_candidate(
             .iter()
             .find(|m| m.name == name)
             .ok_or_else(|| bad(format!("no model {name:?} in the configuration")))?;
-        let mut m = other.with_settings(settings).map_err(|e| bad(e.to_string()))?;
+        let mut m = other
+            .with_settings(settings)
+            .map_err(|e| bad(e.to_string()))?;
         if m.kind != base.kind
             || m.context_dim != base.context_dim
             || m.arm_feature_dim != base.arm_feature_dim
@@ -135,7 +137,7 @@ pub fn parse_candidate(
     };
     Ok(Candidate {
         label: spec.trim().to_owned(),
-        policy: CandidatePolicy::Replayed(model),
+        policy: CandidatePolicy::Replayed(Box::new(model)),
     })
 }
 
@@ -232,10 +234,7 @@ pub fn evaluate(
     if log.decisions.is_empty() {
         return Err(Error::invalid(
             "log",
-            format!(
-                "no decision with a reward ({} without one)",
-                log.unrewarded
-            ),
+            format!("no decision with a reward ({} without one)", log.unrewarded),
         ));
     }
     let logging = logging_propensities(log, options.missing)?;
@@ -292,7 +291,11 @@ fn check_given(log: &Log, label: &str, rows: &[Vec<f64>]) -> Result<Vec<Vec<f64>
     if rows.len() != log.decisions.len() {
         return Err(Error::invalid(
             format!("candidate {label:?}"),
-            format!("{} rows for {} rewarded decisions", rows.len(), log.decisions.len()),
+            format!(
+                "{} rows for {} rewarded decisions",
+                rows.len(),
+                log.decisions.len()
+            ),
         ));
     }
     for (i, (row, d)) in rows.iter().zip(&log.decisions).enumerate() {
@@ -300,7 +303,11 @@ fn check_given(log: &Log, label: &str, rows: &[Vec<f64>]) -> Result<Vec<Vec<f64>
         if row.len() != d.candidates.len() {
             return Err(Error::invalid(
                 field,
-                format!("{} probabilities for {} candidates", row.len(), d.candidates.len()),
+                format!(
+                    "{} probabilities for {} candidates",
+                    row.len(),
+                    d.candidates.len()
+                ),
             ));
         }
         let sum: f64 = row.iter().sum();
@@ -339,28 +346,30 @@ pub fn table(report: &Report) -> String {
     let ci = |e: &Estimate| format!("{:.4} [{:.4}, {:.4}]", e.value, e.low, e.high);
     let _ = writeln!(
         s,
-        "{:<32} {:>30} {:>30} {:>30} {:>9}",
-        "policy", "IPS [95% CI]", "SNIPS [95% CI]", "DR [95% CI]", "ESS"
+        "{:<32} {:>30} {:>30} {:>30} {:>9} {:>7}",
+        "policy", "IPS [95% CI]", "SNIPS [95% CI]", "DR [95% CI]", "ESS", "mean w"
     );
     let _ = writeln!(
         s,
-        "{:<32} {:>30} {:>30} {:>30} {:>9}",
+        "{:<32} {:>30} {:>30} {:>30} {:>9} {:>7}",
         "logged (actual mean reward)",
         ci(&report.logged),
         "",
         "",
-        report.decisions
+        report.decisions,
+        ""
     );
     for p in &report.policies {
         let e = &p.estimates;
         let _ = writeln!(
             s,
-            "{:<32} {:>30} {:>30} {:>30} {:>9.1}",
+            "{:<32} {:>30} {:>30} {:>30} {:>9.1} {:>7.3}",
             p.label,
             ci(&e.ips),
             ci(&e.snips),
             ci(&e.dr),
-            e.effective_sample_size
+            e.effective_sample_size,
+            e.mean_weight
         );
     }
     let low: Vec<&str> = report
@@ -369,6 +378,22 @@ pub fn table(report: &Report) -> String {
         .filter(|p| p.estimates.effective_sample_size < 0.1 * report.decisions as f64)
         .map(|p| p.label.as_str())
         .collect();
+    let off: Vec<&str> = report
+        .policies
+        .iter()
+        .filter(|p| p.estimates.rounds >= 100 && !(0.8..=1.25).contains(&p.estimates.mean_weight))
+        .map(|p| p.label.as_str())
+        .collect();
+    if !off.is_empty() {
+        let _ = writeln!(
+            s,
+            "warning: mean importance weight far from 1 (its expectation) for {off:?}: \
+             either chance (see ESS) or logged propensities that do not match the logging \
+             policy where these policies go (a Thompson policy's sampled propensity of a rare \
+             choice is at least 1/(samples + 1), too high): IPS and DR are then biased, low \
+             when the mean weight is below 1; SNIPS divides by it"
+        );
+    }
     if !low.is_empty() {
         let _ = writeln!(
             s,
@@ -378,4 +403,3 @@ pub fn table(report: &Report) -> String {
     }
     s
 }
-

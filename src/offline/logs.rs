@@ -1,6 +1,6 @@
 //! Reading logged decisions back for offline evaluation and warm start: banditd's own data
 //! directory (through [`storage::rows`]), its JSON-lines export, and the Open Bandit
-//! Dataset's CSV layout. Every reader returns the same [`LoggedDecision`]s, in log order, and
+//! Dataset's CSV layout. Every reader returns the same [`LoggedDecision`]s, in decision order, and
 //! refuses bad input with an error naming the line (or decision) and the field.
 
 use std::{collections::BTreeMap, io::BufRead, path::Path};
@@ -43,7 +43,7 @@ pub struct LoggedDecision {
 /// A log read into memory.
 #[derive(Debug, Clone, Default)]
 pub struct Log {
-    /// The decisions with a reward, in log order.
+    /// The decisions with a reward, in decision order.
     pub decisions: Vec<LoggedDecision>,
     /// Decisions read without a reward (still pending, or closed without one): not used.
     pub unrewarded: usize,
@@ -100,12 +100,21 @@ fn check_propensity(source: &str, at: &str, field: &str, p: f64) -> Result<f64, 
 }
 
 /// A banditd row as a logged decision; `None` when it has no reward.
-fn from_row(source: &str, at: String, row: DecisionRow) -> Result<Option<LoggedDecision>, LogError> {
+fn from_row(
+    source: &str,
+    at: String,
+    row: DecisionRow,
+) -> Result<Option<LoggedDecision>, LogError> {
     let Some(reward) = row.reward else {
         return Ok(None);
     };
     if !reward.is_finite() {
-        return Err(error(source, &at, "reward", format!("{reward} is not finite")));
+        return Err(error(
+            source,
+            &at,
+            "reward",
+            format!("{reward} is not finite"),
+        ));
     }
     let chosen = row
         .candidates
@@ -157,11 +166,20 @@ fn one_model(source: &str, rows: &[DecisionRow], model: Option<&str>) -> Result<
     }
 }
 
+/// The rows of `model` (or the only model) as logged decisions, in decision order.
+///
+/// An export lists decisions as their windows close, then the open ones; replay wants them
+/// as they were decided. They are sorted by decision time, ties broken by decision id: the
+/// export does not carry log positions, and decisions in the same millisecond would
+/// otherwise come in an order that can differ between two exports of the same log.
 fn from_rows(
     source: &str,
-    rows: Vec<(String, DecisionRow)>,
+    mut rows: Vec<(String, DecisionRow)>,
     model: Option<&str>,
 ) -> Result<Log, LogError> {
+    rows.sort_by(|(_, a), (_, b)| {
+        (a.decided_ms, &a.decision_id).cmp(&(b.decided_ms, &b.decision_id))
+    });
     let plain: Vec<DecisionRow> = rows.iter().map(|(_, r)| r.clone()).collect();
     let model = one_model(source, &plain, model)?;
     let mut log = Log {
@@ -205,7 +223,8 @@ pub fn read_data_dir(dir: &Path, model: Option<&str>) -> Result<Log, LogError> {
 /// a decision is malformed as for [`read_data_dir`].
 pub fn read_export(path: &Path, model: Option<&str>) -> Result<Log, LogError> {
     let source = path.display().to_string();
-    let file = std::fs::File::open(path).map_err(|e| error(&source, "file", "open", e.to_string()))?;
+    let file =
+        std::fs::File::open(path).map_err(|e| error(&source, "file", "open", e.to_string()))?;
     let mut rows = Vec::new();
     for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
         let at = format!("line {}", i + 1);
@@ -278,8 +297,12 @@ pub fn read_obd(path: &Path, options: ObdOptions) -> Result<Log, LogError> {
             )
         })
     };
-    let (item_col, position_col, click_col, prop_col) =
-        (col(OBD_ITEM)?, col(OBD_POSITION)?, col(OBD_CLICK)?, col(OBD_PROPENSITY)?);
+    let (item_col, position_col, click_col, prop_col) = (
+        col(OBD_ITEM)?,
+        col(OBD_POSITION)?,
+        col(OBD_CLICK)?,
+        col(OBD_PROPENSITY)?,
+    );
     let context_cols: Vec<usize> = (0..header.len())
         .filter(|&i| {
             ![item_col, position_col, click_col, prop_col].contains(&i)
@@ -359,10 +382,7 @@ pub fn read_obd(path: &Path, options: ObdOptions) -> Result<Log, LogError> {
             None => items = items.max(item + 1),
         }
         let position = number(at, record, position_col)?;
-        if options
-            .position
-            .is_some_and(|p| position != p as f64)
-        {
+        if options.position.is_some_and(|p| position != p as f64) {
             continue;
         }
         let reward = number(at, record, click_col)?;
@@ -371,9 +391,11 @@ pub fn read_obd(path: &Path, options: ObdOptions) -> Result<Log, LogError> {
         let mut context = Vec::new();
         for &c in &context_cols {
             match categories.get(&c) {
-                Some(values) => context.extend(values.iter().map(|v| {
-                    if *v == record[c] { 1.0 } else { 0.0 }
-                })),
+                Some(values) => context.extend(
+                    values
+                        .iter()
+                        .map(|v| if *v == record[c] { 1.0 } else { 0.0 }),
+                ),
                 None => context.push(number(at, record, c)? as f32),
             }
         }

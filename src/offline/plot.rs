@@ -50,7 +50,11 @@ fn failed(path: &Path, e: impl std::fmt::Display) -> Error {
 ///
 /// # Errors
 /// `path` is not an SVG path or cannot be written.
-pub fn lines(path: &Path, axes: Axes<'_>, series: &[(String, Vec<(f64, f64)>)]) -> Result<(), Error> {
+pub fn lines(
+    path: &Path,
+    axes: Axes<'_>,
+    series: &[(String, Vec<(f64, f64)>)],
+) -> Result<(), Error> {
     check_path(path)?;
     let x_max = series
         .iter()
@@ -112,7 +116,11 @@ pub struct Interval {
 ///
 /// # Errors
 /// `path` is not an SVG path or cannot be written.
-pub fn intervals(path: &Path, axes: Axes<'_>, groups: &[(String, Vec<Interval>)]) -> Result<(), Error> {
+pub fn intervals(
+    path: &Path,
+    axes: Axes<'_>,
+    groups: &[(String, Vec<Interval>)],
+) -> Result<(), Error> {
     check_path(path)?;
     let labels: Vec<String> = groups
         .iter()
@@ -123,6 +131,9 @@ pub fn intervals(path: &Path, axes: Axes<'_>, groups: &[(String, Vec<Interval>)]
             }
             v
         });
+    // Enough decimals to tell the ticks apart, no more.
+    let span = (axes.y_range.1 - axes.y_range.0).abs().max(1e-12);
+    let decimals = (2.0 - span.log10().floor()).clamp(0.0, 8.0) as usize;
     let n = labels.len().max(1) as f64;
     let k = groups.len().max(1) as f64;
     let draw = || -> Result<(), Box<dyn std::error::Error>> {
@@ -149,7 +160,7 @@ pub fn intervals(path: &Path, axes: Axes<'_>, groups: &[(String, Vec<Interval>)]
                     String::new()
                 }
             })
-            .y_label_formatter(&|y| format!("{y:.3}"))
+            .y_label_formatter(&|y| format!("{y:.decimals$}"))
             .draw()?;
         for (g, (name, items)) in groups.iter().enumerate() {
             let color = Palette99::pick(g).to_rgba();

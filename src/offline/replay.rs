@@ -160,7 +160,8 @@ impl Prepared {
     /// The context or a candidate's features have the wrong length, or a candidate is not
     /// one of a fixed-arm model's arms, naming the decision and the field.
     pub fn new(model: &ModelConfig, d: &LoggedDecision, seq: u64) -> Result<Self, Error> {
-        let bad = |field: &str, detail: String| Error::invalid(format!("{}: {field}", d.at), detail);
+        let bad =
+            |field: &str, detail: String| Error::invalid(format!("{}: {field}", d.at), detail);
         if d.context.len() != model.context_dim {
             return Err(bad(
                 "context",
@@ -356,7 +357,11 @@ pub fn predictions(
                 if row.len() != d.candidates.len() {
                     return Err(Error::invalid(
                         format!("reward_model: {}", d.at),
-                        format!("{} predictions for {} candidates", row.len(), d.candidates.len()),
+                        format!(
+                            "{} predictions for {} candidates",
+                            row.len(),
+                            d.candidates.len()
+                        ),
                     ));
                 }
             }

@@ -139,7 +139,10 @@ pub fn train(
     options: TrainOptions,
 ) -> Result<Trained, Error> {
     if log.decisions.is_empty() {
-        return Err(Error::invalid("from", "the log holds no decision with a reward"));
+        return Err(Error::invalid(
+            "from",
+            "the log holds no decision with a reward",
+        ));
     }
     let prepared = replay::prepare(model, log)?;
     let repeat = repeats(log, options.weighting)?;
