@@ -545,6 +545,31 @@ fn replayed_probabilities_are_distributions() {
     }
 }
 
+/// `policy::wins` counts, for every candidate at once, what `policy::propensity` counts for
+/// one: with the same seed, `propensity(i) = (1 + wins[i]) / (samples + 1)`.
+#[test]
+fn wins_agree_with_propensity() {
+    for policy in ["neural_linear", "mc_dropout"] {
+        let model = wheel_model()
+            .with_settings(&[format!("policy={policy}")])
+            .unwrap();
+        let mut trainer = Trainer::new(&model).unwrap();
+        let snapshot = trainer.snapshot(0).unwrap();
+        let heads: Vec<usize> = (0..5).collect();
+        let inputs = Inputs::Heads {
+            context: &[0.3, -0.6],
+            heads: &heads,
+        };
+        let seeded = || Xoshiro256PlusPlus::seed_from_u64(5);
+        let wins = banditd::policy::wins(&snapshot, inputs, 64, &mut seeded()).unwrap();
+        assert_eq!(wins.iter().sum::<usize>(), 64);
+        for (i, w) in wins.iter().enumerate() {
+            let p = banditd::policy::propensity(&snapshot, inputs, i, 64, &mut seeded()).unwrap();
+            assert_eq!(p, (1 + w) as f64 / 65.0, "{policy}: candidate {i}");
+        }
+    }
+}
+
 /// Regret of `online` over `rounds` rounds of the wheel with `seed`.
 fn regret(mut online: Online, seed: u64, rounds: usize) -> f64 {
     let mut env = WheelBandit::new(0.5, seed).unwrap();

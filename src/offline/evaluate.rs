@@ -343,7 +343,14 @@ pub fn table(report: &Report) -> String {
         if m.missing > 0 { ", imputed 1/n" } else { "" },
         report.reward_model,
     );
-    let ci = |e: &Estimate| format!("{:.4} [{:.4}, {:.4}]", e.value, e.low, e.high);
+    // Four decimals, or four significant digits for rewards below 1 (click rates).
+    let scale = report.logged.value.abs().max(report.logged.high.abs());
+    let d = if scale > 0.0 && scale < 1.0 {
+        (3.0 - scale.log10().floor()).min(12.0) as usize
+    } else {
+        4
+    };
+    let ci = |e: &Estimate| format!("{:.d$} [{:.d$}, {:.d$}]", e.value, e.low, e.high);
     let _ = writeln!(
         s,
         "{:<32} {:>30} {:>30} {:>30} {:>9} {:>7}",

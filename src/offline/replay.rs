@@ -126,16 +126,13 @@ impl Online {
                 .map(|i| policy::exact_propensity(policy, n, i, greedy).unwrap_or(0.0))
                 .collect());
         }
-        // The same seed for every candidate: one shared set of posterior draws.
+        // Counted as `policy::propensity` counts one candidate's wins, with the decision's
+        // own sample counted once per candidate, then normalised.
         let seed = self.rng.next_u64();
-        let raw = (0..n)
-            .map(|i| {
-                let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
-                policy::propensity(&self.snapshot, inputs, i, samples, &mut rng)
-            })
-            .collect::<Result<Vec<f64>, Error>>()?;
-        let sum: f64 = raw.iter().sum();
-        Ok(raw.into_iter().map(|p| p / sum).collect())
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+        let wins = policy::wins(&self.snapshot, inputs, samples, &mut rng)?;
+        let total = (samples + n) as f64;
+        Ok(wins.into_iter().map(|w| (1 + w) as f64 / total).collect())
     }
 }
 
