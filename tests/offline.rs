@@ -337,6 +337,26 @@ fn bad_input_is_named_by_line_and_field() {
     // With 1/5 imputed for the 4th arm's decision its weight is 1: IPS (0.4 + 2 + 0)/3.
     assert!(close(report.policies[0].estimates.ips.value, 2.4 / 3.0));
 
+    // Candidates: an unknown policy, a setting that does not exist, a model of another shape.
+    let defaults = Config::embedded_default().models;
+    for (spec, want) in [
+        ("bogus", "candidate \"bogus\": "),
+        (
+            "greedy no_such_setting=1",
+            "candidate \"greedy no_such_setting=1\": ",
+        ),
+        ("model:items", "takes other inputs or arms"),
+        ("model:nope", "no model \"nope\""),
+    ] {
+        let err = evaluate::parse_candidate(spec, &wheel_model(), &defaults)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(want), "{spec}: {err}");
+    }
+    assert!(
+        evaluate::parse_candidate("model:wheel epsilon=0.3", &wheel_model(), &defaults).is_ok()
+    );
+
     // CSVs: wrong columns, a short row, a bad item, a zero propensity.
     let fixture = std::fs::read_to_string(FIXTURE).unwrap();
     let csv = fixture.replacen("propensity_score", "pscore", 1);

@@ -159,6 +159,12 @@ impl Prepared {
     pub fn new(model: &ModelConfig, d: &LoggedDecision, seq: u64) -> Result<Self, Error> {
         let bad =
             |field: &str, detail: String| Error::invalid(format!("{}: {field}", d.at), detail);
+        if d.chosen >= d.candidates.len() {
+            return Err(bad(
+                "chosen",
+                format!("candidate {} of {}", d.chosen, d.candidates.len()),
+            ));
+        }
         if d.context.len() != model.context_dim {
             return Err(bad(
                 "context",
@@ -351,6 +357,12 @@ pub fn predictions(
                 ));
             }
             for (row, d) in rows.iter().zip(&log.decisions) {
+                if let Some(bad) = row.iter().find(|v| !v.is_finite()) {
+                    return Err(Error::invalid(
+                        format!("reward_model: {}", d.at),
+                        format!("{bad} is not a finite prediction"),
+                    ));
+                }
                 if row.len() != d.candidates.len() {
                     return Err(Error::invalid(
                         format!("reward_model: {}", d.at),
