@@ -337,6 +337,23 @@ fn bad_input_is_named_by_line_and_field() {
     // With 1/5 imputed for the 4th arm's decision its weight is 1: IPS (0.4 + 2 + 0)/3.
     assert!(close(report.policies[0].estimates.ips.value, 2.4 / 3.0));
 
+    // Inverse-propensity weighting needs every propensity: the warm start names the first
+    // decision without one and leaves the data directory untouched.
+    let target = dir.path().join("warm");
+    let err = warm::train(
+        &wheel_model(),
+        &log,
+        &target,
+        TrainOptions {
+            epochs: 1,
+            weighting: Weighting::Ips { max_repeat: 20 },
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.starts_with("line 2: propensity: missing"), "{err}");
+    assert!(!target.exists());
+
     // Candidates: an unknown policy, a setting that does not exist, a model of another shape.
     let defaults = Config::embedded_default().models;
     for (spec, want) in [
