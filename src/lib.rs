@@ -23,6 +23,7 @@
 //! - [`learner`]: the training thread: reads its model's examples from the log, trains,
 //!   publishes snapshots, writes checkpoints.
 //! - [`decisions`]: pending decisions awaiting rewards, bounded, with window expiry.
+//! - [`offline`]: offline evaluation (IPS, SNIPS, DR) and warm start from logged decisions.
 //! - [`engine`]: models by name, request validation, decide / report / expire, startup.
 //! - [`grpc`]: the tonic service, health and reflection (the API side of [`proto`]).
 //! - [`server`]: wires it all together and shuts it down in order.
@@ -40,6 +41,7 @@ pub mod harness;
 pub mod learner;
 pub mod metrics;
 pub mod model;
+pub mod offline;
 pub mod policy;
 pub mod proto;
 pub mod server;

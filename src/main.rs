@@ -3,7 +3,7 @@
 use std::{io::IsTerminal, net::SocketAddr, path::PathBuf};
 
 use anyhow::Context;
-use banditd::{Config, config::Secret, metrics, shutdown};
+use banditd::{Config, config::Secret, metrics, offline::cli as offline_cli, shutdown};
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
@@ -53,6 +53,15 @@ enum Command {
         #[arg(long)]
         model: Vec<String>,
     },
+    /// Estimate what candidate policies would have earned on logged traffic (IPS, SNIPS,
+    /// doubly robust, 95 % intervals), beside the logged policy's actual mean reward.
+    /// Reads the data directory (of a stopped server or a copy), a `banditd export` file
+    /// (`--from FILE.jsonl`) or an Open Bandit Dataset CSV (`--from FILE.csv`).
+    Evaluate(Box<offline_cli::EvaluateArgs>),
+    /// Warm start: train a model on logged decisions (a `banditd export` file or an Open
+    /// Bandit Dataset CSV) and write a checkpoint (plus the examples, in the log) into the
+    /// data directory, which the server then starts from. The server must be stopped.
+    Train(Box<offline_cli::TrainArgs>),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -129,8 +138,11 @@ fn main() -> anyhow::Result<()> {
     };
     config.auth.tokens = tokens("BANDITD_TOKENS")?;
     config.auth.admin_tokens = tokens("BANDITD_ADMIN_TOKENS")?;
-    if let Some(Command::Export { model }) = cli.command {
-        return export(&config, &model);
+    match cli.command {
+        Some(Command::Export { model }) => return export(&config, &model),
+        Some(Command::Evaluate(args)) => return offline_cli::evaluate(&config, &args),
+        Some(Command::Train(args)) => return offline_cli::train(&config, &args),
+        None => {}
     }
     match banditd::server::raise_fd_limit() {
         Ok((before, after)) if before != after => {

@@ -71,6 +71,29 @@ pub fn propensity<R: Rng>(
     Ok((1 + wins) as f64 / (samples + 1) as f64)
 }
 
+/// How many of `samples` posterior draws each candidate wins (scores best in): what
+/// [`propensity`] counts for one candidate, for every candidate from the same draws, at the
+/// cost of one (offline evaluation needs every candidate's probability). Thompson policies
+/// only: a baseline's probabilities are exact ([`exact_propensity`]).
+///
+/// # Errors
+/// As [`super::decide`], or `samples == 0`.
+pub fn wins<R: Rng>(
+    snapshot: &Snapshot,
+    inputs: Inputs<'_>,
+    samples: usize,
+    rng: &mut R,
+) -> Result<Vec<usize>, Error> {
+    if samples == 0 {
+        return Err(Error::Internal("wins: 0 samples".into()));
+    }
+    let mut wins = vec![0; inputs.len()];
+    for draw in posterior_draws(snapshot, inputs, samples, rng)? {
+        wins[argmax(&draw)] += 1;
+    }
+    Ok(wins)
+}
+
 /// The exact propensity of a baseline policy choosing candidate `chosen` of `n`, given the
 /// mean network's best candidate `greedy` (what a baseline decision's scores give: see
 /// [`super::decide`]); `None` for the Thompson policies, whose propensity is sampled.

@@ -25,7 +25,7 @@ use crate::{
 mod draws;
 mod snapshot;
 
-pub use draws::{Spread, exact_propensity, explain, propensity};
+pub use draws::{Spread, exact_propensity, explain, propensity, wins};
 pub use snapshot::{NeuralLinear, Policy, Snapshot};
 
 /// What the network is asked to score.
