@@ -20,8 +20,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure().compile_fds(fds)?;
     // Unknown fields are an error (pbjson's default, kept on purpose): a misspelt optional
     // field such as "excludedArmIdz" would otherwise be dropped without a word.
+    // Fields at their default are written too (the proto3 JSON option "emit default
+    // values"): a response has one shape whatever its values, `{"duplicate": false}` rather
+    // than `{}`, which is what callers without the proto expect.
     pbjson_build::Builder::new()
         .register_descriptors(&encoded)?
+        .emit_fields()
         .build(&[".banditd.v1"])?;
     Ok(())
 }

@@ -121,22 +121,12 @@ fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Status> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let parsed: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let inner = e.inner().to_string();
-        let mut field = e.path().to_string();
-        // An unknown field is reported at its parent's path; name the field itself.
-        if let Some(name) = inner
-            .strip_prefix("unknown field `")
-            .and_then(|rest| rest.split_once('`'))
-            .map(|(name, _)| name)
-        {
-            field = if field == "." {
-                name.to_owned()
-            } else {
-                format!("{field}.{name}")
-            };
-        }
-        if field == "." {
-            "body".clone_into(&mut field);
-        }
+        // The path includes the key of an unknown field; "." is the body itself, "?" a
+        // syntax error before any key.
+        let field = match e.path().to_string() {
+            root if root == "." || root == "?" => "body".to_owned(),
+            path => path,
+        };
         bad_body(field, inner)
     })?;
     de.end()
