@@ -243,12 +243,15 @@ async fn choose_and_reward_round_trip() {
     server.stop().await.unwrap();
 }
 
+/// A POST path and body, and the HTTP status, code and field violation it must answer.
+type Case<'a> = (&'a str, &'a [u8], u16, &'a str, Option<&'a str>);
+
 /// Every malformed request: 400 INVALID_ARGUMENT with the field as a BadRequest violation,
 /// or the status of its code; unknown routes 404, wrong methods 405.
 #[tokio::test]
 async fn errors_have_status_code_and_field() {
     let (server, http) = start(test_config()).await;
-    let cases: Vec<(&str, &[u8], u16, &str, Option<&str>)> = vec![
+    let cases: Vec<Case<'_>> = vec![
         // The engine's validation, as over gRPC.
         (
             "/v1/models/wheel:choose",
