@@ -254,14 +254,28 @@ pub fn reward_dropped(model: &str) {
     );
 }
 
-/// The `transport` label of a call served over gRPC.
-pub const GRPC: &str = "grpc";
-/// The `transport` label of a call served by the HTTP/JSON face.
-pub const HTTP: &str = "http";
+/// The transport a call came over: the `transport` label of [`REQUEST_ERRORS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// gRPC (`src/grpc`).
+    Grpc,
+    /// The HTTP/JSON face (`src/http`).
+    Http,
+}
 
-/// A call over `transport` ([`GRPC`] or [`HTTP`]) failed with `code`.
-pub fn request_failed(transport: &'static str, method: &'static str, code: &'static str) {
-    counter!(REQUEST_ERRORS, "transport" => transport, "method" => method, "code" => code)
+impl Transport {
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Grpc => "grpc",
+            Self::Http => "http",
+        }
+    }
+}
+
+/// A call over `transport` failed with `code`.
+pub fn request_failed(transport: Transport, method: &'static str, code: &'static str) {
+    counter!(REQUEST_ERRORS, "transport" => transport.label(), "method" => method, "code" => code)
         .increment(1);
 }
 
@@ -490,7 +504,7 @@ pub fn init_series(models: &[ModelSeries<'_>]) {
             gauge!(DROP_RATE, "model" => m(), "layer" => layer.to_string()).increment(0.0);
         }
     }
-    for transport in [GRPC, HTTP] {
+    for transport in [Transport::Grpc.label(), Transport::Http.label()] {
         for method in METHODS {
             for code in COMMON_CODES {
                 counter!(REQUEST_ERRORS, "transport" => transport, "method" => method, "code" => code)

@@ -80,7 +80,7 @@ where
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         let (name, role) = method(request.uri().path());
         if let Err(status) = self.tokens.check(request.headers(), role) {
-            metrics::request_failed(metrics::GRPC, name, code_name(status.code()));
+            metrics::request_failed(metrics::Transport::Grpc, name, code_name(status.code()));
             // Dropping the request drops its body unread: hyper discards what arrives for it.
             return Box::pin(std::future::ready(Ok(status.into_http())));
         }
@@ -88,7 +88,7 @@ where
         Box::pin(async move {
             let response = call.await?;
             if let Some(code) = failure_code(response.headers()) {
-                metrics::request_failed(metrics::GRPC, name, code_name(code));
+                metrics::request_failed(metrics::Transport::Grpc, name, code_name(code));
             }
             Ok(response)
         })

@@ -95,7 +95,7 @@ fn json(status: StatusCode, body: Vec<u8>) -> Response {
 
 /// A failed call: counted by transport, method and code, then rendered.
 fn failed(method: &'static str, status: &Status, http: Option<StatusCode>) -> Response {
-    metrics::request_failed(metrics::HTTP, method, code_name(status.code()));
+    metrics::request_failed(metrics::Transport::Http, method, code_name(status.code()));
     match http {
         Some(http) => error::response_with(status, http),
         None => error::response(status),
