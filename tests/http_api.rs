@@ -818,3 +818,49 @@ async fn loadgen_drives_the_http_face() {
     );
     server.stop().await.unwrap();
 }
+
+/// The `banditd` binary turns the face on from `[http] addr` in its configuration file, and
+/// HTTP failures are counted in `banditd_request_errors_total` with `transport="http"`
+/// beside the gRPC series (all created at zero at start).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_serves_http_from_config_and_counts_by_transport() {
+    let dir = tempfile::tempdir().unwrap();
+    let http_addr = common::free_addr();
+    let mut config = test_config();
+    config.http.addr = Some(http_addr);
+    let path = dir.path().join("banditd.toml");
+    std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
+    let server = common::start_banditd(&["--config", path.to_str().unwrap()]);
+    let http = Http::new(http_addr);
+    let mut served = false;
+    for _ in 0..300 {
+        // Connecting first: a refused connection would fail the client call.
+        if std::net::TcpStream::connect(http_addr).is_ok()
+            && http.get("/v1/models/wheel").await.status == 200
+        {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(served, "no HTTP face on {http_addr} within 30 s");
+    for _ in 0..2 {
+        http.post("/v1/models/wheel:choose", &json!({"context": [1]}))
+            .await
+            .assert_error(400, "INVALID_ARGUMENT", Some("context"));
+    }
+    let metrics = server.metrics;
+    let text = tokio::task::spawn_blocking(move || common::scrape(metrics))
+        .await
+        .unwrap();
+    let series = |transport: &str| {
+        common::series(
+            &text,
+            &format!(
+                "banditd_request_errors_total{{transport=\"{transport}\",method=\"ChooseArm\",code=\"INVALID_ARGUMENT\"}}"
+            ),
+        )
+    };
+    assert_eq!(series("http"), Some(2.0), "{text}");
+    assert_eq!(series("grpc"), Some(0.0), "{text}");
+}
