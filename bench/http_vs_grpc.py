@@ -95,6 +95,10 @@ def main():
                     f"(gRPC over {args.connections} connections, HTTP/1.1 keep-alive pool)",
             "median_server_cpu_us_per_decision": med,
             "http_to_grpc_ratio": med["http"] / med["grpc"],
+            # Each rep's own ratio: both transports ran back to back, so load from elsewhere
+            # on the machine weighs on both alike; its spread is the noise.
+            "paired_ratios": sorted(h / g for h, g in zip(cpu["http"], cpu["grpc"])),
+            "median_paired_ratio": statistics.median(h / g for h, g in zip(cpu["http"], cpu["grpc"])),
             "range_cpu_us": {k: [min(v), max(v)] for k, v in cpu.items()},
             "median_decisions_per_s": {k: statistics.median(v) for k, v in rates.items()},
             "all": cpu,

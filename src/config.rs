@@ -167,8 +167,9 @@ pub struct HttpConfig {
     /// Listen address; unset (the default) = no HTTP face.
     pub addr: Option<SocketAddr>,
     /// Most HTTP connections open at once (including those in their TLS handshake); a
-    /// connection past it is closed at once and counted. Each also counts against the
-    /// open-file limit, beside gRPC's `server.max_connections`.
+    /// connection past it is closed at once (logged at debug level). These descriptors come
+    /// on top of gRPC's `server.max_connections`: the open-file check at start does not
+    /// count them, so keep the two together under the limit.
     pub max_connections: usize,
 }
 
