@@ -459,9 +459,16 @@ async fn overload_timeout_and_unavailable() {
             .await
         })
     };
-    // The reward is waiting on the stalled log (well inside its 1 s timeout).
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let shed = http.get("/v1/models/m").await;
+    // Once the reward holds the only slot (it waits on the stalled log for its whole 1 s
+    // timeout), other calls are shed; until it arrives they are served.
+    let mut shed = http.get("/v1/models/m").await;
+    for _ in 0..40 {
+        if shed.status != 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        shed = http.get("/v1/models/m").await;
+    }
     shed.assert_error(429, "RESOURCE_EXHAUSTED", None);
     assert_eq!(shed.headers["retry-after"], "1");
     assert_eq!(
@@ -863,4 +870,51 @@ async fn binary_serves_http_from_config_and_counts_by_transport() {
     };
     assert_eq!(series("http"), Some(2.0), "{text}");
     assert_eq!(series("grpc"), Some(0.0), "{text}");
+}
+
+/// Shutdown drains the HTTP face with gRPC: a call in flight when the signal comes (a reward
+/// waiting on a stalled log) still gets its answer, new connections are refused, and `run`
+/// returns only after both transports have stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_http_calls() {
+    let mut config = test_config();
+    config.storage.durability = DurabilityMode::Fsync;
+    config.server.drain_timeout_ms = 10_000;
+    let faults = config.storage.faults.clone();
+    let (mut server, http) = start(config).await;
+    let decision = http
+        .post("/v1/models/wheel:choose", &json!({"context": [0, 1]}))
+        .await;
+    let id = decision.body["decisionId"].as_str().unwrap().to_owned();
+    faults.stall.store(true, Ordering::Release);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let addr: SocketAddr = http.base.strip_prefix("http://").unwrap().parse().unwrap();
+    let waiting = tokio::spawn(async move {
+        Http::new(addr)
+            .post(
+                "/v1/models/wheel:reward",
+                &json!({"decisionId": id, "reward": 1}),
+            )
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "the reward should wait on the stalled log"
+    );
+    server.signal_shutdown();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "the HTTP listener should be closed once shutdown begins"
+    );
+    assert!(!waiting.is_finished());
+    faults.stall.store(false, Ordering::Release);
+    let answer = waiting.await.unwrap();
+    assert_eq!(
+        (answer.status, &answer.body),
+        (200, &json!({"duplicate": false})),
+        "{answer:?}"
+    );
+    server.join().await.unwrap();
 }
