@@ -596,7 +596,12 @@ async fn drive(
             "closed"
         },
         workers: args.workers,
-        connections: args.connections,
+        // Over HTTP/1.1 each call in flight holds its own pooled connection: at most one per
+        // worker.
+        connections: match args.transport {
+            Transport::Grpc => args.connections,
+            Transport::Http => args.workers,
+        },
         rate: args.rate,
         reward_delay: args.reward_delay.to_string(),
         missing_rewards: args.missing_rewards,
