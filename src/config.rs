@@ -28,6 +28,9 @@ pub struct Config {
     /// TLS for the gRPC port.
     #[serde(default)]
     pub tls: TlsConfig,
+    /// The HTTP/JSON face (off unless `http.addr` is set).
+    #[serde(default)]
+    pub http: HttpConfig,
     /// The models this process serves, by name.
     #[serde(default, rename = "models")]
     pub models: Vec<ModelConfig>,
@@ -154,6 +157,31 @@ pub struct TlsConfig {
     pub key_file: Option<std::path::PathBuf>,
     /// PEM CA certificate(s): when set, clients must present a certificate it signed (mTLS).
     pub client_ca_file: Option<std::path::PathBuf>,
+}
+
+/// The HTTP/JSON face beside gRPC (`src/http`): the same engine, tokens, TLS (the `[tls]`
+/// files), in-flight limit, message size limit and request timeout as gRPC, on its own port.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Listen address; unset (the default) = no HTTP face.
+    pub addr: Option<SocketAddr>,
+    /// Most HTTP connections open at once (including those in their TLS handshake); a
+    /// connection past it is closed at once (logged at debug level). These descriptors come
+    /// on top of gRPC's `server.max_connections`: the open-file check at start does not
+    /// count them, so keep the two together under the limit.
+    pub max_connections: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            addr: None,
+            // HTTP/1.1 clients pool a connection per concurrent call: a few hundred per
+            // caller process is common, and 1024 stays well inside the open-file limit.
+            max_connections: 1024,
+        }
+    }
 }
 
 /// How acknowledged data is made durable (see `storage` for what each mode promises).
@@ -965,6 +993,7 @@ impl Config {
             storage: StorageConfig::default(),
             auth: AuthConfig::default(),
             tls: TlsConfig::default(),
+            http: HttpConfig::default(),
             models: vec![wheel, items],
         }
     }
@@ -1015,6 +1044,7 @@ impl Config {
         for (field, value) in [
             ("server.max_connections", server.max_connections as u64),
             ("server.handshake_timeout_ms", server.handshake_timeout_ms),
+            ("http.max_connections", self.http.max_connections as u64),
             (
                 "server.max_header_list_bytes",
                 u64::from(server.max_header_list_bytes),

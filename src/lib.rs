@@ -25,12 +25,16 @@
 //! - [`decisions`]: pending decisions awaiting rewards, bounded, with window expiry.
 //! - [`offline`]: offline evaluation (IPS, SNIPS, DR) and warm start from logged decisions.
 //! - [`engine`]: models by name, request validation, decide / report / expire, startup.
+//! - [`api`]: the bandit API in wire types, shared by both transports: conversions, the
+//!   error mapping, tokens, the in-flight limit, TLS.
 //! - [`grpc`]: the tonic service, health and reflection (the API side of [`proto`]).
+//! - [`http`]: the HTTP/JSON face on its own port (`[http] addr`), over the same [`api`].
 //! - [`server`]: wires it all together and shuts it down in order.
 //! - [`shutdown`]: OS signals as a future.
 //! - [`sim`], [`harness`]: seeded simulated environments and the in-process regret harness,
 //!   for the load generator, benchmarks and tests.
 
+pub mod api;
 pub mod config;
 pub mod decisions;
 pub mod domain;
@@ -38,6 +42,7 @@ pub mod engine;
 pub mod error;
 pub mod grpc;
 pub mod harness;
+pub mod http;
 pub mod learner;
 pub mod metrics;
 pub mod model;

@@ -1,6 +1,7 @@
 //! Every metric the service exports: one list of names, their help text and buckets, and one
 //! small function per event. Labels are bounded: the model name (from config), the arm id for
-//! fixed-arm models only (from config), gRPC method and status code names.
+//! fixed-arm models only (from config), the transport (grpc, http), gRPC method and status code
+//! names.
 //!
 //! The library only records through the `metrics` facade; `banditd`'s `main` installs the
 //! Prometheus exporter ([`install`]). Without a recorder every call here is a no-op.
@@ -24,7 +25,7 @@ pub const REGRET_SUM: &str = "banditd_regret_sum";
 pub const CHOOSE_ARM_SECONDS: &str = "banditd_choose_arm_duration_seconds";
 /// Server time of `ReportReward`, by model.
 pub const REPORT_REWARD_SECONDS: &str = "banditd_report_reward_duration_seconds";
-/// Failed RPCs by method and status code.
+/// Failed calls by transport, method and status code.
 pub const REQUEST_ERRORS: &str = "banditd_request_errors_total";
 /// Rewards refused because the learner queue was full, by model.
 pub const REWARDS_DROPPED: &str = "banditd_rewards_dropped_total";
@@ -141,7 +142,7 @@ pub fn describe() {
     describe_counter!(
         REQUEST_ERRORS,
         Unit::Count,
-        "Failed RPCs by method and gRPC status code."
+        "Failed calls by transport (grpc, http), method and gRPC status code."
     );
     describe_counter!(
         REWARDS_DROPPED,
@@ -261,9 +262,29 @@ pub fn reward_dropped(model: &str) {
     );
 }
 
-/// An RPC failed with `code`.
-pub fn request_failed(method: &'static str, code: &'static str) {
-    counter!(REQUEST_ERRORS, "method" => method, "code" => code).increment(1);
+/// The transport a call came over: the `transport` label of [`REQUEST_ERRORS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// gRPC (`src/grpc`).
+    Grpc,
+    /// The HTTP/JSON face (`src/http`).
+    Http,
+}
+
+impl Transport {
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Grpc => "grpc",
+            Self::Http => "http",
+        }
+    }
+}
+
+/// A call over `transport` failed with `code`.
+pub fn request_failed(transport: Transport, method: &'static str, code: &'static str) {
+    counter!(REQUEST_ERRORS, "transport" => transport.label(), "method" => method, "code" => code)
+        .increment(1);
 }
 
 /// The learner took `steps` steps; the last had minibatch loss `loss`.
@@ -499,9 +520,12 @@ pub fn init_series(models: &[ModelSeries<'_>]) {
             gauge!(DROP_RATE, "model" => m(), "layer" => layer.to_string()).increment(0.0);
         }
     }
-    for method in METHODS {
-        for code in COMMON_CODES {
-            counter!(REQUEST_ERRORS, "method" => method, "code" => code).increment(0);
+    for transport in [Transport::Grpc.label(), Transport::Http.label()] {
+        for method in METHODS {
+            for code in COMMON_CODES {
+                counter!(REQUEST_ERRORS, "transport" => transport, "method" => method, "code" => code)
+                    .increment(0);
+            }
         }
     }
     for kind in ["checkpoint", "log_segment", "log_frame"] {

@@ -11,16 +11,18 @@ use std::{
 use tokio::{net::TcpListener, sync::Mutex};
 
 use crate::{
+    api::Api,
     config::{Config, ModelKind, ServerConfig},
     engine::Engine,
     error::Error,
-    grpc, metrics,
+    grpc, http, metrics,
 };
 
 /// How often health checks whether the log is writable.
 const LOG_HEALTH_PERIOD: Duration = Duration::from_millis(100);
 
-/// Serves `config`'s models on `listener` until `shutdown` completes.
+/// Serves `config`'s models on `listener` (gRPC) and, when `http.addr` is set, on the HTTP/JSON
+/// face, until `shutdown` completes.
 ///
 /// Startup: the listener serves health (NOT_SERVING) and answers calls with UNAVAILABLE
 /// while the engine recovers from the data directory; then health turns SERVING.
@@ -37,12 +39,58 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    let http_listener = match config.http.addr {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| Error::Internal(format!("http.addr {addr}: cannot listen: {e}")))?,
+        ),
+        None => None,
+    };
+    run_with_http(config, listener, http_listener, shutdown).await
+}
+
+/// [`run`], with the HTTP face on `http_listener` (if given) instead of on `http.addr`; for
+/// tests, which bind port 0 and need to know the port.
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_with_http(
+    config: Config,
+    listener: TcpListener,
+    http_listener: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
     init_metrics(&config);
     let slot = Arc::new(OnceLock::new());
-    let (router, health) = grpc::router(Arc::clone(&slot), &config).await?;
+    // One API (engine slot and in-flight limit) behind both transports.
+    let api = Api::new(Arc::clone(&slot), config.server.max_in_flight);
+    let (router, health) = grpc::router(api.clone(), &config).await?;
     let addr = listener
         .local_addr()
         .map_err(|e| Error::Internal(format!("listener: {e}")))?;
+    // The HTTP face stops when gRPC's shutdown begins (the same signal, below) and drains
+    // beside it; `run` waits for both before stopping the engine.
+    let (http_stop_tx, http_stop_rx) = tokio::sync::watch::channel(false);
+    let http_server = match http_listener {
+        Some(http_listener) => {
+            let http_addr = http_listener
+                .local_addr()
+                .map_err(|e| Error::Internal(format!("http listener: {e}")))?;
+            let mut stop = http_stop_rx;
+            let serve = http::serve(
+                http_listener,
+                http::router(api, &config)?,
+                &config,
+                async move {
+                    let _ = stop.wait_for(|stop| *stop).await;
+                },
+            )?;
+            tracing::info!(%http_addr, "HTTP/JSON face listening");
+            Some(tokio::spawn(serve))
+        }
+        None => None,
+    };
     let incoming = grpc::incoming(listener, &config, connection_cap(&config.server)?)?;
 
     // Set once shutdown has begun, under the lock, so recovery finishing late cannot flip
@@ -60,6 +108,7 @@ pub async fn run(
             let mut stopping = stopping.lock().await;
             *stopping = true;
             grpc::set_health(&health, false).await;
+            let _ = http_stop_tx.send(true);
             let _ = drain_tx.send(());
         }
     };
@@ -149,6 +198,9 @@ pub async fn run(
         .await
         .map_err(|e| Error::Internal(format!("server task: {e}")))
         .and_then(|r| r);
+    if let Some(http_server) = http_server {
+        let _ = http_server.await;
+    }
     sweep.abort();
     log_watch.abort();
     let _ = sweep.await;

@@ -397,7 +397,11 @@ async fn run_flood(connections: usize, streams: u32, rounds: usize) {
     let refused = metric(
         &text,
         "banditd_request_errors_total",
-        &[("method", "ChooseArm"), ("code", "UNAUTHENTICATED")],
+        &[
+            ("transport", "grpc"),
+            ("method", "ChooseArm"),
+            ("code", "UNAUTHENTICATED"),
+        ],
     )
     .unwrap_or(0.0);
     eprintln!(
@@ -704,7 +708,11 @@ policy = "mc_dropout"
         metric(
             &text,
             "banditd_request_errors_total",
-            &[("method", "ChooseArm"), ("code", "OUT_OF_RANGE")]
+            &[
+                ("transport", "grpc"),
+                ("method", "ChooseArm"),
+                ("code", "OUT_OF_RANGE")
+            ]
         ),
         Some(0.0)
     );
@@ -735,7 +743,11 @@ policy = "mc_dropout"
         metric(
             &text,
             "banditd_request_errors_total",
-            &[("method", "ChooseArm"), ("code", "OUT_OF_RANGE")]
+            &[
+                ("transport", "grpc"),
+                ("method", "ChooseArm"),
+                ("code", "OUT_OF_RANGE")
+            ]
         ),
         Some(1.0)
     );

@@ -3,24 +3,13 @@
 //! reflection) and the stream of accepted connections (cap, handshake deadline, TLS).
 
 mod auth;
-mod convert;
 mod incoming;
 mod service;
 
-use std::{
-    sync::{Arc, OnceLock},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
-use tokio_rustls::{
-    TlsAcceptor,
-    rustls::{
-        RootCertStore, ServerConfig,
-        pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
-        server::WebPkiClientVerifier,
-    },
-};
+use tokio_rustls::TlsAcceptor;
 use tokio_stream::Stream;
 use tonic::transport::{Server, server::Router};
 use tonic_health::server::HealthReporter;
@@ -28,28 +17,24 @@ use tonic_health::server::HealthReporter;
 pub use service::BanditGrpc;
 
 use crate::{
+    api::{self, Api, Tokens},
     config::{Config, TlsConfig},
-    engine::Engine,
     error::Error,
     proto,
 };
 
-pub use auth::{Role, Tokens};
-pub use convert::{MAX_STATUS_TEXT_BYTES, code_name};
+pub use crate::api::{MAX_STATUS_TEXT_BYTES, Role, code_name};
 
 /// The full name of the bandit service, as health checks name it.
 pub const SERVICE_NAME: &str = "banditd.v1.BanditService";
 
 /// Builds the router (limits, keepalive, HTTP/2 windows, tokens) and the health reporter
-/// (every service starts NOT_SERVING). The bandit service answers UNAVAILABLE until `engine`
-/// is set.
+/// (every service starts NOT_SERVING). The bandit service answers UNAVAILABLE until `api`'s
+/// engine is set.
 ///
 /// # Errors
 /// A token file cannot be read or holds no token.
-pub async fn router(
-    engine: Arc<OnceLock<Arc<Engine>>>,
-    config: &Config,
-) -> Result<(Router, HealthReporter), Error> {
+pub async fn router(api: Api, config: &Config) -> Result<(Router, HealthReporter), Error> {
     let (reporter, health) = tonic_health::server::health_reporter();
     set_health(&reporter, false).await;
     // Both reflection versions: grpcurl asks for v1, older clients (ghz) for v1alpha.
@@ -68,11 +53,8 @@ pub async fn router(
         tracing::info!("no tokens configured: calls are not authenticated");
     }
     let bandit = auth::Authenticated::new(
-        proto::bandit_service_server::BanditServiceServer::new(BanditGrpc::new(
-            engine,
-            server.max_in_flight,
-        ))
-        .max_decoding_message_size(server.max_message_bytes),
+        proto::bandit_service_server::BanditServiceServer::new(BanditGrpc::new(api))
+            .max_decoding_message_size(server.max_message_bytes),
         tokens,
     );
     let secs = |s: u64| (s > 0).then(|| Duration::from_secs(s));
@@ -124,40 +106,11 @@ pub(crate) fn incoming(
     Ok(incoming::incoming(listener, accept))
 }
 
-/// The rustls configuration from PEM files, if TLS is configured: HTTP/2 only (ALPN `h2`),
-/// client certificates required when `client_ca_file` is set.
+/// The rustls configuration of `tls`, if configured, speaking HTTP/2 only (ALPN `h2`).
 fn tls_acceptor(tls: &TlsConfig) -> Result<Option<TlsAcceptor>, Error> {
-    let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) else {
+    let Some(mut server) = api::tls_server_config(tls)? else {
         return Ok(None);
     };
-    let bad = |field: &str, path: &std::path::Path, e: &dyn std::fmt::Display| {
-        Error::Internal(format!("tls.{field} {}: {e}", path.display()))
-    };
-    let certs = CertificateDer::pem_file_iter(cert)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| bad("cert_file", cert, &e))?;
-    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| bad("key_file", key, &e))?;
-    let builder = ServerConfig::builder();
-    let builder = match &tls.client_ca_file {
-        None => builder.with_no_client_auth(),
-        Some(ca) => {
-            let mut roots = RootCertStore::empty();
-            for der in
-                CertificateDer::pem_file_iter(ca).map_err(|e| bad("client_ca_file", ca, &e))?
-            {
-                roots
-                    .add(der.map_err(|e| bad("client_ca_file", ca, &e))?)
-                    .map_err(|e| bad("client_ca_file", ca, &e))?;
-            }
-            let verifier = WebPkiClientVerifier::builder(roots.into())
-                .build()
-                .map_err(|e| bad("client_ca_file", ca, &e))?;
-            builder.with_client_cert_verifier(verifier)
-        }
-    };
-    let mut server = builder
-        .with_single_cert(certs, key_der)
-        .map_err(|e| bad("key_file", key, &e))?;
     server.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Some(TlsAcceptor::from(Arc::new(server))))
 }

@@ -1,54 +1,29 @@
-//! `impl BanditService`: each handler admits the call (in-flight limit), converts the
-//! request, calls the engine, converts back. Tokens were checked, and failures are counted, by
-//! the wrapper in `auth.rs` before the handler runs.
+//! `impl BanditService`: each handler hands the request to the shared [`Api`] (in-flight
+//! limit, conversion, engine call, conversion back). Tokens were checked, and failures are
+//! counted, by the wrapper in `auth.rs` before the handler runs.
 //!
 //! Decisions run inline on the tokio worker: one batch-1 forward pass is a few microseconds
 //! with one thread, less than handing work to `spawn_blocking` costs (see README.md
 //! "Performance"), so it is cheaper to do than to move.
 
-use std::sync::{Arc, OnceLock};
-
-use tokio::sync::{Semaphore, SemaphorePermit};
 use tonic::{Request, Response, Status};
 
 use crate::{
-    decisions::RewardOutcome,
-    engine::Engine,
-    error::Error,
+    api::Api,
     proto::{self as pb, bandit_service_server::BanditService},
 };
 
-/// The gRPC face of an [`Engine`]. The engine arrives once recovery has finished; until
-/// then every call is UNAVAILABLE (and health says NOT_SERVING).
+/// The gRPC face of the [`Api`]. The engine arrives once recovery has finished; until then
+/// every call is UNAVAILABLE (and health says NOT_SERVING).
 #[derive(Debug, Clone)]
 pub struct BanditGrpc {
-    /// Set once by `server::run` when recovery is done; read by every call.
-    engine: Arc<OnceLock<Arc<Engine>>>,
-    /// One permit per bandit call in flight, across connections; none left = shed.
-    in_flight: Arc<Semaphore>,
+    api: Api,
 }
 
 impl BanditGrpc {
-    /// Serves the engine `engine` will hold, with at most `max_in_flight` calls at once.
-    pub fn new(engine: Arc<OnceLock<Arc<Engine>>>, max_in_flight: usize) -> Self {
-        Self {
-            engine,
-            in_flight: Arc::new(Semaphore::new(max_in_flight)),
-        }
-    }
-
-    /// Takes an in-flight permit (or sheds the call), and returns the engine.
-    fn admit(&self) -> Result<(&Engine, SemaphorePermit<'_>), Status> {
-        let permit = self
-            .in_flight
-            .try_acquire()
-            .map_err(|_| Error::Overloaded("server in-flight limit"))?;
-        let engine = self
-            .engine
-            .get()
-            .map(AsRef::as_ref)
-            .ok_or_else(|| Error::Unavailable("recovering at startup".into()))?;
-        Ok((engine, permit))
+    /// Serves `api`.
+    pub fn new(api: Api) -> Self {
+        Self { api }
     }
 }
 
@@ -58,40 +33,35 @@ impl BanditService for BanditGrpc {
         &self,
         request: Request<pb::ChooseArmRequest>,
     ) -> Result<Response<pb::ChooseArmResponse>, Status> {
-        let (engine, _permit) = self.admit()?;
-        let decision = engine.choose_arm(request.into_inner().into()).await?;
-        Ok(Response::new(pb::ChooseArmResponse::from(
-            decision.as_ref(),
-        )))
+        self.api
+            .choose_arm(request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn report_reward(
         &self,
         request: Request<pb::ReportRewardRequest>,
     ) -> Result<Response<pb::ReportRewardResponse>, Status> {
-        let (engine, _permit) = self.admit()?;
-        let outcome = engine.report_reward(request.into_inner().into()).await?;
-        Ok(Response::new(pb::ReportRewardResponse {
-            duplicate: matches!(outcome, RewardOutcome::Duplicate(_)),
-        }))
+        self.api
+            .report_reward(request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn get_model(
         &self,
         request: Request<pb::GetModelRequest>,
     ) -> Result<Response<pb::ModelInfo>, Status> {
-        let (engine, _permit) = self.admit()?;
-        let pb::GetModelRequest { model } = request.into_inner();
-        let status = engine.model_status(&model)?;
-        Ok(Response::new(status.into()))
+        self.api.get_model(request.into_inner()).map(Response::new)
     }
 
     async fn list_models(
         &self,
-        _request: Request<pb::ListModelsRequest>,
+        request: Request<pb::ListModelsRequest>,
     ) -> Result<Response<pb::ListModelsResponse>, Status> {
-        let (engine, _permit) = self.admit()?;
-        let models = engine.list_models().into_iter().map(Into::into).collect();
-        Ok(Response::new(pb::ListModelsResponse { models }))
+        self.api
+            .list_models(request.into_inner())
+            .map(Response::new)
     }
 }

@@ -70,6 +70,36 @@ impl TestServer {
         }
     }
 
+    /// Starts a server with its HTTP/JSON face on a port of its own (port 0) and waits until
+    /// it is ready; returns the server and the HTTP address.
+    pub async fn start_with_http(mut config: Config) -> (Self, SocketAddr) {
+        let data = (config.storage.data_dir == Path::new("data")).then(|| {
+            let dir = tempfile::tempdir().unwrap();
+            config.storage.data_dir = dir.path().to_owned();
+            dir
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (addr, http_addr) = (listener.local_addr().unwrap(), http.local_addr().unwrap());
+        let (tx, rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(banditd::server::run_with_http(
+            config,
+            listener,
+            Some(http),
+            async {
+                let _ = rx.await;
+            },
+        ));
+        let server = Self {
+            addr,
+            shutdown: Some(tx),
+            handle,
+            _data: data,
+        };
+        server.wait_ready().await;
+        (server, http_addr)
+    }
+
     /// Waits (at most 30 s) until recovery is done and health says SERVING.
     pub async fn wait_ready(&self) {
         let channel = Channel::from_shared(self.url())

@@ -29,6 +29,15 @@ pub(crate) enum Command {
     Plot(PlotArgs),
 }
 
+/// The transport `grpc` drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Transport {
+    /// `banditd.v1.BanditService` over gRPC.
+    Grpc,
+    /// The HTTP/JSON face (`POST /v1/models/{model}:choose`, ...).
+    Http,
+}
+
 /// What the regret plot shows on its y axis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum PlotY {
@@ -90,6 +99,11 @@ pub(crate) struct GrpcArgs {
     /// Per-request deadline.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub(crate) request_timeout: Duration,
+    /// How to reach the server: gRPC, or its HTTP/JSON face (`[http] addr`; give that port
+    /// as --target, e.g. http://127.0.0.1:8080). Over HTTP every call in flight holds its
+    /// own keep-alive HTTP/1.1 connection, so --connections does not apply.
+    #[arg(long, value_enum, default_value_t = Transport::Grpc)]
+    pub(crate) transport: Transport,
     /// Token and TLS options.
     #[command(flatten)]
     pub(crate) connect: ConnectArgs,

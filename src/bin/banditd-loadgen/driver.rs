@@ -21,7 +21,7 @@ use std::{
 
 use crate::{
     backoff::{Backoff, retryable},
-    cli::{GrpcArgs, RewardDelay},
+    cli::{GrpcArgs, RewardDelay, Transport},
     connect::{Client, Connector},
     plot,
     report::{GrpcReport, Latencies, LatencySummary, ServerModel},
@@ -417,9 +417,17 @@ async fn run(args: GrpcArgs) -> anyhow::Result<()> {
         plot::check_path(path)?;
     }
     let env = sim::from_spec(&args.env, args.seed)?;
-    let target = Connector::new(&args.target, &args.connect, args.request_timeout)?
-        .connect(args.connections)
-        .await?;
+    if args.transport == Transport::Http && args.baseline.is_some() {
+        bail!("--baseline compares against a gRPC no-op server: not with --transport http");
+    }
+    let target = Connector::new(
+        &args.target,
+        args.transport,
+        &args.connect,
+        args.request_timeout,
+    )?
+    .connect(args.connections)
+    .await?;
     let info = get_model(&target[0], &args.target, &args.model).await?;
     let plan = Plan::new(&*env, &info)
         .with_context(|| format!("{}: model {:?}", args.target, args.model))?;
@@ -437,10 +445,11 @@ async fn run(args: GrpcArgs) -> anyhow::Result<()> {
                 Some(b) => format!("http://{}", b.addr),
                 None => spec.to_owned(),
             };
-            let channels = Connector::new(&url, &args.connect, args.request_timeout)?
-                .connect(args.connections)
-                .await
-                .context("the --baseline server")?;
+            let channels =
+                Connector::new(&url, args.transport, &args.connect, args.request_timeout)?
+                    .connect(args.connections)
+                    .await
+                    .context("the --baseline server")?;
             let base_info = get_model(&channels[0], &url, &args.model).await?;
             Plan::new(&*sim::from_spec(&args.env, args.seed)?, &base_info)
                 .with_context(|| format!("--baseline {url}: model {:?}", args.model))?;
@@ -454,7 +463,10 @@ async fn run(args: GrpcArgs) -> anyhow::Result<()> {
         .output
         .label
         .clone()
-        .unwrap_or_else(|| "banditd".into());
+        .unwrap_or_else(|| match args.transport {
+            Transport::Grpc => "banditd".into(),
+            Transport::Http => "banditd (HTTP/JSON)".into(),
+        });
     let mut report = drive(&args, &args.target, &label, target.clone(), &plan, rounds).await?;
     report.server_model = get_model(&target[0], &args.target, &args.model)
         .await
@@ -584,7 +596,12 @@ async fn drive(
             "closed"
         },
         workers: args.workers,
-        connections: args.connections,
+        // Over HTTP/1.1 each call in flight holds its own pooled connection: at most one per
+        // worker.
+        connections: match args.transport {
+            Transport::Grpc => args.connections,
+            Transport::Http => args.workers,
+        },
         rate: args.rate,
         reward_delay: args.reward_delay.to_string(),
         missing_rewards: args.missing_rewards,

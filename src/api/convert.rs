@@ -1,4 +1,5 @@
-//! Wire <-> domain conversions, and the one mapping from [`Error`] to a gRPC [`Status`].
+//! Wire <-> domain conversions, and the one mapping from [`Error`] to a gRPC [`Status`]
+//! (which the HTTP face renders as its JSON error body).
 //!
 //! Conversions destructure the proto messages without `..`, so a field added to the proto
 //! breaks the build here, where it must be handled.

@@ -1,0 +1,146 @@
+//! The bandit API in its wire types, shared by both transports (`grpc/` and `http/` sit
+//! above this and neither imports the other): the proto <-> engine conversions, the one
+//! mapping from [`Error`] to a gRPC [`Status`] (the HTTP face turns that status into its JSON
+//! error body), bearer tokens and roles, the in-flight limit, and the TLS configuration.
+//!
+//! Errors are `tonic::Status` on purpose: the HTTP face promises gRPC's error semantics
+//! (code, message, `google.rpc` details), so both render one status rather than two mappings
+//! that could drift.
+
+mod convert;
+mod tls;
+mod tokens;
+
+use std::sync::{Arc, OnceLock};
+
+use tokio::sync::{Semaphore, SemaphorePermit};
+use tonic::Status;
+
+use crate::{decisions::RewardOutcome, engine::Engine, error::Error, proto as pb};
+
+pub use convert::{MAX_STATUS_TEXT_BYTES, code_name};
+pub use tls::server_config as tls_server_config;
+pub use tokens::{Role, Tokens};
+
+/// The bandit methods, as metrics name them and with the role each needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// `ChooseArm`, `POST /v1/models/{model}:choose`.
+    ChooseArm,
+    /// `ReportReward`, `POST /v1/models/{model}:reward`.
+    ReportReward,
+    /// `GetModel`, `GET /v1/models/{model}`.
+    GetModel,
+    /// `ListModels`, `GET /v1/models`.
+    ListModels,
+}
+
+impl Method {
+    /// The gRPC method name (the `method` label of the request metrics).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::ChooseArm => "ChooseArm",
+            Self::ReportReward => "ReportReward",
+            Self::GetModel => "GetModel",
+            Self::ListModels => "ListModels",
+        }
+    }
+
+    /// The role a call needs: model descriptions are administrative (they show the
+    /// configuration, seed included).
+    pub fn role(self) -> Role {
+        match self {
+            Self::ChooseArm | Self::ReportReward => Role::User,
+            Self::GetModel | Self::ListModels => Role::Admin,
+        }
+    }
+}
+
+/// The engine behind one in-flight limit, in wire types. Cheap to clone; every clone shares
+/// the engine slot and the limit, so `server.max_in_flight` bounds gRPC and HTTP calls
+/// together.
+#[derive(Debug, Clone)]
+pub struct Api {
+    /// Set once by `server::run` when recovery is done; read by every call.
+    engine: Arc<OnceLock<Arc<Engine>>>,
+    /// One permit per bandit call in flight, across connections and transports; none left =
+    /// shed.
+    in_flight: Arc<Semaphore>,
+}
+
+impl Api {
+    /// Serves the engine `engine` will hold, with at most `max_in_flight` calls at once.
+    /// Until the engine is set every call is UNAVAILABLE.
+    pub fn new(engine: Arc<OnceLock<Arc<Engine>>>, max_in_flight: usize) -> Self {
+        Self {
+            engine,
+            in_flight: Arc::new(Semaphore::new(max_in_flight)),
+        }
+    }
+
+    /// Takes an in-flight permit (or sheds the call), and returns the engine.
+    fn admit(&self) -> Result<(&Engine, SemaphorePermit<'_>), Status> {
+        let permit = self
+            .in_flight
+            .try_acquire()
+            .map_err(|_| Error::Overloaded("server in-flight limit"))?;
+        let engine = self
+            .engine
+            .get()
+            .map(AsRef::as_ref)
+            .ok_or_else(|| Error::Unavailable("recovering at startup".into()))?;
+        Ok((engine, permit))
+    }
+
+    /// `ChooseArm`.
+    ///
+    /// # Errors
+    /// The status of the engine's error, or of the shed or recovering call.
+    pub async fn choose_arm(
+        &self,
+        request: pb::ChooseArmRequest,
+    ) -> Result<pb::ChooseArmResponse, Status> {
+        let (engine, _permit) = self.admit()?;
+        let decision = engine.choose_arm(request.into()).await?;
+        Ok(pb::ChooseArmResponse::from(decision.as_ref()))
+    }
+
+    /// `ReportReward`.
+    ///
+    /// # Errors
+    /// As [`Api::choose_arm`].
+    pub async fn report_reward(
+        &self,
+        request: pb::ReportRewardRequest,
+    ) -> Result<pb::ReportRewardResponse, Status> {
+        let (engine, _permit) = self.admit()?;
+        let outcome = engine.report_reward(request.into()).await?;
+        Ok(pb::ReportRewardResponse {
+            duplicate: matches!(outcome, RewardOutcome::Duplicate(_)),
+        })
+    }
+
+    /// `GetModel`.
+    ///
+    /// # Errors
+    /// As [`Api::choose_arm`].
+    pub fn get_model(&self, request: pb::GetModelRequest) -> Result<pb::ModelInfo, Status> {
+        let (engine, _permit) = self.admit()?;
+        let pb::GetModelRequest { model } = request;
+        Ok(engine.model_status(&model)?.into())
+    }
+
+    /// `ListModels`.
+    ///
+    /// # Errors
+    /// As [`Api::choose_arm`].
+    pub fn list_models(
+        &self,
+        request: pb::ListModelsRequest,
+    ) -> Result<pb::ListModelsResponse, Status> {
+        let pb::ListModelsRequest {} = request;
+        let (engine, _permit) = self.admit()?;
+        let models = engine.list_models().into_iter().map(Into::into).collect();
+        Ok(pb::ListModelsResponse { models })
+    }
+}
