@@ -25,11 +25,14 @@
 //! - [`decisions`]: pending decisions awaiting rewards, bounded, with window expiry.
 //! - [`engine`]: models by name, request validation, decide / report / expire, startup.
 //! - [`grpc`]: the tonic service, health and reflection (the API side of [`proto`]).
+//! - [`cluster`]: cluster mode over NATS JetStream (replicas publish events, one trainer per
+//!   model, snapshots through the object store).
 //! - [`server`]: wires it all together and shuts it down in order.
 //! - [`shutdown`]: OS signals as a future.
 //! - [`sim`], [`harness`]: seeded simulated environments and the in-process regret harness,
 //!   for the load generator, benchmarks and tests.
 
+pub mod cluster;
 pub mod config;
 pub mod decisions;
 pub mod domain;
