@@ -119,7 +119,10 @@ impl ClusterConfig {
             why,
         };
         if self.url.trim().is_empty() {
-            return Err(bad("url", "must name a NATS server (nats://host:4222)".into()));
+            return Err(bad(
+                "url",
+                "must name a NATS server (nats://host:4222)".into(),
+            ));
         }
         // NATS subject tokens and stream/bucket names: no dots (except the prefix), spaces or
         // wildcards.
@@ -144,7 +147,10 @@ impl ClusterConfig {
         if !self.subject_prefix.split('.').all(token) {
             return Err(bad(
                 "subject_prefix",
-                format!("{:?}: dot-separated tokens of letters, digits, '_', '-'", self.subject_prefix),
+                format!(
+                    "{:?}: dot-separated tokens of letters, digits, '_', '-'",
+                    self.subject_prefix
+                ),
             ));
         }
         for model in models {
@@ -159,7 +165,10 @@ impl ClusterConfig {
             }
         }
         if !(1..=5).contains(&self.replicas) {
-            return Err(bad("replicas", format!("{} is not between 1 and 5", self.replicas)));
+            return Err(bad(
+                "replicas",
+                format!("{} is not between 1 and 5", self.replicas),
+            ));
         }
         for (field, value) in [
             ("lease_ttl_ms", self.lease_ttl_ms),
@@ -175,7 +184,10 @@ impl ClusterConfig {
         if self.lease_ttl_ms < 300 {
             return Err(bad(
                 "lease_ttl_ms",
-                format!("{} is below 300 ms, shorter than JetStream's expiry precision", self.lease_ttl_ms),
+                format!(
+                    "{} is below 300 ms, shorter than JetStream's expiry precision",
+                    self.lease_ttl_ms
+                ),
             ));
         }
         let longest = models

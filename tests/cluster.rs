@@ -22,7 +22,6 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::Mutex,
     time::{Duration, Instant},
 };
 
@@ -39,7 +38,7 @@ use tonic_health::pb::{
 };
 
 /// The tests start several processes each: one at a time on a two-core machine.
-static SERIAL: Mutex<()> = Mutex::new(());
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The trainer lease TTL the tests configure.
 const LEASE_TTL: Duration = Duration::from_millis(2_000);
@@ -170,7 +169,11 @@ impl Replica {
     }
 
     async fn health(&self) -> Option<ServingStatus> {
-        let channel = Channel::from_shared(self.url()).ok()?.connect().await.ok()?;
+        let channel = Channel::from_shared(self.url())
+            .ok()?
+            .connect()
+            .await
+            .ok()?;
         let status = HealthClient::new(channel)
             .check(HealthCheckRequest {
                 service: String::new(),
@@ -306,7 +309,11 @@ impl Driver {
             .entry(decide.0)
             .or_default()
             .push(choice.model_version);
-        let reward = if choice.arm_id == "a" { f64::from(x) } else { 0.2 };
+        let reward = if choice.arm_id == "a" {
+            f64::from(x)
+        } else {
+            0.2
+        };
         let request = ReportRewardRequest {
             model: "m".into(),
             decision_id: id.clone(),
@@ -316,7 +323,10 @@ impl Driver {
         let answer = report.report_reward(request.clone()).await;
         match answer {
             Ok(r) => {
-                assert!(!r.into_inner().duplicate, "first report of {id} is a duplicate");
+                assert!(
+                    !r.into_inner().duplicate,
+                    "first report of {id} is a duplicate"
+                );
                 self.acked.push(id);
                 true
             }
@@ -355,7 +365,7 @@ impl Driver {
 /// refuse while NATS is down and recover by themselves, versions never go backwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_trains_every_acknowledged_reward_once() {
-    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _serial = SERIAL.lock().await;
     if !nats_available() {
         return;
     }
@@ -412,7 +422,10 @@ async fn failover_trains_every_acknowledged_reward_once() {
         .await
         .unwrap()
         .into_inner();
-    assert!(dup.duplicate, "a retried reward on another replica is a duplicate");
+    assert!(
+        dup.duplicate,
+        "a retried reward on another replica is a duplicate"
+    );
     let unknown = clients[1]
         .report_reward(ReportRewardRequest {
             model: "m".into(),
@@ -449,7 +462,11 @@ async fn failover_trains_every_acknowledged_reward_once() {
     replicas[2].kill();
     for _ in 0..100 {
         let mut report = clients[standby].clone();
-        assert!(driver.round((standby, &mut clients[standby]), &mut report).await);
+        assert!(
+            driver
+                .round((standby, &mut clients[standby]), &mut report)
+                .await
+        );
     }
     // Phase 4: nats-server killed: refused with UNAVAILABLE and NOT_SERVING; after its
     // restart the replica recovers by itself.
@@ -457,14 +474,23 @@ async fn failover_trains_every_acknowledged_reward_once() {
     let down = Instant::now();
     loop {
         let mut report = clients[standby].clone();
-        if !driver.round((standby, &mut clients[standby]), &mut report).await {
+        if !driver
+            .round((standby, &mut clients[standby]), &mut report)
+            .await
+        {
             break;
         }
-        assert!(down.elapsed() < Duration::from_secs(10), "still serving without NATS");
+        assert!(
+            down.elapsed() < Duration::from_secs(10),
+            "still serving without NATS"
+        );
     }
     // Health follows the connection (checked every 100 ms).
     while replicas[standby].health().await != Some(ServingStatus::NotServing) {
-        assert!(down.elapsed() < Duration::from_secs(10), "health still SERVING without NATS");
+        assert!(
+            down.elapsed() < Duration::from_secs(10),
+            "health still SERVING without NATS"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     nats.restart();
@@ -475,9 +501,15 @@ async fn failover_trains_every_acknowledged_reward_once() {
     let mut played = 0;
     let deadline = Instant::now() + Duration::from_secs(60);
     while played < 100 {
-        assert!(Instant::now() < deadline, "rounds keep failing after NATS came back");
+        assert!(
+            Instant::now() < deadline,
+            "rounds keep failing after NATS came back"
+        );
         let mut report = clients[standby].clone();
-        if driver.round((standby, &mut clients[standby]), &mut report).await {
+        if driver
+            .round((standby, &mut clients[standby]), &mut report)
+            .await
+        {
             played += 1;
         } else {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -525,8 +557,25 @@ async fn failover_trains_every_acknowledged_reward_once() {
 /// The normalized regret (`--json` report) of a load generator run.
 fn loadgen_regret(targets: &str) -> f64 {
     let output = Command::new(LOADGEN)
-        .args(["grpc", "--target", targets, "--model", "wheel", "--env", "wheel:0.5"])
-        .args(["--seed", "3", "--rounds", "3000", "--rate", "300", "--workers", "8"])
+        .args([
+            "grpc",
+            "--target",
+            targets,
+            "--model",
+            "wheel",
+            "--env",
+            "wheel:0.5",
+        ])
+        .args([
+            "--seed",
+            "3",
+            "--rounds",
+            "3000",
+            "--rate",
+            "300",
+            "--workers",
+            "8",
+        ])
         .args(["--quiet", "--json"])
         .stdin(Stdio::null())
         .output()
@@ -537,7 +586,9 @@ fn loadgen_regret(targets: &str) -> f64 {
         String::from_utf8_lossy(&output.stderr)
     );
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    report["normalized_regret"].as_f64().expect("normalized_regret")
+    report["normalized_regret"]
+        .as_f64()
+        .expect("normalized_regret")
 }
 
 /// A seeded wheel run spread over three replicas (two trainer candidates) learns as well as
@@ -545,7 +596,7 @@ fn loadgen_regret(targets: &str) -> f64 {
 /// (measured 7.4 against 6.9; uniform random is 100).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_regret_is_within_noise_of_single_process() {
-    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _serial = SERIAL.lock().await;
     if !nats_available() {
         return;
     }
@@ -576,7 +627,10 @@ async fn cluster_regret_is_within_noise_of_single_process() {
     ];
     let targets: Vec<String> = replicas.iter().map(Replica::url).collect();
     let spread = loadgen_regret(&targets.join(","));
-    assert!(alone < 50.0, "the single-process run did not learn: {alone}");
+    assert!(
+        alone < 50.0,
+        "the single-process run did not learn: {alone}"
+    );
     assert!(
         spread < alone + 10.0,
         "cluster regret {spread} is not within noise of single-process {alone}"

@@ -49,14 +49,12 @@ pub(super) async fn publish(
         ack.await
             .map_err(|e| Error::Unavailable(format!("JetStream did not store the event: {e}")))
     };
-    let ack = tokio::time::timeout(timeout, publish)
-        .await
-        .map_err(|_| {
-            Error::Unavailable(format!(
-                "JetStream did not acknowledge within {} ms; retry (the id deduplicates)",
-                timeout.as_millis()
-            ))
-        })??;
+    let ack = tokio::time::timeout(timeout, publish).await.map_err(|_| {
+        Error::Unavailable(format!(
+            "JetStream did not acknowledge within {} ms; retry (the id deduplicates)",
+            timeout.as_millis()
+        ))
+    })??;
     Ok(if ack.duplicate {
         Stored::Duplicate
     } else {
@@ -67,7 +65,9 @@ pub(super) async fn publish(
 impl EventBus for JetStreamBus {
     fn publish_decision(&self, record: DecisionRecord) -> BusFuture<'_, Stored> {
         Box::pin(async move {
-            let subject = self.nats.decision_subject(&record.model, &record.decision_id);
+            let subject = self
+                .nats
+                .decision_subject(&record.model, &record.decision_id);
             let id = msg_id(EventKind::Decision, &record.model, &record.decision_id);
             publish(&self.nats, subject, id, record.encode_to_vec()).await
         })

@@ -245,7 +245,11 @@ impl JoinState {
 
     /// The replay window up to `last`.
     pub(super) fn replay_window(&self, last: u64) -> Vec<Example> {
-        self.ring.iter().filter(|e| e.seq <= last).cloned().collect()
+        self.ring
+            .iter()
+            .filter(|e| e.seq <= last)
+            .cloned()
+            .collect()
     }
 
     /// A snapshot covering `last` is stored: its settled decisions need not be remembered.
@@ -287,7 +291,13 @@ impl ExampleSource for StreamSource {
     }
 
     fn reached(&self, lsn: u64) -> bool {
-        self.rx.is_empty() && self.progress.processed.load(Ordering::Acquire).saturating_add(1) >= lsn
+        self.rx.is_empty()
+            && self
+                .progress
+                .processed
+                .load(Ordering::Acquire)
+                .saturating_add(1)
+                >= lsn
     }
 
     fn release_below(&mut self, lsn: u64) {
@@ -414,7 +424,10 @@ mod tests {
             decision_id: id.into(),
             decided_ms: 0,
             context: vec![1.0],
-            candidates: vec![Candidate { id: "a".into(), features: vec![] }],
+            candidates: vec![Candidate {
+                id: "a".into(),
+                features: vec![],
+            }],
             chosen: 0,
             head: 0,
             ..Default::default()
@@ -428,14 +441,22 @@ mod tests {
             decision_id: id.into(),
             at_ms: 0,
             regret: None,
-            example: Some(ExampleRecord { input: vec![1.0], head: 0, reward: value }),
+            example: Some(ExampleRecord {
+                input: vec![1.0],
+                head: 0,
+                reward: value,
+            }),
         }
         .encode_to_vec()
     }
 
     fn closed(id: &str) -> Vec<u8> {
-        ClosedRecord { model: "m".into(), decision_id: id.into(), ..Default::default() }
-            .encode_to_vec()
+        ClosedRecord {
+            model: "m".into(),
+            decision_id: id.into(),
+            ..Default::default()
+        }
+        .encode_to_vec()
     }
 
     /// One example per decision: the first reward, or the default at the close; duplicates
@@ -444,23 +465,52 @@ mod tests {
     #[test]
     fn joins_once_in_stream_order() {
         let mut s = JoinState::new(&model(), 0, &[]);
-        assert!(s.apply(EventKind::Decision, 1, &decision("x")).unwrap().is_none());
-        assert!(s.apply(EventKind::Decision, 2, &decision("y")).unwrap().is_none());
-        let e = s.apply(EventKind::Reward, 3, &reward("x", 1.0)).unwrap().unwrap();
+        assert!(
+            s.apply(EventKind::Decision, 1, &decision("x"))
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            s.apply(EventKind::Decision, 2, &decision("y"))
+                .unwrap()
+                .is_none()
+        );
+        let e = s
+            .apply(EventKind::Reward, 3, &reward("x", 1.0))
+            .unwrap()
+            .unwrap();
         assert_eq!((e.seq, e.reward), (3, 1.0));
-        assert!(s.apply(EventKind::Reward, 4, &reward("x", 2.0)).unwrap().is_none());
+        assert!(
+            s.apply(EventKind::Reward, 4, &reward("x", 2.0))
+                .unwrap()
+                .is_none()
+        );
         // y is open and unrewarded at 4: a trainer resuming from a snapshot at 4 starts at 2.
         assert_eq!(s.resume_point(4), 2);
-        let d = s.apply(EventKind::Closed, 5, &closed("y")).unwrap().unwrap();
+        let d = s
+            .apply(EventKind::Closed, 5, &closed("y"))
+            .unwrap()
+            .unwrap();
         assert_eq!((d.seq, d.reward), (5, 0.0));
-        assert!(s.apply(EventKind::Reward, 6, &reward("y", 1.0)).unwrap().is_none());
+        assert!(
+            s.apply(EventKind::Reward, 6, &reward("y", 1.0))
+                .unwrap()
+                .is_none()
+        );
         assert_eq!(s.resume_point(4), 2, "y settled after 4");
         assert_eq!(s.resume_point(6), 7);
         s.uploaded(6);
         let window = s.replay_window(6);
         let mut resumed = JoinState::new(&model(), 6, &window);
         // Replaying from 2: y's decision and close come again, but both are handed over.
-        resumed.apply(EventKind::Decision, 2, &decision("y")).unwrap();
-        assert!(resumed.apply(EventKind::Closed, 5, &closed("y")).unwrap().is_none());
+        resumed
+            .apply(EventKind::Decision, 2, &decision("y"))
+            .unwrap();
+        assert!(
+            resumed
+                .apply(EventKind::Closed, 5, &closed("y"))
+                .unwrap()
+                .is_none()
+        );
     }
 }

@@ -67,10 +67,12 @@ pub fn encode(
     weights: &[u8],
     examples: &[Example],
 ) -> Result<Vec<u8>, Error> {
-    let head = serde_json::to_vec(header)
-        .map_err(|e| Error::Internal(format!("snapshot header: {e}")))?;
+    let head =
+        serde_json::to_vec(header).map_err(|e| Error::Internal(format!("snapshot header: {e}")))?;
     let per = examples.first().map_or(0, |e| 24 + 4 * e.input.len());
-    let mut out = Vec::with_capacity(32 + head.len() + meta_json.len() + weights.len() + per * examples.len());
+    let mut out = Vec::with_capacity(
+        32 + head.len() + meta_json.len() + weights.len() + per * examples.len(),
+    );
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&(head.len() as u32).to_le_bytes());
     out.extend_from_slice(&head);
@@ -175,7 +177,10 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, Error> {
 ///
 /// # Errors
 /// None written yet, or unreadable.
-pub fn newest_files(data_dir: &Path, model: &str) -> Result<(CheckpointMeta, Vec<u8>, Vec<u8>), Error> {
+pub fn newest_files(
+    data_dir: &Path,
+    model: &str,
+) -> Result<(CheckpointMeta, Vec<u8>, Vec<u8>), Error> {
     let dir = data_dir.join("checkpoints").join(model);
     let newest = fs::read_dir(&dir)
         .map_err(|e| Error::Internal(format!("read {}: {e}", dir.display())))?
@@ -200,16 +205,22 @@ pub fn newest_files(data_dir: &Path, model: &str) -> Result<(CheckpointMeta, Vec
 ///
 /// # Errors
 /// The files cannot be written, or do not make a checkpoint of this model's shape.
-pub fn checkpoint(data_dir: &Path, model: &ModelConfig, object: &Decoded) -> Result<Checkpoint, Error> {
+pub fn checkpoint(
+    data_dir: &Path,
+    model: &ModelConfig,
+    object: &Decoded,
+) -> Result<Checkpoint, Error> {
     let dir: PathBuf = data_dir.join("checkpoints").join(&model.name);
     let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).map_err(|e| Error::Internal(format!("create {}: {e}", dir.display())))?;
+    fs::create_dir_all(&dir)
+        .map_err(|e| Error::Internal(format!("create {}: {e}", dir.display())))?;
     let meta: CheckpointMeta = serde_json::from_slice(&object.meta_json)
         .map_err(|e| Error::Internal(format!("snapshot metadata: {e}")))?;
     let stem = format!("{:020}", meta.version);
     let write = |name: String, bytes: &[u8]| {
         let path = dir.join(name);
-        fs::write(&path, bytes).map_err(|e| Error::Internal(format!("write {}: {e}", path.display())))
+        fs::write(&path, bytes)
+            .map_err(|e| Error::Internal(format!("write {}: {e}", path.display())))
     };
     write(format!("{stem}.safetensors"), &object.weights)?;
     write(format!("{stem}.json"), &object.meta_json)?;

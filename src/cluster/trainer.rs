@@ -130,7 +130,12 @@ impl Candidate {
                 return;
             }
             let key = lease_key(&name);
-            if let Ok(revision) = self.nats.leases().create(&key, self.holder.clone().into()).await {
+            if let Ok(revision) = self
+                .nats
+                .leases()
+                .create(&key, self.holder.clone().into())
+                .await
+            {
                 telemetry::lease_acquired(&name);
                 tracing::info!(model = %name, holder = %self.holder, "trainer lease acquired");
                 let lease = Lease {
@@ -200,7 +205,11 @@ impl Candidate {
 
     /// Trains while the lease holds. Returns whether the lease was lost (rather than given
     /// up at shutdown).
-    async fn session(&self, mut lease: Lease, stop: &mut watch::Receiver<bool>) -> Result<bool, Error> {
+    async fn session(
+        &self,
+        mut lease: Lease,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<bool, Error> {
         let name = self.model.name.clone();
         let config = self.nats.config().clone();
         let epoch = self.bump_epoch().await?;
@@ -215,8 +224,9 @@ impl Candidate {
                 None
             }
         };
-        let (covered, start, preloaded) = object
-            .map_or((0, 1, Vec::new()), |o| (o.header.last_seq, o.header.start_seq, o.examples));
+        let (covered, start, preloaded) = object.map_or((0, 1, Vec::new()), |o| {
+            (o.header.last_seq, o.header.start_seq, o.examples)
+        });
         let durable = format!("trainer_{name}");
         let stream = self.nats.stream();
         // The consumer restarts where the snapshot says: what the previous trainer read
@@ -344,8 +354,13 @@ impl Candidate {
         let name = &self.model.name;
         let (meta, meta_json, weights) = snapshot::newest_files(&self.dir, name)?;
         let (start_seq, examples) = {
-            let s = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            (s.resume_point(meta.last_seq), s.replay_window(meta.last_seq))
+            let s = state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            (
+                s.resume_point(meta.last_seq),
+                s.replay_window(meta.last_seq),
+            )
         };
         let header = Header {
             model: name.clone(),
@@ -358,7 +373,9 @@ impl Candidate {
         };
         let bytes = snapshot::encode(&header, &meta_json, &weights, &examples)?;
         if !lease.valid() {
-            return Err(Error::Unavailable("the lease may have lapsed: not uploading".into()));
+            return Err(Error::Unavailable(
+                "the lease may have lapsed: not uploading".into(),
+            ));
         }
         self.nats
             .snapshots()

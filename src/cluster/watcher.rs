@@ -25,7 +25,12 @@ pub(super) struct Watcher {
 }
 
 impl Watcher {
-    pub(super) fn new(nats: Arc<Nats>, model: ModelConfig, weights: LearnerHandle, dir: PathBuf) -> Self {
+    pub(super) fn new(
+        nats: Arc<Nats>,
+        model: ModelConfig,
+        weights: LearnerHandle,
+        dir: PathBuf,
+    ) -> Self {
         Self {
             nats,
             model,
@@ -44,7 +49,9 @@ impl Watcher {
                 }
             }
             Ok(None) => {}
-            Err(e) => tracing::warn!(model = %self.model.name, error = %e, "cannot fetch the snapshot"),
+            Err(e) => {
+                tracing::warn!(model = %self.model.name, error = %e, "cannot fetch the snapshot")
+            }
         }
     }
 

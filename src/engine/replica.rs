@@ -97,8 +97,7 @@ pub(super) async fn publish_decision(
             return Err(e);
         }
     };
-    let arm_label =
-        (model.config.kind == ModelKind::FixedArms).then_some(decision.arm_id.as_str());
+    let arm_label = (model.config.kind == ModelKind::FixedArms).then_some(decision.arm_id.as_str());
     metrics::decision_made(name, arm_label, started.elapsed());
     Ok(decision)
 }

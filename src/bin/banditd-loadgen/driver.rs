@@ -637,7 +637,12 @@ fn thin(curve: Vec<CurvePoint>) -> Vec<CurvePoint> {
 /// replicas is driven as one service.
 async fn connect_targets(args: &GrpcArgs) -> anyhow::Result<Vec<Client>> {
     let mut per_target = Vec::new();
-    for url in args.target.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+    for url in args
+        .target
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+    {
         let clients = Connector::new(url, &args.connect, args.request_timeout)?
             .connect(args.connections)
             .await?;
