@@ -287,13 +287,16 @@ impl Candidate {
         let mut starting =
             tokio::task::spawn_blocking(move || Learner::resume(&model, Box::new(source), resume));
         let mut tick = tokio::time::interval(lease.ttl / 3);
-        // Catching up may take a while: the lease is renewed meanwhile.
+        // Catching up may take a while: the lease is renewed meanwhile (the catch-up itself
+        // cannot be interrupted; a lease lost during it ends the session right after).
+        let mut lost_early = false;
         let started = loop {
             tokio::select! {
                 started = &mut starting => break started,
                 _ = tick.tick() => {
-                    if !lease.renew(&self.nats).await {
+                    if !lost_early && !lease.renew(&self.nats).await {
                         tracing::warn!(model = %name, "lease lost while catching up");
+                        lost_early = true;
                     }
                 }
             }
@@ -311,7 +314,7 @@ impl Candidate {
                 return Err(Error::Internal(format!("learner start panicked: {e}")));
             }
         };
-        let lost = loop {
+        let lost = lost_early || loop {
             tokio::select! {
                 _ = tick.tick() => {
                     if !lease.renew(&self.nats).await {
