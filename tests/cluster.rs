@@ -36,6 +36,7 @@ use tonic::{Code, transport::Channel};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
+use tonic_types::StatusExt;
 
 /// The tests start several processes each: one at a time on a two-core machine.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -302,6 +303,10 @@ impl Driver {
             Ok(c) => c.into_inner(),
             Err(status) => {
                 assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                assert!(
+                    status.get_details_retry_info().is_some(),
+                    "UNAVAILABLE without RetryInfo: {status:?}"
+                );
                 return false;
             }
         };

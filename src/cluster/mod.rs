@@ -121,3 +121,52 @@ impl Running {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    /// The embedded default with `line` in a `[cluster]` section.
+    fn with_cluster(line: &str) -> Result<Config, String> {
+        let mut text = toml::to_string(&Config::embedded_default()).unwrap();
+        text.push_str("\n[cluster]\n");
+        text.push_str(line);
+        text.push('\n');
+        Config::from_toml(&text).map_err(|e| e.to_string())
+    }
+
+    /// A bad `[cluster]` setting is refused with a message naming the field.
+    #[test]
+    fn bad_settings_name_the_field() {
+        assert!(with_cluster("url = \"nats://127.0.0.1:4222\"").is_ok());
+        for (line, field) in [
+            ("url = \" \"", "cluster.url"),
+            ("replicas = 0", "cluster.replicas"),
+            ("stream = \"a.b\"", "cluster.stream"),
+            ("subject_prefix = \"a.*\"", "cluster.subject_prefix"),
+            ("lease_ttl_ms = 10", "cluster.lease_ttl_ms"),
+            (
+                "snapshot_interval_secs = 0",
+                "cluster.snapshot_interval_secs",
+            ),
+            ("retention_secs = 60", "cluster.retention_secs"),
+            ("bogus = 1", "bogus"),
+        ] {
+            let err = with_cluster(line).expect_err(line);
+            assert!(err.contains(field), "{line}: {err}");
+        }
+    }
+
+    /// In cluster mode a model name must be a NATS subject token.
+    #[test]
+    fn model_names_must_be_subject_tokens() {
+        let mut config = Config::embedded_default();
+        config.models[0].name = "wheel.v2".into();
+        config.cluster = Some(crate::config::ClusterConfig::default());
+        let err = config.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("wheel.v2") && err.contains("subject token"),
+            "{err}"
+        );
+    }
+}

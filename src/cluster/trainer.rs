@@ -314,21 +314,22 @@ impl Candidate {
                 return Err(Error::Internal(format!("learner start panicked: {e}")));
             }
         };
-        let lost = lost_early || loop {
-            tokio::select! {
-                _ = tick.tick() => {
-                    if !lease.renew(&self.nats).await {
-                        break true;
+        let lost = lost_early
+            || loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        if !lease.renew(&self.nats).await {
+                            break true;
+                        }
                     }
-                }
-                Some(_) = uploads.recv() => {
-                    if let Err(e) = self.upload(&state, &lease).await {
-                        tracing::warn!(model = %name, error = %e, "snapshot upload failed");
+                    Some(_) = uploads.recv() => {
+                        if let Err(e) = self.upload(&state, &lease).await {
+                            tracing::warn!(model = %name, error = %e, "snapshot upload failed");
+                        }
                     }
+                    _ = stop.changed() => break false,
                 }
-                _ = stop.changed() => break false,
-            }
-        };
+            };
         // The join stops first, so that the learner's source ends and it can stop.
         let _ = join_stop.send(true);
         let _ = join.await;
