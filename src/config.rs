@@ -34,6 +34,182 @@ pub struct Config {
     /// The models this process serves, by name.
     #[serde(default, rename = "models")]
     pub models: Vec<ModelConfig>,
+    /// Cluster mode over NATS JetStream (absent: the single-process default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// Cluster mode (`[cluster]`, or `--cluster nats://HOST:PORT`): every process serves the same
+/// API and publishes its decisions and rewards to a JetStream stream; one trainer per model,
+/// elected by a lease, trains from the stream and publishes snapshots that every replica loads.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// NATS server URL(s), comma-separated (`nats://host:4222`).
+    pub url: String,
+    /// Whether this process may become a model's trainer (it always serves).
+    pub trainer: bool,
+    /// The JetStream stream holding the decision, reward and window-close events.
+    pub stream: String,
+    /// Subject prefix of those events (`<prefix>.<model>.d|r|c`).
+    pub subject_prefix: String,
+    /// Copies JetStream keeps of every event, lease and snapshot (1 or 3, at most the NATS
+    /// cluster size). An acknowledgement means stored on this many servers.
+    pub replicas: usize,
+    /// How long the stream keeps events, in seconds: must exceed every model's reward window
+    /// plus `snapshot_interval_secs`, since a new trainer re-reads from the oldest decision
+    /// still open at the last snapshot.
+    pub retention_secs: u64,
+    /// JetStream's duplicate window, in seconds: a retried publish of the same decision or
+    /// reward id within it is stored once.
+    pub dedup_window_secs: u64,
+    /// KV bucket of the trainer leases (its max age is the lease TTL).
+    pub lease_bucket: String,
+    /// The trainer lease's time to live, in milliseconds; renewed every third of it.
+    pub lease_ttl_ms: u64,
+    /// KV bucket of each model's snapshot version and trainer epoch.
+    pub state_bucket: String,
+    /// Object store bucket of the snapshots.
+    pub snapshot_bucket: String,
+    /// The trainer publishes a snapshot at least this often while it trains, in seconds.
+    pub snapshot_interval_secs: u64,
+    /// ... and after this many new examples.
+    pub snapshot_every_examples: u64,
+    /// How long a publish may wait for JetStream's acknowledgement, in milliseconds; past it
+    /// the call answers UNAVAILABLE.
+    pub publish_timeout_ms: u64,
+    /// While NATS is unreachable: `false` (default) refuses decisions and rewards with
+    /// UNAVAILABLE; `true` keeps deciding from the last snapshot without logging (counted in
+    /// `banditd_cluster_unlogged_decisions_total`); rewards are refused either way.
+    pub serve_when_disconnected: bool,
+    /// Where the trainer keeps its local checkpoints (the snapshot files it uploads).
+    /// Default: `<storage.data_dir>/trainer`.
+    pub trainer_dir: Option<std::path::PathBuf>,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            url: "nats://127.0.0.1:4222".into(),
+            trainer: true,
+            stream: "BANDITD".into(),
+            subject_prefix: "banditd".into(),
+            replicas: 1,
+            retention_secs: 7 * 24 * 3600,
+            dedup_window_secs: 600,
+            lease_bucket: "banditd_leases".into(),
+            lease_ttl_ms: 3_000,
+            state_bucket: "banditd_models".into(),
+            snapshot_bucket: "banditd_snapshots".into(),
+            snapshot_interval_secs: 5,
+            snapshot_every_examples: 2_000,
+            publish_timeout_ms: 2_000,
+            serve_when_disconnected: false,
+            trainer_dir: None,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// Checks the section against the models it will carry.
+    ///
+    /// # Errors
+    /// The first bad field, named.
+    pub fn validate(&self, models: &[ModelConfig]) -> Result<(), ConfigError> {
+        let bad = |field: &str, why: String| ConfigError::Invalid {
+            model: String::new(),
+            field: format!("cluster.{field}"),
+            why,
+        };
+        if self.url.trim().is_empty() {
+            return Err(bad(
+                "url",
+                "must name a NATS server (nats://host:4222)".into(),
+            ));
+        }
+        // NATS subject tokens and stream/bucket names: no dots (except the prefix), spaces or
+        // wildcards.
+        let token = |s: &str| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        };
+        for (field, value) in [
+            ("stream", &self.stream),
+            ("lease_bucket", &self.lease_bucket),
+            ("state_bucket", &self.state_bucket),
+            ("snapshot_bucket", &self.snapshot_bucket),
+        ] {
+            if !token(value) {
+                return Err(bad(
+                    field,
+                    format!("{value:?}: use letters, digits, '_' and '-' only"),
+                ));
+            }
+        }
+        if !self.subject_prefix.split('.').all(token) {
+            return Err(bad(
+                "subject_prefix",
+                format!(
+                    "{:?}: dot-separated tokens of letters, digits, '_', '-'",
+                    self.subject_prefix
+                ),
+            ));
+        }
+        for model in models {
+            if !token(&model.name) {
+                return Err(ConfigError::Invalid {
+                    model: model.name.clone(),
+                    field: "name".into(),
+                    why: "in cluster mode a model name is a NATS subject token: letters, \
+                          digits, '_' and '-' only"
+                        .into(),
+                });
+            }
+        }
+        if !(1..=5).contains(&self.replicas) {
+            return Err(bad(
+                "replicas",
+                format!("{} is not between 1 and 5", self.replicas),
+            ));
+        }
+        for (field, value) in [
+            ("lease_ttl_ms", self.lease_ttl_ms),
+            ("dedup_window_secs", self.dedup_window_secs),
+            ("snapshot_interval_secs", self.snapshot_interval_secs),
+            ("snapshot_every_examples", self.snapshot_every_examples),
+            ("publish_timeout_ms", self.publish_timeout_ms),
+        ] {
+            if value == 0 {
+                return Err(bad(field, "must be at least 1".into()));
+            }
+        }
+        if self.lease_ttl_ms < 300 {
+            return Err(bad(
+                "lease_ttl_ms",
+                format!(
+                    "{} is below 300 ms, shorter than JetStream's expiry precision",
+                    self.lease_ttl_ms
+                ),
+            ));
+        }
+        let longest = models
+            .iter()
+            .map(|m| m.reward_window().as_secs_f64())
+            .fold(0.0, f64::max);
+        let needed = longest + self.snapshot_interval_secs as f64;
+        if (self.retention_secs as f64) <= needed {
+            return Err(bad(
+                "retention_secs",
+                format!(
+                    "{} s does not exceed the longest reward window plus snapshot_interval_secs \
+                     ({needed} s): a new trainer could not re-read the open decisions",
+                    self.retention_secs
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Where the process listens.
@@ -995,6 +1171,7 @@ impl Config {
             tls: TlsConfig::default(),
             http: HttpConfig::default(),
             models: vec![wheel, items],
+            cluster: None,
         }
     }
 
@@ -1005,6 +1182,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.models.is_empty() {
             return Err(ConfigError::NoModels);
+        }
+        if let Some(cluster) = &self.cluster {
+            cluster.validate(&self.models)?;
         }
         let mut names = HashSet::new();
         for model in &self.models {

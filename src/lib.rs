@@ -29,12 +29,15 @@
 //!   error mapping, tokens, the in-flight limit, TLS.
 //! - [`grpc`]: the tonic service, health and reflection (the API side of [`proto`]).
 //! - [`http`]: the HTTP/JSON face on its own port (`[http] addr`), over the same [`api`].
+//! - [`cluster`]: cluster mode over NATS JetStream (replicas publish events, one trainer per
+//!   model, snapshots through the object store).
 //! - [`server`]: wires it all together and shuts it down in order.
 //! - [`shutdown`]: OS signals as a future.
 //! - [`sim`], [`harness`]: seeded simulated environments and the in-process regret harness,
 //!   for the load generator, benchmarks and tests.
 
 pub mod api;
+pub mod cluster;
 pub mod config;
 pub mod decisions;
 pub mod domain;

@@ -35,6 +35,13 @@ struct Cli {
     /// `storage.data_dir`; default `./data`).
     #[arg(long, env = "BANDITD_DATA_DIR", global = true)]
     data_dir: Option<PathBuf>,
+    /// Cluster mode: the NATS JetStream server(s) to use, `nats://HOST:PORT` (overrides the
+    /// file's `cluster.url`; the other `[cluster]` settings keep their values or defaults).
+    #[arg(long, env = "BANDITD_CLUSTER")]
+    cluster: Option<String>,
+    /// Cluster mode: serve only, never become a model's trainer (`cluster.trainer = false`).
+    #[arg(long, env = "BANDITD_NO_TRAINER")]
+    no_trainer: bool,
     /// Print the embedded default configuration as TOML and exit.
     #[arg(long)]
     print_default_config: bool,
@@ -112,6 +119,17 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(dir) = cli.data_dir {
         config.storage.data_dir = dir;
+    }
+    if let Some(url) = cli.cluster {
+        config.cluster.get_or_insert_with(Default::default).url = url;
+    }
+    if cli.no_trainer
+        && let Some(cluster) = &mut config.cluster
+    {
+        cluster.trainer = false;
+    }
+    if config.cluster.is_some() {
+        config.validate()?;
     }
     // Tokens come from the environment only (never the command line, which `ps` shows). A
     // variable that is set but holds no token is refused, as an empty token file is: it was

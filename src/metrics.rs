@@ -569,3 +569,34 @@ pub fn connection_refused(reason: &'static str) {
 pub fn accept_failed(kind: &'static str) {
     counter!(ACCEPT_ERRORS, "kind" => kind).increment(1);
 }
+
+// --- Cluster mode (recorded by `cluster/telemetry.rs`; README.md "Cluster mode") ---------------
+
+/// Whether NATS is reachable (1) or not (0).
+pub const CLUSTER_CONNECTED: &str = "banditd_cluster_connected";
+/// Whether this process holds the model's trainer lease.
+pub const CLUSTER_LEASE_HELD: &str = "banditd_cluster_lease_held";
+/// Trainer leases acquired by this process.
+pub const CLUSTER_LEASE_ACQUIRED: &str = "banditd_cluster_lease_acquired_total";
+/// Trainer leases this process lost (not given up at shutdown).
+pub const CLUSTER_LEASE_LOST: &str = "banditd_cluster_lease_lost_total";
+/// Events the trainer's consumer has not read yet.
+pub const CLUSTER_CONSUMER_PENDING: &str = "banditd_cluster_consumer_pending";
+/// Examples the trainer's join produced, by `how` (reward, default).
+pub const CLUSTER_EXAMPLES_JOINED: &str = "banditd_cluster_examples_joined_total";
+/// Events the join did not train, by `why` (duplicate, late, undecodable).
+pub const CLUSTER_EVENTS_NOT_JOINED: &str = "banditd_cluster_events_not_joined_total";
+/// Snapshots this process uploaded as the trainer.
+pub const CLUSTER_SNAPSHOTS_PUBLISHED: &str = "banditd_cluster_snapshots_published_total";
+/// Size of the last uploaded snapshot object, in bytes.
+pub const CLUSTER_SNAPSHOT_BYTES: &str = "banditd_cluster_snapshot_bytes";
+/// Version of the last uploaded snapshot.
+pub const CLUSTER_PUBLISHED_VERSION: &str = "banditd_cluster_published_version";
+/// Time to upload a snapshot and set its version, in seconds.
+pub const CLUSTER_SNAPSHOT_UPLOAD_SECONDS: &str = "banditd_cluster_snapshot_upload_seconds";
+/// Version this replica serves.
+pub const CLUSTER_SERVING_VERSION: &str = "banditd_cluster_serving_version";
+/// Time from a snapshot's upload to this replica serving it, in seconds (summary).
+pub const CLUSTER_SNAPSHOT_LAG_SECONDS: &str = "banditd_cluster_snapshot_lag_seconds";
+/// Snapshots this replica could not load (it kept serving the previous one).
+pub const CLUSTER_SNAPSHOT_LOAD_FAILURES: &str = "banditd_cluster_snapshot_load_failures_total";

@@ -131,7 +131,20 @@ pub async fn run_with_http(
     tracing::info!(%addr, "listening; recovering models");
 
     let models = config.models.len();
-    let started = tokio::task::spawn_blocking(move || Engine::start(&config)).await;
+    // Cluster mode: connect first (NOT_SERVING until NATS answers), then a replica engine.
+    let cluster = match &config.cluster {
+        Some(settings) => match crate::cluster::Cluster::connect(&config, settings).await {
+            Ok(cluster) => Some(cluster),
+            Err(e) => return abort(abort_tx, server, e).await,
+        },
+        None => None,
+    };
+    let bus = cluster.as_ref().map(crate::cluster::Cluster::bus);
+    let started = tokio::task::spawn_blocking(move || match bus {
+        Some(bus) => Engine::start_replica(&config, bus),
+        None => Engine::start(&config),
+    })
+    .await;
     let (engine, background) = match started {
         Ok(Ok(started)) => started,
         Ok(Err(e)) => return abort(abort_tx, server, e).await,
@@ -143,6 +156,10 @@ pub async fn run_with_http(
             )
             .await;
         }
+    };
+    let cluster = match cluster {
+        Some(cluster) => Some(cluster.start(&engine).await),
+        None => None,
     };
     let _ = slot.set(Arc::clone(&engine));
     {
@@ -205,6 +222,9 @@ pub async fn run_with_http(
     log_watch.abort();
     let _ = sweep.await;
     let _ = log_watch.await;
+    if let Some(cluster) = cluster {
+        cluster.shutdown().await;
+    }
     tokio::task::spawn_blocking(move || background.shutdown(&engine))
         .await
         .map_err(|e| Error::Internal(format!("background shutdown: {e}")))?;

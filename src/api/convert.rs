@@ -186,6 +186,10 @@ fn bounded(mut text: String) -> String {
 /// Clients should still back off exponentially with jitter on repeated refusals.
 const RETRY_OVERLOADED_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// When to retry after UNAVAILABLE (the log cannot be written, or in cluster mode NATS cannot
+/// be reached): a reconnect or a write retry takes about a second.
+const RETRY_UNAVAILABLE_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl From<Error> for Status {
     fn from(e: Error) -> Self {
         let message = bounded(e.to_string());
@@ -207,7 +211,11 @@ impl From<Error> for Status {
                 message,
                 ErrorDetails::with_retry_info(Some(RETRY_OVERLOADED_AFTER)),
             ),
-            Error::Unavailable(_) => Status::unavailable(message),
+            Error::Unavailable(_) => Status::with_error_details(
+                Code::Unavailable,
+                message,
+                ErrorDetails::with_retry_info(Some(RETRY_UNAVAILABLE_AFTER)),
+            ),
             Error::Internal(detail) => {
                 tracing::error!(%detail, "internal error");
                 Status::internal("internal error; see the server log")
@@ -293,6 +301,10 @@ mod tests {
         let status = Status::from(Error::Overloaded("log writer queue"));
         let retry = status.get_details_retry_info().expect("retry info");
         assert_eq!(retry.retry_delay, Some(RETRY_OVERLOADED_AFTER));
+        // So does UNAVAILABLE (log failing; cluster mode: NATS unreachable).
+        let status = Status::from(Error::Unavailable("nats".into()));
+        let retry = status.get_details_retry_info().expect("retry info");
+        assert_eq!(retry.retry_delay, Some(RETRY_UNAVAILABLE_AFTER));
     }
 
     /// Client values quoted in messages are cut to the bound at a character boundary, in the

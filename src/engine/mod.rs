@@ -5,6 +5,8 @@
 //! be good), then decided or joined, then logged. `start` recovers the models from the data
 //! directory. `grpc/` only converts messages and maps [`Error`]s to status codes.
 
+pub mod bus;
+mod replica;
 mod start;
 mod validate;
 
@@ -129,6 +131,8 @@ pub struct Engine {
     log: Log,
     /// Permits for decisions too heavy to run inline (`limits.max_blocking_decisions`).
     heavy: Arc<tokio::sync::Semaphore>,
+    /// Cluster mode: events go to this shared store instead of `log` (see [`bus`]).
+    bus: Option<Arc<dyn bus::EventBus>>,
 }
 
 /// A decision's inputs, owned, so that a heavy decision can move to the blocking pool.
@@ -224,7 +228,16 @@ impl Engine {
     /// Whether the log can take new events (false after a failed write, until a retry
     /// succeeds): health reports NOT_SERVING meanwhile.
     pub fn log_writable(&self) -> bool {
-        !self.log.is_failing()
+        match &self.bus {
+            None => !self.log.is_failing(),
+            Some(bus) => bus.connected(),
+        }
+    }
+
+    /// The serving side of `model`'s weights (cluster mode: the snapshot watcher installs
+    /// the trainer's snapshots through it).
+    pub fn weights(&self, model: &str) -> Option<LearnerHandle> {
+        self.models.get(model).map(|m| m.learner.clone())
     }
 
     fn model(&self, name: &str) -> Result<&ModelRuntime, Error> {
@@ -249,6 +262,13 @@ impl Engine {
         let model = self.model(&req.model)?;
         validate::check_id(&self.limits, "decision_id", &req.decision_id, true)?;
         let request_hash = validate::request_hash(&req);
+        if let Some(bus) = &self.bus
+            && !req.decision_id.is_empty()
+            && let Some(found) =
+                replica::find(bus.as_ref(), model, &req.decision_id, request_hash).await?
+        {
+            return Ok(found);
+        }
         if !req.decision_id.is_empty()
             && let Some(existing) = model.pending.get(&req.decision_id)
         {
@@ -385,6 +405,18 @@ impl Engine {
             head: u32::try_from(head).map_err(|_| Error::Internal("head index overflow".into()))?,
             request_hash,
         };
+        if let Some(bus) = &self.bus {
+            return replica::publish_decision(
+                bus.as_ref(),
+                model,
+                decision,
+                req.context,
+                logged,
+                chosen,
+                started,
+            )
+            .await;
+        }
         if refuse && self.log.is_full() {
             // Refused before it is stored, so it evicts nothing.
             metrics::decision_refused(name);
@@ -467,6 +499,17 @@ impl Engine {
         validate::reward(&self.limits, &req)?;
         // The model's `reward_range`: refused, or clipped into it (per its setting).
         let reward = model.config.check_reward(req.reward)?;
+        if let Some(bus) = &self.bus {
+            return replica::report_reward(
+                bus.as_ref(),
+                model,
+                &req.decision_id,
+                reward,
+                req.regret,
+                started,
+            )
+            .await;
+        }
         let name = &model.config.name;
         // At most twice: a retry that waited on a first report whose write then failed is
         // taken as the first report.

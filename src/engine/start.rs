@@ -24,10 +24,10 @@ use crate::{
 /// the log, trains, publishes and writes its final checkpoint.
 #[derive(Debug)]
 pub struct Background {
-    learners: Vec<Learner>,
-    writer: LogWriter,
+    pub(super) learners: Vec<Learner>,
+    pub(super) writer: LogWriter,
     /// Holds the data directory's lock until everything has stopped.
-    _storage: Storage,
+    pub(super) _storage: Storage,
 }
 
 impl Background {
@@ -43,7 +43,7 @@ impl Background {
 }
 
 /// The pending-store view of a logged decision.
-fn decision_from_record(open: OpenDecision) -> Decision {
+pub(super) fn decision_from_record(open: OpenDecision) -> Decision {
     let d = open.record;
     let chosen = d.chosen as usize;
     let mut input = d.context;
@@ -192,6 +192,7 @@ impl Engine {
             heavy: Arc::new(tokio::sync::Semaphore::new(
                 config.limits.max_blocking_decisions,
             )),
+            bus: None,
         };
         Ok((
             Arc::new(engine),

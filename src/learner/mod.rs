@@ -135,6 +135,40 @@ impl LearnerHandle {
     pub fn stats(&self) -> &LearnerStats {
         &self.shared.stats
     }
+
+    /// A handle with no learner thread behind it, serving `snapshot` until
+    /// [`LearnerHandle::install`] swaps in a newer one (a cluster replica, whose weights come
+    /// from the model's trainer elsewhere).
+    pub fn detached(snapshot: Snapshot) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                snapshot: ArcSwap::from_pointee(snapshot),
+                stats: LearnerStats::default(),
+                stop: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// Serves `snapshot` from now on if its version is above the one serving, so that the
+    /// version never goes backwards; returns whether it was installed. Only for
+    /// [`LearnerHandle::detached`] handles (a learner thread would overwrite it).
+    pub fn install(&self, snapshot: Arc<Snapshot>) -> bool {
+        let mut installed = false;
+        self.shared.snapshot.rcu(|current| {
+            installed = snapshot.version > current.version;
+            if installed {
+                Arc::clone(&snapshot)
+            } else {
+                Arc::clone(current)
+            }
+        });
+        installed
+    }
+
+    /// Sets the trained-steps counter a detached handle reports (the trainer's count).
+    pub fn set_steps(&self, steps: u64) {
+        self.shared.stats.steps.store(steps, Ordering::Relaxed);
+    }
 }
 
 /// The owner of a learner thread. Dropping it (or [`Learner::shutdown`]) stops the thread

@@ -49,7 +49,8 @@ pub(crate) enum PlotY {
 
 #[derive(Debug, Args)]
 pub(crate) struct GrpcArgs {
-    /// The banditd server.
+    /// The banditd server, or several, comma-separated (the replicas of a cluster): each gets
+    /// `--connections` connections, and workers (or open-loop rounds) take them round robin.
     #[arg(
         long,
         env = "BANDITD_LOADGEN_TARGET",

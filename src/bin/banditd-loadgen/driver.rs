@@ -420,14 +420,7 @@ async fn run(args: GrpcArgs) -> anyhow::Result<()> {
     if args.transport == Transport::Http && args.baseline.is_some() {
         bail!("--baseline compares against a gRPC no-op server: not with --transport http");
     }
-    let target = Connector::new(
-        &args.target,
-        args.transport,
-        &args.connect,
-        args.request_timeout,
-    )?
-    .connect(args.connections)
-    .await?;
+    let target = connect_targets(&args).await?;
     let info = get_model(&target[0], &args.target, &args.model).await?;
     let plan = Plan::new(&*env, &info)
         .with_context(|| format!("{}: model {:?}", args.target, args.model))?;
@@ -648,6 +641,33 @@ fn thin(curve: Vec<CurvePoint>) -> Vec<CurvePoint> {
         thinned.push(last);
     }
     thinned
+}
+
+/// `--connections` connections to each of the comma-separated `--target`s, interleaved
+/// (target 1, target 2, ..., target 1, ...), so that workers (closed loop) and rounds (open
+/// loop), which take connections in turn, go round robin over the targets: a cluster of
+/// replicas is driven as one service.
+async fn connect_targets(args: &GrpcArgs) -> anyhow::Result<Vec<Client>> {
+    let mut per_target = Vec::new();
+    for url in args
+        .target
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+    {
+        let clients = Connector::new(url, args.transport, &args.connect, args.request_timeout)?
+            .connect(args.connections)
+            .await?;
+        per_target.push(clients.into_iter());
+    }
+    anyhow::ensure!(!per_target.is_empty(), "--target names no server");
+    let mut clients = Vec::new();
+    for _ in 0..args.connections {
+        for target in &mut per_target {
+            clients.extend(target.next());
+        }
+    }
+    Ok(clients)
 }
 
 /// N workers, each: take a round, decide, report, repeat. Returns each worker's delayed

