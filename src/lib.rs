@@ -22,6 +22,7 @@
 //! - [`storage`]: the append-only decision/reward log, checkpoints, recovery, export.
 //! - [`learner`]: the training thread: reads its model's examples from the log, trains,
 //!   publishes snapshots, writes checkpoints.
+//! - [`registry`]: the persisted list of models (created, changed, deleted at runtime).
 //! - [`decisions`]: pending decisions awaiting rewards, bounded, with window expiry.
 //! - [`engine`]: models by name, request validation, decide / report / expire, startup.
 //! - [`grpc`]: the tonic service, health and reflection (the API side of [`proto`]).
@@ -42,6 +43,7 @@ pub mod metrics;
 pub mod model;
 pub mod policy;
 pub mod proto;
+pub mod registry;
 pub mod server;
 pub mod shutdown;
 pub mod sim;

@@ -5,6 +5,7 @@
 //! be good), then decided or joined, then logged. `start` recovers the models from the data
 //! directory. `grpc/` only converts messages and maps [`Error`]s to status codes.
 
+mod admin;
 mod start;
 mod validate;
 
@@ -21,6 +22,7 @@ use rand::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
 use tokio::time::Instant;
 
+pub use admin::{CheckpointInfo, ModelSpec};
 pub use start::Background;
 
 use crate::{
@@ -98,7 +100,8 @@ pub struct ModelStatus {
     pub awaiting_reward: u64,
 }
 
-/// One served model: its learner, its pending decisions, its counters.
+/// One served model: its learner, its pending decisions, its counters. An UpdateModel or
+/// RollbackModel replaces it with a new one that shares the pending store and the counters.
 #[derive(Debug)]
 struct ModelRuntime {
     config: ModelConfig,
@@ -106,6 +109,12 @@ struct ModelRuntime {
     heads: HashMap<String, usize>,
     learner: LearnerHandle,
     pending: Arc<PendingStore>,
+    counters: Arc<Counters>,
+}
+
+/// A model's counters, kept across the replacements of its [`ModelRuntime`].
+#[derive(Debug, Default)]
+struct Counters {
     /// Numbers the decisions, and so seeds each decision's RNG; never reused in a process.
     /// Counts decisions made since start (validated requests only).
     decision_counter: AtomicU64,
@@ -116,12 +125,23 @@ struct ModelRuntime {
     logged_rewards: u64,
 }
 
-/// The running service: every configured model. Cheap to share behind an `Arc`.
+/// The served models by name, and their order for `ListModels` (the registry's: seeded
+/// from the configuration file, then creation order).
+#[derive(Debug, Default, Clone)]
+struct Models {
+    map: HashMap<String, Arc<ModelRuntime>>,
+    order: Vec<String>,
+}
+
+/// The running service: every registered model. Cheap to share behind an `Arc`.
 #[derive(Debug)]
 pub struct Engine {
-    models: HashMap<String, ModelRuntime>,
-    /// Configured order, for `ListModels`.
-    order: Vec<String>,
+    /// Read by every call without a lock (one atomic load); replaced whole by the admin calls
+    /// (under `admin`), so creating or deleting a model never blocks another model's serving.
+    models: arc_swap::ArcSwap<Models>,
+    /// The registry, the learner threads and what starting one needs. An async mutex: one
+    /// admin call at a time, held across the learner's stop and start on the blocking pool.
+    admin: tokio::sync::Mutex<admin::Admin>,
     limits: LimitsConfig,
     /// The decision/reward log; the learners read their examples from it.
     log: Log,
@@ -225,12 +245,15 @@ impl Engine {
         !self.log.is_failing()
     }
 
-    fn model(&self, name: &str) -> Result<&ModelRuntime, Error> {
+    fn model(&self, name: &str) -> Result<Arc<ModelRuntime>, Error> {
         if name.is_empty() {
             return Err(Error::invalid("model", "must not be empty"));
         }
         self.models
+            .load()
+            .map
             .get(name)
+            .cloned()
             .ok_or_else(|| Error::ModelNotFound(name.to_owned()))
     }
 
@@ -271,7 +294,10 @@ impl Engine {
             explain: valid.explain_samples,
         };
         let snapshot = model.learner.snapshot();
-        let n = model.decision_counter.fetch_add(1, Ordering::Relaxed);
+        let n = model
+            .counters
+            .decision_counter
+            .fetch_add(1, Ordering::Relaxed);
         let mut rng =
             Xoshiro256PlusPlus::seed_from_u64(model.config.seed ^ n.wrapping_mul(SEED_STRIDE));
 
@@ -497,7 +523,7 @@ impl Engine {
                 ack: Some(ack),
             };
             guard.wait().await?;
-            model.rewards.fetch_add(1, Ordering::Relaxed);
+            model.counters.rewards.fetch_add(1, Ordering::Relaxed);
             metrics::reward_accepted(name, reward, req.regret, started.elapsed());
             return Ok(RewardOutcome::Accepted(()));
         }
@@ -515,17 +541,20 @@ impl Engine {
         Ok(ModelStatus {
             config: model.config.clone(),
             model_version: model.learner.snapshot().version,
-            decisions: model.logged_decisions + model.decision_counter.load(Ordering::Relaxed),
-            rewards: model.logged_rewards + model.rewards.load(Ordering::Relaxed),
+            decisions: model.counters.logged_decisions
+                + model.counters.decision_counter.load(Ordering::Relaxed),
+            rewards: model.counters.logged_rewards + model.counters.rewards.load(Ordering::Relaxed),
             training_steps: model.learner.stats().steps.load(Ordering::Relaxed),
             pending_decisions: model.pending.len() as u64,
             awaiting_reward: model.pending.awaiting_reward() as u64,
         })
     }
 
-    /// Every model's status, in configured order.
+    /// Every model's status, in the registry's order.
     pub fn list_models(&self) -> Vec<ModelStatus> {
-        self.order
+        self.models
+            .load()
+            .order
             .iter()
             .filter_map(|name| self.model_status(name).ok())
             .collect()
@@ -534,7 +563,7 @@ impl Engine {
     /// Closes the windows that have passed: trains on the default reward where one is
     /// configured, else drops the decision; both are counted and logged.
     pub fn expire(&self, now: Instant) {
-        for model in self.models.values() {
+        for model in self.models.load().map.values() {
             let name = &model.config.name;
             for expired in model.pending.expire(now) {
                 let d = &expired.decision;
@@ -574,6 +603,8 @@ impl Engine {
     pub fn sweep_interval(&self) -> Duration {
         let shortest = self
             .models
+            .load()
+            .map
             .values()
             .map(|m| m.pending.window())
             .min()

@@ -168,6 +168,11 @@ fn method(path: &str) -> (&'static str, Role) {
         "ReportReward" => ("ReportReward", Role::User),
         "GetModel" => ("GetModel", Role::Admin),
         "ListModels" => ("ListModels", Role::Admin),
+        "CreateModel" => ("CreateModel", Role::Admin),
+        "UpdateModel" => ("UpdateModel", Role::Admin),
+        "DeleteModel" => ("DeleteModel", Role::Admin),
+        "ListCheckpoints" => ("ListCheckpoints", Role::Admin),
+        "RollbackModel" => ("RollbackModel", Role::Admin),
         _ => ("unknown", Role::User),
     }
 }

@@ -9,7 +9,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 use crate::{
     config::{ModelConfig, ModelKind as ConfigKind},
     decisions::Decision,
-    engine::{Candidate, ChooseArm, ModelStatus, ReportReward},
+    engine::{Candidate, CheckpointInfo, ChooseArm, ModelSpec, ModelStatus, ReportReward},
     error::Error,
     proto as pb,
 };
@@ -78,6 +78,55 @@ impl From<pb::ReportRewardRequest> for ReportReward {
             decision_id,
             reward,
             regret,
+        }
+    }
+}
+
+impl TryFrom<pb::CreateModelRequest> for ModelSpec {
+    type Error = Error;
+    fn try_from(req: pb::CreateModelRequest) -> Result<Self, Error> {
+        let pb::CreateModelRequest { spec } = req;
+        let pb::ModelSpec {
+            name,
+            kind,
+            context_dim,
+            arms,
+            arm_feature_dim,
+            hidden_layers,
+            settings,
+        } = spec.ok_or_else(|| Error::invalid("spec", "is required"))?;
+        let kind = match pb::ModelKind::try_from(kind) {
+            Ok(pb::ModelKind::FixedArms) => Some(ConfigKind::FixedArms),
+            Ok(pb::ModelKind::PerArmFeatures) => Some(ConfigKind::PerArmFeatures),
+            // The engine names the field: the same message as an absent kind.
+            Ok(pb::ModelKind::Unspecified) | Err(_) => None,
+        };
+        let usize_of = |n: u32| usize::try_from(n).unwrap_or(usize::MAX);
+        Ok(Self {
+            name,
+            kind,
+            context_dim: usize_of(context_dim),
+            arms,
+            arm_feature_dim: usize_of(arm_feature_dim),
+            hidden_layers: hidden_layers.into_iter().map(usize_of).collect(),
+            settings,
+        })
+    }
+}
+
+impl From<CheckpointInfo> for pb::CheckpointInfo {
+    fn from(c: CheckpointInfo) -> Self {
+        let CheckpointInfo {
+            version,
+            created_ms,
+            training_steps,
+            rewards,
+        } = c;
+        Self {
+            version,
+            created_ms,
+            training_steps,
+            rewards,
         }
     }
 }
@@ -195,9 +244,21 @@ impl From<Error> for Status {
                 message,
                 ErrorDetails::with_bad_request_violation(bounded(field), bounded(detail)),
             ),
-            Error::ModelNotFound(_) | Error::DecisionNotFound(_) => Status::not_found(message),
-            Error::RewardConflict { .. } => Status::already_exists(message),
+            Error::ModelNotFound(_)
+            | Error::DecisionNotFound(_)
+            | Error::CheckpointNotFound { .. } => Status::not_found(message),
+            Error::RewardConflict { .. } | Error::ModelExists(_) => Status::already_exists(message),
             Error::RetryMismatch { .. } => Status::failed_precondition(message),
+            // The setting's path also goes out machine-readable, as a PreconditionFailure.
+            Error::ChangeRefused { field, detail } => Status::with_error_details(
+                Code::FailedPrecondition,
+                message,
+                ErrorDetails::with_precondition_failure_violation(
+                    "LIVE_CHANGE",
+                    bounded(field),
+                    bounded(detail),
+                ),
+            ),
             // When to retry goes out machine-readable, as a google.rpc.RetryInfo.
             Error::Overloaded(_) => Status::with_error_details(
                 Code::ResourceExhausted,
@@ -264,6 +325,21 @@ mod tests {
                 Code::ResourceExhausted,
             ),
             (Error::Unavailable("m".into()), Code::Unavailable),
+            (Error::ModelExists("m".into()), Code::AlreadyExists),
+            (
+                Error::ChangeRefused {
+                    field: "context_dim".into(),
+                    detail: "x".into(),
+                },
+                Code::FailedPrecondition,
+            ),
+            (
+                Error::CheckpointNotFound {
+                    model: "m".into(),
+                    version: 3,
+                },
+                Code::NotFound,
+            ),
             (Error::Internal("secret detail".into()), Code::Internal),
         ];
         for (error, code) in cases {

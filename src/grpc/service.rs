@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     decisions::RewardOutcome,
-    engine::Engine,
+    engine::{Engine, ModelSpec},
     error::Error,
     proto::{self as pb, bandit_service_server::BanditService},
 };
@@ -93,5 +93,60 @@ impl BanditService for BanditGrpc {
         let (engine, _permit) = self.admit()?;
         let models = engine.list_models().into_iter().map(Into::into).collect();
         Ok(Response::new(pb::ListModelsResponse { models }))
+    }
+
+    async fn create_model(
+        &self,
+        request: Request<pb::CreateModelRequest>,
+    ) -> Result<Response<pb::ModelInfo>, Status> {
+        let (engine, _permit) = self.admit()?;
+        let spec = ModelSpec::try_from(request.into_inner())?;
+        let status = engine.create_model(spec).await?;
+        Ok(Response::new(status.into()))
+    }
+
+    async fn update_model(
+        &self,
+        request: Request<pb::UpdateModelRequest>,
+    ) -> Result<Response<pb::ModelInfo>, Status> {
+        let (engine, _permit) = self.admit()?;
+        let pb::UpdateModelRequest { model, settings } = request.into_inner();
+        let status = engine.update_model(&model, &settings).await?;
+        Ok(Response::new(status.into()))
+    }
+
+    async fn delete_model(
+        &self,
+        request: Request<pb::DeleteModelRequest>,
+    ) -> Result<Response<pb::DeleteModelResponse>, Status> {
+        let (engine, _permit) = self.admit()?;
+        let pb::DeleteModelRequest {
+            model,
+            drop_checkpoints,
+        } = request.into_inner();
+        engine.delete_model(&model, drop_checkpoints).await?;
+        Ok(Response::new(pb::DeleteModelResponse {}))
+    }
+
+    async fn list_checkpoints(
+        &self,
+        request: Request<pb::ListCheckpointsRequest>,
+    ) -> Result<Response<pb::ListCheckpointsResponse>, Status> {
+        let (engine, _permit) = self.admit()?;
+        let pb::ListCheckpointsRequest { model } = request.into_inner();
+        let checkpoints = engine.list_checkpoints(&model).await?;
+        Ok(Response::new(pb::ListCheckpointsResponse {
+            checkpoints: checkpoints.into_iter().map(Into::into).collect(),
+        }))
+    }
+
+    async fn rollback_model(
+        &self,
+        request: Request<pb::RollbackModelRequest>,
+    ) -> Result<Response<pb::ModelInfo>, Status> {
+        let (engine, _permit) = self.admit()?;
+        let pb::RollbackModelRequest { model, version } = request.into_inner();
+        let status = engine.rollback_model(&model, version).await?;
+        Ok(Response::new(status.into()))
     }
 }
