@@ -722,7 +722,9 @@ async fn other_models_keep_serving_while_models_come_and_go() {
 }
 
 /// Plays `rounds` rounds of `env` against `model`; returns the normalized regret (uniform
-/// random = 100).
+/// random = 100). After each reward it waits until the learner has taken that reward's
+/// steps (2 per reward, the default), so that a learner starved of CPU on a loaded machine
+/// does not decide the result: both models learn from the same schedule.
 async fn play(
     client: &mut BanditServiceClient<Channel>,
     model: &str,
@@ -730,7 +732,7 @@ async fn play(
     rounds: usize,
 ) -> f64 {
     let (mut regret, mut uniform) = (0.0, 0.0);
-    for _ in 0..rounds {
+    for round_number in 1..=rounds as u64 {
         let round = env.next_round();
         let d = client
             .choose_arm(fixed(model, round.context.clone()))
@@ -748,6 +750,9 @@ async fn play(
             .report_reward(reward(model, &d.decision_id, round.rewards[index]))
             .await
             .unwrap();
+        while get(client, model).await.unwrap().training_steps < 2 * round_number {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
     }
     100.0 * regret / uniform
 }
