@@ -798,11 +798,16 @@ async fn runtime_model_learns_like_a_configured_one() {
     let file = play(&mut client, "clusters", &mut env(), 3000).await;
     let runtime = play(&mut client, "clusters-rt", &mut env(), 3000).await;
     eprintln!("clusters, 3000 rounds: normalized regret {file:.1} (file), {runtime:.1} (runtime)");
-    // tests/learning.rs's bound for the file's model, for both.
-    assert!(file < 40.0, "file model: normalized regret {file:.1}");
+    // Measured 4.2 / 4.5 and 4.3 / 4.3: the bound is four times that, and the runtime model
+    // may be at most 5 points worse than the file's.
+    assert!(file < 20.0, "file model: normalized regret {file:.1}");
     assert!(
-        runtime < 40.0,
+        runtime < 20.0,
         "runtime model: normalized regret {runtime:.1}"
+    );
+    assert!(
+        runtime < file + 5.0,
+        "runtime {runtime:.1} vs file {file:.1}"
     );
     server.stop().await.unwrap();
 }
