@@ -405,6 +405,40 @@ impl Default for NeuralLinearConfig {
     }
 }
 
+/// What serves a holdout experiment's control group.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum HoldoutControl {
+    /// A uniformly random candidate (seeded by the decision id).
+    #[default]
+    Uniform,
+    /// The arm the client names in the request's `default_arm_id` (what it would show
+    /// without banditd); every request must then name one.
+    DefaultArm,
+}
+
+impl HoldoutControl {
+    /// The name used in configuration files and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Uniform => "uniform",
+            Self::DefaultArm => "default_arm",
+        }
+    }
+}
+
+/// A holdout experiment: a fraction of decisions, chosen by decision id (so a retry falls in
+/// the same group), is served by a control policy instead of the model, to measure the lift.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HoldoutConfig {
+    /// Fraction of decisions in the control group, in `[0, 1)`.
+    pub fraction: f64,
+    /// What serves them.
+    #[serde(default)]
+    pub control: HoldoutControl,
+}
+
 /// One named model and its learner.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -521,6 +555,10 @@ pub struct ModelConfig {
     /// runs out of work).
     #[serde(default = "defaults::publish_interval_ms")]
     pub publish_interval_ms: u64,
+    /// A holdout experiment (none by default): `holdout = { fraction = 0.05, control =
+    /// "uniform" }`. Both groups' rewards train the model.
+    #[serde(default)]
+    pub holdout: Option<HoldoutConfig>,
 }
 
 mod defaults {
@@ -626,6 +664,7 @@ impl ModelConfig {
             max_step_backlog: defaults::max_step_backlog(),
             publish_every_steps: defaults::publish_every_steps(),
             publish_interval_ms: defaults::publish_interval_ms(),
+            holdout: None,
         }
     }
 
@@ -789,7 +828,7 @@ impl ModelConfig {
     /// Whether this model can become `new` while it serves: `Err((field, why))` names the
     /// first setting that cannot change live. What can: the learning rate, the policy and its
     /// settings (`epsilon`, `neural_linear`, `drop_rates`, `bayesian_last_layer`), the reward
-    /// window, the default reward and `propensity_samples` (the learner restarts from a
+    /// window, the default reward, `propensity_samples` and `holdout` (the learner restarts from a
     /// checkpoint of the current weights when it must). The network's shape, its seed and
     /// the training set-up cannot: a new model (delete, create) takes those.
     pub fn live_change(&self, new: &ModelConfig) -> Result<(), (&'static str, &'static str)> {
@@ -825,6 +864,7 @@ impl ModelConfig {
             max_step_backlog,
             publish_every_steps,
             publish_interval_ms,
+            holdout: _,
         } = self;
         const SHAPE: &str = "changes the network's shape; create a new model instead";
         const SETUP: &str = "cannot change while the model serves; create a new model instead";
@@ -1067,6 +1107,14 @@ impl ModelConfig {
         }
         if self.publish_interval_ms == 0 {
             return Err(bad("publish_interval_ms", "must be at least 1".into()));
+        }
+        if let Some(h) = self.holdout
+            && !(0.0..1.0).contains(&h.fraction)
+        {
+            return Err(bad(
+                "holdout.fraction",
+                format!("{} is not in [0, 1)", h.fraction),
+            ));
         }
         Ok(())
     }

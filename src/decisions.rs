@@ -46,6 +46,8 @@ pub struct Decision {
     /// Fingerprint of the request's context, candidates and exclusions: a retry with the same
     /// id must ask the same.
     pub request_hash: u64,
+    /// Served by the model's holdout control policy (its rewards count for the control group).
+    pub holdout: bool,
 }
 
 /// Where a recorded reward's log write stands.
@@ -383,6 +385,7 @@ mod tests {
             propensity: None,
             explanation: None,
             request_hash: 0,
+            holdout: false,
         }
     }
 

@@ -499,6 +499,7 @@ impl proto::bandit_service_server::BanditService for NoopService {
                 .collect(),
             model_version: 0,
             propensity: None,
+            holdout: false,
         }))
     }
 

@@ -695,7 +695,11 @@ async fn other_models_keep_serving_while_models_come_and_go() {
     let mut client = server.client().await;
     let mut served = 0u32;
     while !churn.is_finished() || served < 200 {
-        let model = if served % 2 == 0 { "wheel" } else { "items" };
+        let model = if served.is_multiple_of(2) {
+            "wheel"
+        } else {
+            "items"
+        };
         let req = if model == "wheel" {
             fixed("wheel", vec![0.5, -0.5])
         } else {
@@ -809,5 +813,118 @@ async fn runtime_model_learns_like_a_configured_one() {
         runtime < file + 5.0,
         "runtime {runtime:.1} vs file {file:.1}"
     );
+    server.stop().await.unwrap();
+}
+
+/// Holdout, seeded: 3000 decisions with client-chosen ids on a model holding out 20% for a
+/// uniform control. The control share is within a binomial margin of 20% (4 sigma; the ids
+/// and so the groups are fixed, the margin only says the assignment is unbiased), GetModel
+/// counts each group's rewards as reported, and its 95% interval for the lift covers the true
+/// lift of the simulation (the difference of the chosen arms' expected rewards between the
+/// groups): arms pay 0.8 / 0.5 / 0.2 plus N(0, 0.1) noise, so the estimate errs by the noise
+/// alone (about 0.006) while the interval's half-width (about 0.03) also spans the spread of
+/// the arms chosen. A `default_arm` control serves the request's default arm and needs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holdout_groups_and_lift() {
+    use rand::SeedableRng;
+    use rand_distr::{Distribution, Normal};
+    let server = TestServer::start(test_config()).await;
+    let mut client = server.client().await;
+    let spec = |name: &str, control: &str| ModelSpec {
+        name: name.into(),
+        kind: PbKind::FixedArms as i32,
+        context_dim: 2,
+        arms: vec!["a".into(), "b".into(), "c".into()],
+        arm_feature_dim: 0,
+        hidden_layers: vec![16],
+        settings: vec![format!(
+            "holdout={{ fraction = 0.2, control = \"{control}\" }}"
+        )],
+    };
+    let info = client
+        .create_model(create(spec("ho", "uniform")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (info.holdout_fraction, info.holdout_control.as_str()),
+        (0.2, "uniform")
+    );
+    let means = [0.8, 0.5, 0.2];
+    let noise = Normal::new(0.0, 0.1).unwrap();
+    let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(11);
+    let n = 3000usize;
+    // Per group (treatment, control): count, reported sum, expected sum.
+    let mut groups = [(0u64, 0.0f64, 0.0f64); 2];
+    for i in 0..n {
+        let request = ChooseArmRequest {
+            decision_id: format!("h-{i}"),
+            ..fixed("ho", vec![(i % 7) as f32 / 7.0, 0.5])
+        };
+        let d = client.choose_arm(request).await.unwrap().into_inner();
+        let arm = ["a", "b", "c"].iter().position(|a| *a == d.arm_id).unwrap();
+        if d.holdout {
+            assert_eq!(d.propensity, Some(1.0 / 3.0), "uniform control");
+        }
+        let r = means[arm] + noise.sample(&mut rng);
+        let g = &mut groups[usize::from(d.holdout)];
+        *g = (g.0 + 1, g.1 + r, g.2 + means[arm]);
+        client
+            .report_reward(reward("ho", &d.decision_id, r))
+            .await
+            .unwrap();
+    }
+    let control = groups[1].0 as f64;
+    let sigma = (n as f64 * 0.2 * 0.8).sqrt();
+    assert!(
+        (control - n as f64 * 0.2).abs() < 4.0 * sigma,
+        "{control} of {n} in control"
+    );
+    let info = get(&mut client, "ho").await.unwrap();
+    let (t, c) = (info.treatment.unwrap(), info.control.unwrap());
+    assert_eq!((t.rewards, c.rewards), (groups[0].0, groups[1].0));
+    assert!((t.reward_sum - groups[0].1).abs() < 1e-6 && (c.reward_sum - groups[1].1).abs() < 1e-6);
+    let truth = groups[0].2 / groups[0].0 as f64 - groups[1].2 / groups[1].0 as f64;
+    let (lift, low, high) = (
+        info.lift.unwrap(),
+        info.lift_ci_low.unwrap(),
+        info.lift_ci_high.unwrap(),
+    );
+    eprintln!(
+        "holdout: {control} control of {n}; lift {lift:.4} [{low:.4}, {high:.4}], true {truth:.4}"
+    );
+    assert!(
+        low <= truth && truth <= high,
+        "true lift {truth} outside [{low}, {high}]"
+    );
+    assert!(low > 0.0, "the model beats uniform: [{low}, {high}]");
+
+    // The default-arm control: the request must name its default arm; the control serves it.
+    client
+        .create_model(create(spec("hd", "default_arm")))
+        .await
+        .unwrap();
+    let status = client
+        .choose_arm(fixed("hd", vec![0.1, 0.2]))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (status.code(), field_of(&status).as_str()),
+        (Code::InvalidArgument, "default_arm_id")
+    );
+    let mut control = 0;
+    for i in 0..200 {
+        let request = ChooseArmRequest {
+            decision_id: format!("d-{i}"),
+            default_arm_id: "c".into(),
+            ..fixed("hd", vec![0.1, 0.2])
+        };
+        let d = client.choose_arm(request).await.unwrap().into_inner();
+        if d.holdout {
+            control += 1;
+            assert_eq!((d.arm_id.as_str(), d.propensity), ("c", Some(1.0)));
+        }
+    }
+    assert!(control > 0);
     server.stop().await.unwrap();
 }

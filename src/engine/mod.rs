@@ -26,13 +26,16 @@ pub use admin::{CheckpointInfo, ModelSpec};
 pub use start::Background;
 
 use crate::{
-    config::{LimitsConfig, ModelConfig, ModelKind, OnLogFull},
+    config::{HoldoutControl, LimitsConfig, ModelConfig, ModelKind, OnLogFull},
     decisions::{Decision, PendingStore, RewardOutcome},
     domain::now_ms,
     error::Error,
     learner::LearnerHandle,
     metrics,
-    policy::{self, Inputs},
+    policy::{
+        self, Inputs,
+        holdout::{self, GroupStats},
+    },
     storage::{
         Candidate as LoggedCandidate, ClosedRecord, DecisionRecord, ExampleRecord, How, Log,
         RewardRecord,
@@ -66,6 +69,8 @@ pub struct ChooseArm {
     pub propensity_samples: u32,
     /// Posterior samples explaining every candidate (0 = no explanation).
     pub explain_samples: u32,
+    /// The arm the client would show without banditd (a `default_arm` holdout's control).
+    pub default_arm_id: String,
 }
 
 /// A `ReportReward` request.
@@ -98,6 +103,10 @@ pub struct ModelStatus {
     pub pending_decisions: u64,
     /// Decisions whose window is open and that have no reward yet.
     pub awaiting_reward: u64,
+    /// Rewards of the decisions the model served, since start.
+    pub treatment: GroupStats,
+    /// Rewards of the holdout's control group, since start.
+    pub control: GroupStats,
 }
 
 /// One served model: its learner, its pending decisions, its counters. An UpdateModel or
@@ -123,6 +132,59 @@ struct Counters {
     rewards: AtomicU64,
     /// Rewards in the log when the process started (its retained part).
     logged_rewards: u64,
+    /// Rewards per holdout group since start: treatment, control.
+    groups: std::sync::Mutex<[GroupStats; 2]>,
+}
+
+impl Counters {
+    /// Counts `reward` for its holdout group, here and in the metrics.
+    fn group_reward(&self, model: &str, control: bool, reward: f64) {
+        self.groups.lock().unwrap_or_else(|p| p.into_inner())[usize::from(control)].push(reward);
+        metrics::group_reward(model, control, reward);
+    }
+}
+
+/// The holdout control's choice for decision `id` among `ids` when the decision falls in
+/// the model's control group: (index, propensity). A `default_arm` holdout needs the
+/// request's default arm among the candidates on every request, in either group, so that a
+/// client's omission shows at once.
+fn holdout_choice(
+    config: &ModelConfig,
+    id: &str,
+    ids: &[&str],
+    default_arm_id: &str,
+) -> Result<Option<(usize, f64)>, Error> {
+    let Some(h) = config.holdout else {
+        return Ok(None);
+    };
+    let default = match h.control {
+        HoldoutControl::Uniform => None,
+        HoldoutControl::DefaultArm => Some(
+            ids.iter()
+                .position(|a| *a == default_arm_id)
+                .ok_or_else(|| {
+                    Error::invalid(
+                        "default_arm_id",
+                        if default_arm_id.is_empty() {
+                            format!(
+                                "model {:?} holds out decisions for the client's default arm: \
+                                 every request must name it",
+                                config.name
+                            )
+                        } else {
+                            format!("{default_arm_id:?} is not a candidate (after exclusions)")
+                        },
+                    )
+                })?,
+        ),
+    };
+    if !holdout::in_control(config.seed, id, h.fraction) {
+        return Ok(None);
+    }
+    Ok(Some(match default {
+        Some(index) => (index, 1.0),
+        None => holdout::uniform_choice(config.seed, id, ids.len()),
+    }))
 }
 
 /// The served models by name, and their order for `ListModels` (the registry's: seeded
@@ -329,12 +391,18 @@ impl Engine {
                 )
             }
         };
+        let id = if req.decision_id.is_empty() {
+            uuid::Uuid::new_v4().to_string()
+        } else {
+            req.decision_id.clone()
+        };
+        let control = holdout_choice(&model.config, &id, &ids, &req.default_arm_id)?;
         let rows = match &owned {
             OwnedInputs::Heads { .. } => 1,
             OwnedInputs::Rows { rows, .. } => *rows,
         };
         let work = (1 + samples.propensity + samples.explain).saturating_mul(rows);
-        let (choice, owned) = if work <= self.limits.max_inline_work {
+        let (mut choice, owned) = if work <= self.limits.max_inline_work {
             // Measured cheaper inline than a hand-off to another thread.
             let choice = decide(&snapshot, owned.inputs(), samples, &mut rng)?;
             (choice, owned)
@@ -352,6 +420,12 @@ impl Engine {
             .await
             .map_err(|e| Error::Internal(format!("decision task: {e}")))??
         };
+        // The control group is served by the control policy; the model's scores are still
+        // logged (and its learner trains on the control's rewards too).
+        if let Some((index, propensity)) = control {
+            choice.choice.best = index;
+            choice.propensity = Some(propensity);
+        }
         let (input, head, logged): (Vec<f32>, usize, Vec<LoggedCandidate>) =
             match (&valid.candidates, owned) {
                 // The decision keeps the inputs' own copy of the context: no second clone.
@@ -381,11 +455,6 @@ impl Engine {
                     ));
                 }
             };
-        let id = if req.decision_id.is_empty() {
-            uuid::Uuid::new_v4().to_string()
-        } else {
-            req.decision_id.clone()
-        };
         let chosen = choice.best;
         let decision = Decision {
             id,
@@ -401,6 +470,7 @@ impl Engine {
             input,
             head: u32::try_from(head).map_err(|_| Error::Internal("head index overflow".into()))?,
             request_hash,
+            holdout: control.is_some(),
         };
         if refuse && self.log.is_full() {
             // Refused before it is stored, so it evicts nothing.
@@ -431,6 +501,7 @@ impl Engine {
                 head: stored.head,
                 propensity: stored.propensity,
                 request_hash,
+                holdout: stored.holdout,
             };
             match self.log.decision(record) {
                 Ok(None) => {}
@@ -483,9 +554,11 @@ impl Engine {
         // At most twice: a retry that waited on a first report whose write then failed is
         // taken as the first report.
         for _ in 0..2 {
+            let mut control = false;
             let outcome = model
                 .pending
                 .record_reward(&req.decision_id, reward, |decision| {
+                    control = decision.holdout;
                     self.log
                         .reward(RewardRecord {
                             model: name.clone(),
@@ -524,6 +597,7 @@ impl Engine {
             };
             guard.wait().await?;
             model.counters.rewards.fetch_add(1, Ordering::Relaxed);
+            model.counters.group_reward(name, control, reward);
             metrics::reward_accepted(name, reward, req.regret, started.elapsed());
             return Ok(RewardOutcome::Accepted(()));
         }
@@ -538,6 +612,11 @@ impl Engine {
     /// Unknown model.
     pub fn model_status(&self, name: &str) -> Result<ModelStatus, Error> {
         let model = self.model(name)?;
+        let groups = *model
+            .counters
+            .groups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         Ok(ModelStatus {
             config: model.config.clone(),
             model_version: model.learner.snapshot().version,
@@ -547,6 +626,8 @@ impl Engine {
             training_steps: model.learner.stats().steps.load(Ordering::Relaxed),
             pending_decisions: model.pending.len() as u64,
             awaiting_reward: model.pending.awaiting_reward() as u64,
+            treatment: groups[0],
+            control: groups[1],
         })
     }
 
@@ -581,9 +662,14 @@ impl Engine {
                             head: d.head,
                             reward,
                         };
-                        self.log
+                        let logged = self
+                            .log
                             .closed(closed_record(name, &d.id, How::Defaulted, Some(example)))
-                            .is_ok()
+                            .is_ok();
+                        if logged {
+                            model.counters.group_reward(name, d.holdout, reward);
+                        }
+                        logged
                     }
                     None => {
                         let _ = self

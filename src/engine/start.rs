@@ -103,6 +103,7 @@ fn decision_from_record(open: OpenDecision) -> Decision {
         propensity: d.propensity,
         explanation: None,
         request_hash: d.request_hash,
+        holdout: d.holdout,
     }
 }
 
@@ -212,6 +213,7 @@ impl Engine {
                 logged_decisions: logged.decisions,
                 rewards: AtomicU64::new(0),
                 logged_rewards: logged.rewards,
+                groups: std::sync::Mutex::default(),
             };
             models.insert(
                 model.name.clone(),

@@ -11,6 +11,7 @@ use crate::{
     decisions::Decision,
     engine::{Candidate, CheckpointInfo, ChooseArm, ModelSpec, ModelStatus, ReportReward},
     error::Error,
+    policy::holdout::{self, GroupStats},
     proto as pb,
 };
 
@@ -24,6 +25,7 @@ impl From<pb::ChooseArmRequest> for ChooseArm {
             decision_id,
             propensity_samples,
             explain_samples,
+            default_arm_id,
         } = req;
         Self {
             model,
@@ -36,6 +38,7 @@ impl From<pb::ChooseArmRequest> for ChooseArm {
             decision_id,
             propensity_samples,
             explain_samples,
+            default_arm_id,
         }
     }
 }
@@ -61,6 +64,7 @@ impl From<&Decision> for pb::ChooseArmResponse {
                 .collect(),
             model_version: d.model_version,
             propensity: d.propensity,
+            holdout: d.holdout,
         }
     }
 }
@@ -131,6 +135,14 @@ impl From<CheckpointInfo> for pb::CheckpointInfo {
     }
 }
 
+fn group(g: GroupStats) -> pb::GroupStats {
+    pb::GroupStats {
+        rewards: g.n,
+        reward_sum: g.sum,
+        reward_mean: g.mean,
+    }
+}
+
 fn u32_of(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
@@ -145,7 +157,10 @@ impl From<ModelStatus> for pb::ModelInfo {
             training_steps,
             pending_decisions,
             awaiting_reward,
+            treatment,
+            control,
         } = s;
+        let lift = holdout::lift(&treatment, &control);
         let drop_rates = config.effective_drop_rates();
         let ModelConfig {
             name,
@@ -178,6 +193,7 @@ impl From<ModelStatus> for pb::ModelInfo {
             publish_every_steps: _,
             max_step_backlog: _,
             publish_interval_ms: _,
+            holdout,
         } = config;
         Self {
             name,
@@ -207,6 +223,13 @@ impl From<ModelStatus> for pb::ModelInfo {
             policy: policy.as_str().to_owned(),
             epsilon,
             propensity_samples: u32_of(propensity_samples),
+            holdout_fraction: holdout.map_or(0.0, |h| h.fraction),
+            holdout_control: holdout.map_or("", |h| h.control.as_str()).to_owned(),
+            treatment: Some(group(treatment)),
+            control: Some(group(control)),
+            lift: lift.map(|l| l.0),
+            lift_ci_low: lift.map(|l| l.1),
+            lift_ci_high: lift.map(|l| l.2),
         }
     }
 }
