@@ -559,6 +559,11 @@ pub struct ModelConfig {
     /// "uniform" }`. Both groups' rewards train the model.
     #[serde(default)]
     pub holdout: Option<HoldoutConfig>,
+    /// Forgetting for non-stationary rewards, in rewards: minibatches draw an example `a`
+    /// rewards old with weight 2^(-a / half-life), and the linear posterior (neural_linear,
+    /// bayesian_last_layer) weighs it so at each refit. None (the default) = stationary.
+    #[serde(default)]
+    pub decay_half_life: Option<f64>,
 }
 
 mod defaults {
@@ -665,6 +670,7 @@ impl ModelConfig {
             publish_every_steps: defaults::publish_every_steps(),
             publish_interval_ms: defaults::publish_interval_ms(),
             holdout: None,
+            decay_half_life: None,
         }
     }
 
@@ -828,7 +834,7 @@ impl ModelConfig {
     /// Whether this model can become `new` while it serves: `Err((field, why))` names the
     /// first setting that cannot change live. What can: the learning rate, the policy and its
     /// settings (`epsilon`, `neural_linear`, `drop_rates`, `bayesian_last_layer`), the reward
-    /// window, the default reward, `propensity_samples` and `holdout` (the learner restarts from a
+    /// window, the default reward, `propensity_samples`, `holdout` and `decay_half_life` (the learner restarts from a
     /// checkpoint of the current weights when it must). The network's shape, its seed and
     /// the training set-up cannot: a new model (delete, create) takes those.
     pub fn live_change(&self, new: &ModelConfig) -> Result<(), (&'static str, &'static str)> {
@@ -865,6 +871,7 @@ impl ModelConfig {
             publish_every_steps,
             publish_interval_ms,
             holdout: _,
+            decay_half_life: _,
         } = self;
         const SHAPE: &str = "changes the network's shape; create a new model instead";
         const SETUP: &str = "cannot change while the model serves; create a new model instead";
@@ -1107,6 +1114,14 @@ impl ModelConfig {
         }
         if self.publish_interval_ms == 0 {
             return Err(bad("publish_interval_ms", "must be at least 1".into()));
+        }
+        if let Some(h) = self.decay_half_life
+            && !(h.is_finite() && h >= 1.0)
+        {
+            return Err(bad(
+                "decay_half_life",
+                format!("{h} is not a number of rewards of at least 1"),
+            ));
         }
         if let Some(h) = self.holdout
             && !(0.0..1.0).contains(&h.fraction)

@@ -194,6 +194,7 @@ impl From<ModelStatus> for pb::ModelInfo {
             max_step_backlog: _,
             publish_interval_ms: _,
             holdout,
+            decay_half_life,
         } = config;
         Self {
             name,
@@ -230,6 +231,7 @@ impl From<ModelStatus> for pb::ModelInfo {
             lift: lift.map(|l| l.0),
             lift_ci_low: lift.map(|l| l.1),
             lift_ci_high: lift.map(|l| l.2),
+            decay_half_life,
         }
     }
 }

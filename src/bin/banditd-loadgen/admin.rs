@@ -28,11 +28,7 @@ pub(crate) fn main(args: AdminArgs) -> anyhow::Result<()> {
 
 async fn run(args: AdminArgs) -> anyhow::Result<()> {
     let connector = Connector::new(&args.target, &args.connect, args.request_timeout)?;
-    let mut client = connector
-        .connect(1)
-        .await?
-        .pop()
-        .context("no connection")?;
+    let mut client = connector.connect(1).await?.pop().context("no connection")?;
     let status = |e: tonic::Status| anyhow::anyhow!("{:?}: {}", e.code(), e.message());
     match args.action {
         AdminAction::Create {
@@ -91,7 +87,10 @@ async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 .map_err(status)?
                 .into_inner()
                 .checkpoints;
-            println!("{:>22} {:>15} {:>12} {:>10}", "version", "created_ms", "steps", "rewards");
+            println!(
+                "{:>22} {:>15} {:>12} {:>10}",
+                "version", "created_ms", "steps", "rewards"
+            );
             for c in list {
                 println!(
                     "{:>22} {:>15} {:>12} {:>10}",
