@@ -931,8 +931,8 @@ async fn holdout_groups_and_lift() {
 
 /// Forgetting on the drift environment, in process and seeded (deterministic): the wheel
 /// (δ = 0.5) whose rewards rotate across the arms at round 1500 of 4000. With
-/// `decay_half_life` the normalized regret of the rounds after the change is lower than
-/// without, for every seed, by a margin set from the measured values.
+/// `decay_half_life = 300` the normalized regret of the rounds after the change is less than
+/// half of what it is without, for every seed (measured: a fifth to a quarter).
 #[test]
 fn decay_lowers_regret_after_drift() {
     use banditd::{harness, sim};
@@ -952,6 +952,11 @@ fn decay_lowers_regret_after_drift() {
         let (without, with) = (after(seed, None), after(seed, Some(300.0)));
         eprintln!(
             "drift seed {seed}: regret after the change {without:.1} without decay, {with:.1} with"
+        );
+        // Measured 66.8 / 16.2, 69.8 / 15.4, 53.2 / 10.0: a fifth to a quarter.
+        assert!(
+            with < 0.5 * without,
+            "seed {seed}: {with:.1} with decay vs {without:.1} without"
         );
     }
 }
