@@ -175,6 +175,25 @@ impl Admin {
     }
 }
 
+impl Admin {
+    /// Applies `change` to the registry, whose write fsyncs, on the blocking pool: an fsync
+    /// on a tokio worker would stall every call queued on it. The registry is unchanged if
+    /// the write fails.
+    async fn persist<T: Send + 'static>(
+        &mut self,
+        change: impl FnOnce(&mut Registry) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        let mut registry = self.registry.clone();
+        let (registry, result) = blocking(move || {
+            let result = change(&mut registry)?;
+            Ok((registry, result))
+        })
+        .await?;
+        self.registry = registry;
+        Ok(result)
+    }
+}
+
 /// Runs blocking work (a learner's stop, start or checkpoint) on the blocking pool.
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, Error> + Send + 'static,
@@ -262,10 +281,11 @@ impl Engine {
         // A former model of this name may have left checkpoints: they are not this model's.
         let (data_dir, name) = (admin.data_dir.clone(), config.name.clone());
         blocking(move || checkpoint::remove_all(&data_dir, &name)).await?;
-        admin.registry.put(Entry {
+        let entry = Entry {
             created_lsn,
             config: config.clone(),
-        })?;
+        };
+        admin.persist(move |r| r.put(entry)).await?;
         let (ctx, tail, cfg) = (
             admin.ctx(),
             self.log.tail(&config.name, created_lsn),
@@ -275,7 +295,8 @@ impl Engine {
             Ok(learner) => learner,
             Err(e) => {
                 // Not acknowledged: take it out of the registry again.
-                let _ = admin.registry.remove(&config.name);
+                let name = config.name.clone();
+                let _ = admin.persist(move |r| r.remove(&name)).await;
                 return Err(e);
             }
         };
@@ -329,10 +350,11 @@ impl Engine {
         if current.config == config {
             return self.model_status(name);
         }
-        admin.registry.put(Entry {
+        let entry = Entry {
             created_lsn,
             config: config.clone(),
-        })?;
+        };
+        admin.persist(move |r| r.put(entry)).await?;
         let learner = self
             .restart_learner(&mut admin, &config, created_lsn, None)
             .await?;
@@ -392,7 +414,8 @@ impl Engine {
     pub async fn delete_model(&self, name: &str, drop_checkpoints: bool) -> Result<(), Error> {
         self.model(name)?;
         let mut admin = self.admin.lock().await;
-        if !admin.registry.remove(name)? {
+        let model = name.to_owned();
+        if !admin.persist(move |r| r.remove(&model)).await? {
             return Err(Error::ModelNotFound(name.to_owned()));
         }
         self.swap_models(|m| {

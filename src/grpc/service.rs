@@ -50,6 +50,27 @@ impl BanditGrpc {
             .ok_or_else(|| Error::Unavailable("recovering at startup".into()))?;
         Ok((engine, permit))
     }
+
+    /// Runs an admin change on a task of its own, so that a client that gives up (its
+    /// deadline, a dropped connection) cannot cancel it halfway: between the registry write
+    /// and the learner's restart, a cancelled change would leave a model without a learner.
+    async fn detached<T, F>(&self, change: impl FnOnce(Arc<Engine>) -> F) -> Result<T, Status>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, Error>> + Send + 'static,
+    {
+        let (_, _permit) = self.admit()?;
+        let engine = self
+            .engine
+            .get()
+            .cloned()
+            .ok_or_else(|| Error::Unavailable("recovering at startup".into()))?;
+        let task = tokio::spawn(change(engine));
+        let result = task
+            .await
+            .map_err(|e| Error::Internal(format!("admin task: {e}")))?;
+        Ok(result?)
+    }
 }
 
 #[tonic::async_trait]
@@ -99,9 +120,10 @@ impl BanditService for BanditGrpc {
         &self,
         request: Request<pb::CreateModelRequest>,
     ) -> Result<Response<pb::ModelInfo>, Status> {
-        let (engine, _permit) = self.admit()?;
         let spec = ModelSpec::try_from(request.into_inner())?;
-        let status = engine.create_model(spec).await?;
+        let status = self
+            .detached(|engine| async move { engine.create_model(spec).await })
+            .await?;
         Ok(Response::new(status.into()))
     }
 
@@ -109,9 +131,10 @@ impl BanditService for BanditGrpc {
         &self,
         request: Request<pb::UpdateModelRequest>,
     ) -> Result<Response<pb::ModelInfo>, Status> {
-        let (engine, _permit) = self.admit()?;
         let pb::UpdateModelRequest { model, settings } = request.into_inner();
-        let status = engine.update_model(&model, &settings).await?;
+        let status = self
+            .detached(|engine| async move { engine.update_model(&model, &settings).await })
+            .await?;
         Ok(Response::new(status.into()))
     }
 
@@ -119,12 +142,12 @@ impl BanditService for BanditGrpc {
         &self,
         request: Request<pb::DeleteModelRequest>,
     ) -> Result<Response<pb::DeleteModelResponse>, Status> {
-        let (engine, _permit) = self.admit()?;
         let pb::DeleteModelRequest {
             model,
             drop_checkpoints,
         } = request.into_inner();
-        engine.delete_model(&model, drop_checkpoints).await?;
+        self.detached(|engine| async move { engine.delete_model(&model, drop_checkpoints).await })
+            .await?;
         Ok(Response::new(pb::DeleteModelResponse {}))
     }
 
@@ -144,9 +167,10 @@ impl BanditService for BanditGrpc {
         &self,
         request: Request<pb::RollbackModelRequest>,
     ) -> Result<Response<pb::ModelInfo>, Status> {
-        let (engine, _permit) = self.admit()?;
         let pb::RollbackModelRequest { model, version } = request.into_inner();
-        let status = engine.rollback_model(&model, version).await?;
+        let status = self
+            .detached(|engine| async move { engine.rollback_model(&model, version).await })
+            .await?;
         Ok(Response::new(status.into()))
     }
 }
