@@ -54,7 +54,8 @@ fn update(model: &str, settings: &[&str]) -> UpdateModelRequest {
     }
 }
 
-/// The configuration part of a ModelInfo: everything but the version and the counters.
+/// The configuration part of a ModelInfo: everything but the version and the counters
+/// (the holdout groups count since the server started).
 fn settings_of(info: &ModelInfo) -> ModelInfo {
     ModelInfo {
         model_version: 0,
@@ -63,6 +64,11 @@ fn settings_of(info: &ModelInfo) -> ModelInfo {
         training_steps: 0,
         pending_decisions: 0,
         awaiting_reward: 0,
+        treatment: None,
+        control: None,
+        lift: None,
+        lift_ci_low: None,
+        lift_ci_high: None,
         ..info.clone()
     }
 }

@@ -330,6 +330,10 @@ impl Engine {
         name: &str,
         settings: &[String],
     ) -> Result<ModelStatus, Error> {
+        self.model(name)?;
+        // Under the lock from here: the settings apply to the model as the previous admin
+        // call left it, so two concurrent updates cannot lose one another's change.
+        let mut admin = self.admin.lock().await;
         let current = self.model(name)?;
         let config = current
             .config
@@ -343,9 +347,6 @@ impl Engine {
                 field: field.into(),
                 detail: detail.into(),
             })?;
-        let mut admin = self.admin.lock().await;
-        // Read again under the lock: another admin call may have changed or deleted it.
-        let current = self.model(name)?;
         let created_lsn = admin.registry.get(name).map_or(0, |e| e.created_lsn);
         if current.config == config {
             return self.model_status(name);
