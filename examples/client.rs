@@ -6,12 +6,15 @@
 //! show; `--client-cert`/`--client-key` when it requires client certificates):
 //!     BANDITD_TOKEN=... cargo run --release --example client -- https://banditd.example:50051 \
 //!         --ca-cert ca.pem
+//! With `--admin` (an admin token, if tokens are configured) it then creates a model, drives
+//! it, changes its learning rate, rolls it back to its newest checkpoint and deletes it.
 
 use std::path::PathBuf;
 
 use banditd::proto::{
-    Arm, ChooseArmRequest, ListModelsRequest, ReportRewardRequest,
-    bandit_service_client::BanditServiceClient,
+    Arm, ChooseArmRequest, CreateModelRequest, DeleteModelRequest, ListCheckpointsRequest,
+    ListModelsRequest, ModelKind, ModelSpec, ReportRewardRequest, RollbackModelRequest,
+    UpdateModelRequest, bandit_service_client::BanditServiceClient,
 };
 use clap::Parser;
 use tonic::{
@@ -38,6 +41,9 @@ struct Args {
     /// PEM key of `--client-cert`.
     #[arg(long, requires = "client_cert")]
     client_key: Option<PathBuf>,
+    /// Then create a model, drive it, update it, roll it back and delete it.
+    #[arg(long)]
+    admin: bool,
 }
 
 #[tokio::main]
@@ -145,5 +151,87 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .await?;
     println!("rewards reported");
+    if !args.admin {
+        return Ok(());
+    }
+
+    // A model made at runtime: two arms, 10% of decisions held out for a uniform control.
+    let name = "example-admin";
+    let created = client
+        .create_model(CreateModelRequest {
+            spec: Some(ModelSpec {
+                name: name.into(),
+                kind: ModelKind::FixedArms as i32,
+                context_dim: 2,
+                arms: vec!["x".into(), "y".into()],
+                arm_feature_dim: 0,
+                hidden_layers: vec![32],
+                settings: vec!["holdout={ fraction = 0.1 }".into()],
+            }),
+        })
+        .await?
+        .into_inner();
+    println!("created {name:?}, version {}", created.model_version);
+    for i in 0..200 {
+        let context = vec![(i % 10) as f32 / 10.0, 1.0];
+        let decision = client
+            .choose_arm(ChooseArmRequest {
+                model: name.into(),
+                context,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        // Arm x pays 1, arm y 0.
+        let reward = if decision.arm_id == "x" { 1.0 } else { 0.0 };
+        client
+            .report_reward(ReportRewardRequest {
+                model: name.into(),
+                decision_id: decision.decision_id,
+                reward,
+                regret: None,
+            })
+            .await?;
+    }
+    let updated = client
+        .update_model(UpdateModelRequest {
+            model: name.into(),
+            settings: vec!["learning_rate=0.001".into()],
+        })
+        .await?
+        .into_inner();
+    println!(
+        "updated: learning_rate {}, version {}; lift over the control {:?} (95% {:?} to {:?})",
+        updated.learning_rate,
+        updated.model_version,
+        updated.lift,
+        updated.lift_ci_low,
+        updated.lift_ci_high
+    );
+    let checkpoints = client
+        .list_checkpoints(ListCheckpointsRequest { model: name.into() })
+        .await?
+        .into_inner()
+        .checkpoints;
+    if let Some(newest) = checkpoints.first() {
+        let rolled = client
+            .rollback_model(RollbackModelRequest {
+                model: name.into(),
+                version: newest.version,
+            })
+            .await?
+            .into_inner();
+        println!(
+            "rolled back to {}'s weights: now version {}",
+            newest.version, rolled.model_version
+        );
+    }
+    client
+        .delete_model(DeleteModelRequest {
+            model: name.into(),
+            drop_checkpoints: true,
+        })
+        .await?;
+    println!("deleted {name:?}");
     Ok(())
 }

@@ -616,6 +616,40 @@ impl Default for NeuralLinearConfig {
     }
 }
 
+/// What serves a holdout experiment's control group.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum HoldoutControl {
+    /// A uniformly random candidate (seeded by the decision id).
+    #[default]
+    Uniform,
+    /// The arm the client names in the request's `default_arm_id` (what it would show
+    /// without banditd); every request must then name one.
+    DefaultArm,
+}
+
+impl HoldoutControl {
+    /// The name used in configuration files and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Uniform => "uniform",
+            Self::DefaultArm => "default_arm",
+        }
+    }
+}
+
+/// A holdout experiment: a fraction of decisions, chosen by decision id (so a retry falls in
+/// the same group), is served by a control policy instead of the model, to measure the lift.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HoldoutConfig {
+    /// Fraction of decisions in the control group, in `[0, 1)`.
+    pub fraction: f64,
+    /// What serves them.
+    #[serde(default)]
+    pub control: HoldoutControl,
+}
+
 /// One named model and its learner.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -732,6 +766,15 @@ pub struct ModelConfig {
     /// runs out of work).
     #[serde(default = "defaults::publish_interval_ms")]
     pub publish_interval_ms: u64,
+    /// A holdout experiment (none by default): `holdout = { fraction = 0.05, control =
+    /// "uniform" }`. Both groups' rewards train the model.
+    #[serde(default)]
+    pub holdout: Option<HoldoutConfig>,
+    /// Forgetting for non-stationary rewards, in rewards: minibatches draw an example `a`
+    /// rewards old with weight 2^(-a / half-life), and the linear posterior (neural_linear,
+    /// bayesian_last_layer) weighs it so at each refit. None (the default) = stationary.
+    #[serde(default)]
+    pub decay_half_life: Option<f64>,
 }
 
 mod defaults {
@@ -837,6 +880,8 @@ impl ModelConfig {
             max_step_backlog: defaults::max_step_backlog(),
             publish_every_steps: defaults::publish_every_steps(),
             publish_interval_ms: defaults::publish_interval_ms(),
+            holdout: None,
+            decay_half_life: None,
         }
     }
 
@@ -935,7 +980,20 @@ impl ModelConfig {
     /// A setting that is not `key=value`, names no setting, or gives an invalid value.
     pub fn with_settings(&self, settings: &[String]) -> Result<Self, ConfigError> {
         let parse = |e: &dyn std::fmt::Display| ConfigError::Parse(e.to_string());
-        let mut value = toml::Value::try_from(self).map_err(|e| parse(&e))?;
+        let value = toml::Value::try_from(self).map_err(|e| parse(&e))?;
+        Self::from_table(value, settings)
+    }
+
+    /// The model a `[[models]]` table (`table`) describes once `key=value` `settings` are
+    /// applied to it (as [`ModelConfig::with_settings`] applies them), with every absent
+    /// setting at its default, validated as the configuration file is: the same messages,
+    /// naming the same fields. The admin API builds models this way.
+    ///
+    /// # Errors
+    /// A setting that is not `key=value`, names no setting, or gives an invalid value; a
+    /// missing required field (`name`, `kind`, `context_dim`).
+    pub fn from_table(mut value: toml::Value, settings: &[String]) -> Result<Self, ConfigError> {
+        let parse = |e: &dyn std::fmt::Display| ConfigError::Parse(e.to_string());
         for setting in settings {
             let (key, raw) = setting.split_once('=').ok_or_else(|| {
                 ConfigError::Parse(format!("setting {setting:?} is not key=value"))
@@ -962,6 +1020,147 @@ impl ModelConfig {
         let model: Self = value.try_into().map_err(|e| parse(&e))?;
         model.validate()?;
         Ok(model)
+    }
+
+    /// [`ModelConfig::validate`] plus the checks the whole file makes of each model against
+    /// `limits`: what a model created at runtime must pass.
+    ///
+    /// # Errors
+    /// The first problem found, naming the field.
+    pub fn validate_with(&self, limits: &LimitsConfig) -> Result<(), ConfigError> {
+        self.validate()?;
+        if self.propensity_samples > limits.max_posterior_samples {
+            return Err(ConfigError::Invalid {
+                model: self.name.clone(),
+                field: "propensity_samples".into(),
+                why: format!(
+                    "{} is more than limits.max_posterior_samples ({})",
+                    self.propensity_samples, limits.max_posterior_samples
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether this model can become `new` while it serves: `Err((field, why))` names the
+    /// first setting that cannot change live. What can: the learning rate, the policy and its
+    /// settings (`epsilon`, `neural_linear`, `drop_rates`, `bayesian_last_layer`), the reward
+    /// window, the default reward, `propensity_samples`, `holdout` and `decay_half_life` (the learner restarts from a
+    /// checkpoint of the current weights when it must). The network's shape, its seed and
+    /// the training set-up cannot: a new model (delete, create) takes those.
+    pub fn live_change(&self, new: &ModelConfig) -> Result<(), (&'static str, &'static str)> {
+        // Destructured without `..`: a new setting must be classed here.
+        let Self {
+            name,
+            kind,
+            context_dim,
+            arms,
+            arm_feature_dim,
+            hidden_layers,
+            policy: _,
+            epsilon: _,
+            propensity_samples: _,
+            neural_linear: _,
+            drop_rates: _,
+            concrete_dropout,
+            bayesian_last_layer: _,
+            heteroscedastic,
+            reward_range,
+            on_reward_out_of_range,
+            reward_std_growth_limit,
+            learning_rate: _,
+            optimizer,
+            batch_size,
+            updates_per_reward,
+            replay_capacity,
+            prior_strength,
+            reward_window_seconds: _,
+            default_reward: _,
+            seed,
+            pending_capacity,
+            max_step_backlog,
+            publish_every_steps,
+            publish_interval_ms,
+            holdout: _,
+            decay_half_life: _,
+        } = self;
+        const SHAPE: &str = "changes the network's shape; create a new model instead";
+        const SETUP: &str = "cannot change while the model serves; create a new model instead";
+        let checks: [(&'static str, bool, &'static str); 21] = [
+            ("name", *name != new.name, SETUP),
+            ("kind", *kind != new.kind, SHAPE),
+            ("context_dim", *context_dim != new.context_dim, SHAPE),
+            ("arms", *arms != new.arms, SHAPE),
+            (
+                "arm_feature_dim",
+                *arm_feature_dim != new.arm_feature_dim,
+                SHAPE,
+            ),
+            ("hidden_layers", *hidden_layers != new.hidden_layers, SHAPE),
+            (
+                "heteroscedastic",
+                *heteroscedastic != new.heteroscedastic,
+                SHAPE,
+            ),
+            (
+                "concrete_dropout",
+                *concrete_dropout != new.concrete_dropout,
+                SETUP,
+            ),
+            ("reward_range", *reward_range != new.reward_range, SETUP),
+            (
+                "on_reward_out_of_range",
+                *on_reward_out_of_range != new.on_reward_out_of_range,
+                SETUP,
+            ),
+            (
+                "reward_std_growth_limit",
+                reward_std_growth_limit.to_bits() != new.reward_std_growth_limit.to_bits(),
+                SETUP,
+            ),
+            ("optimizer", *optimizer != new.optimizer, SETUP),
+            ("batch_size", *batch_size != new.batch_size, SETUP),
+            (
+                "updates_per_reward",
+                *updates_per_reward != new.updates_per_reward,
+                SETUP,
+            ),
+            (
+                "replay_capacity",
+                *replay_capacity != new.replay_capacity,
+                SETUP,
+            ),
+            (
+                "prior_strength",
+                prior_strength.to_bits() != new.prior_strength.to_bits(),
+                SETUP,
+            ),
+            ("seed", *seed != new.seed, SETUP),
+            (
+                "pending_capacity",
+                *pending_capacity != new.pending_capacity,
+                SETUP,
+            ),
+            (
+                "max_step_backlog",
+                *max_step_backlog != new.max_step_backlog,
+                SETUP,
+            ),
+            (
+                "publish_every_steps",
+                *publish_every_steps != new.publish_every_steps,
+                SETUP,
+            ),
+            (
+                "publish_interval_ms",
+                *publish_interval_ms != new.publish_interval_ms,
+                SETUP,
+            ),
+        ];
+        match checks.into_iter().find(|(_, changed, _)| *changed) {
+            Some((field, _, why)) => Err((field, why)),
+            None => Ok(()),
+        }
     }
 
     /// The reward window.
@@ -1127,6 +1326,22 @@ impl ModelConfig {
         if self.publish_interval_ms == 0 {
             return Err(bad("publish_interval_ms", "must be at least 1".into()));
         }
+        if let Some(h) = self.decay_half_life
+            && !(h.is_finite() && h >= 1.0)
+        {
+            return Err(bad(
+                "decay_half_life",
+                format!("{h} is not a number of rewards of at least 1"),
+            ));
+        }
+        if let Some(h) = self.holdout
+            && !(0.0..1.0).contains(&h.fraction)
+        {
+            return Err(bad(
+                "holdout.fraction",
+                format!("{} is not in [0, 1)", h.fraction),
+            ));
+        }
         Ok(())
     }
 }
@@ -1290,16 +1505,7 @@ impl Config {
             });
         }
         for model in &self.models {
-            if model.propensity_samples > self.limits.max_posterior_samples {
-                return Err(ConfigError::Invalid {
-                    model: model.name.clone(),
-                    field: "propensity_samples".into(),
-                    why: format!(
-                        "{} is more than limits.max_posterior_samples ({})",
-                        model.propensity_samples, self.limits.max_posterior_samples
-                    ),
-                });
-            }
+            model.validate_with(&self.limits)?;
         }
         Ok(())
     }

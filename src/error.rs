@@ -46,6 +46,29 @@ pub enum Error {
         /// The decision id.
         id: String,
     },
+    /// CreateModel names a model that exists with another specification.
+    #[error(
+        "name: a model named {0:?} exists with another specification; delete it first or choose another name"
+    )]
+    ModelExists(String),
+    /// UpdateModel asks for a change the model cannot take while it serves.
+    #[error("{field}: {detail}")]
+    ChangeRefused {
+        /// The setting that cannot change.
+        field: String,
+        /// Why.
+        detail: String,
+    },
+    /// RollbackModel names a checkpoint version that is not retained.
+    #[error(
+        "version: model {model:?} has no retained checkpoint {version} (ListCheckpoints lists them)"
+    )]
+    CheckpointNotFound {
+        /// The model.
+        model: String,
+        /// The version asked for.
+        version: u64,
+    },
     /// A bounded queue is full; the caller may retry later.
     #[error("{0} is full; retry later")]
     Overloaded(&'static str),

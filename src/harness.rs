@@ -499,6 +499,7 @@ impl proto::bandit_service_server::BanditService for NoopService {
                 .collect(),
             model_version: 0,
             propensity: None,
+            holdout: false,
         }))
     }
 
@@ -531,6 +532,53 @@ impl proto::bandit_service_server::BanditService for NoopService {
         Ok(tonic::Response::new(proto::ListModelsResponse {
             models: self.models.clone(),
         }))
+    }
+
+    // The no-op server measures the client and the transport on the decision path; it has
+    // no models to administer.
+    async fn create_model(
+        &self,
+        _request: tonic::Request<proto::CreateModelRequest>,
+    ) -> Result<tonic::Response<proto::ModelInfo>, tonic::Status> {
+        Err(tonic::Status::unimplemented(
+            "the no-op server has no admin calls",
+        ))
+    }
+
+    async fn update_model(
+        &self,
+        _request: tonic::Request<proto::UpdateModelRequest>,
+    ) -> Result<tonic::Response<proto::ModelInfo>, tonic::Status> {
+        Err(tonic::Status::unimplemented(
+            "the no-op server has no admin calls",
+        ))
+    }
+
+    async fn delete_model(
+        &self,
+        _request: tonic::Request<proto::DeleteModelRequest>,
+    ) -> Result<tonic::Response<proto::DeleteModelResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented(
+            "the no-op server has no admin calls",
+        ))
+    }
+
+    async fn list_checkpoints(
+        &self,
+        _request: tonic::Request<proto::ListCheckpointsRequest>,
+    ) -> Result<tonic::Response<proto::ListCheckpointsResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented(
+            "the no-op server has no admin calls",
+        ))
+    }
+
+    async fn rollback_model(
+        &self,
+        _request: tonic::Request<proto::RollbackModelRequest>,
+    ) -> Result<tonic::Response<proto::ModelInfo>, tonic::Status> {
+        Err(tonic::Status::unimplemented(
+            "the no-op server has no admin calls",
+        ))
     }
 }
 

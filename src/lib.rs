@@ -22,6 +22,7 @@
 //! - [`storage`]: the append-only decision/reward log, checkpoints, recovery, export.
 //! - [`learner`]: the training thread: reads its model's examples from the log, trains,
 //!   publishes snapshots, writes checkpoints.
+//! - [`registry`]: the persisted list of models (created, changed, deleted at runtime).
 //! - [`decisions`]: pending decisions awaiting rewards, bounded, with window expiry.
 //! - [`offline`]: offline evaluation (IPS, SNIPS, DR) and warm start from logged decisions.
 //! - [`engine`]: models by name, request validation, decide / report / expire, startup.
@@ -52,6 +53,7 @@ pub mod model;
 pub mod offline;
 pub mod policy;
 pub mod proto;
+pub mod registry;
 pub mod server;
 pub mod shutdown;
 pub mod sim;

@@ -19,6 +19,14 @@ pub const DECISIONS: &str = "banditd_decisions_total";
 pub const REWARDS: &str = "banditd_rewards_total";
 /// Sum of accepted rewards, by model (a gauge: rewards may be negative).
 pub const REWARD_SUM: &str = "banditd_reward_sum";
+/// Rewards of each holdout group (reported, and default rewards of expired decisions), by
+/// model and `group` (`treatment`: served by the model; `control`: by the holdout's control
+/// policy).
+pub const GROUP_REWARDS: &str = "banditd_group_rewards_total";
+/// Sum of those rewards, by model and group.
+pub const GROUP_REWARD_SUM: &str = "banditd_group_reward_sum";
+/// Sum of their squares, by model and group (for the lift's confidence interval).
+pub const GROUP_REWARD_SQUARES: &str = "banditd_group_reward_squares_sum";
 /// Sum of the `regret` field of accepted rewards, by model.
 pub const REGRET_SUM: &str = "banditd_regret_sum";
 /// Server time of `ChooseArm`, by model.
@@ -125,6 +133,15 @@ pub fn describe() {
         "Rewards accepted (first report per decision)."
     );
     describe_gauge!(REWARD_SUM, "Sum of accepted rewards.");
+    describe_counter!(
+        GROUP_REWARDS,
+        "Rewards per holdout group (treatment: the model; control: the control policy)."
+    );
+    describe_gauge!(GROUP_REWARD_SUM, "Sum of the rewards per holdout group.");
+    describe_gauge!(
+        GROUP_REWARD_SQUARES,
+        "Sum of the squared rewards per holdout group."
+    );
     describe_gauge!(
         REGRET_SUM,
         "Sum of the regret reported with accepted rewards (simulations and replays)."
@@ -444,6 +461,15 @@ pub fn log_segments_removed(n: u64) {
     counter!(LOG_SEGMENTS_REMOVED).increment(n);
 }
 
+/// A reward (reported, or a default reward) counted for a holdout group.
+pub fn group_reward(model: &str, control: bool, reward: f64) {
+    let group = if control { "control" } else { "treatment" };
+    counter!(GROUP_REWARDS, "model" => model.to_owned(), "group" => group).increment(1);
+    gauge!(GROUP_REWARD_SUM, "model" => model.to_owned(), "group" => group).increment(reward);
+    gauge!(GROUP_REWARD_SQUARES, "model" => model.to_owned(), "group" => group)
+        .increment(reward * reward);
+}
+
 /// The gRPC methods, for the series [`init_series`] creates.
 const METHODS: [&str; 4] = ["ChooseArm", "ReportReward", "GetModel", "ListModels"];
 /// The codes a bandit call commonly fails with (README.md "Errors"), spelled as
@@ -497,6 +523,11 @@ pub fn init_series(models: &[ModelSeries<'_>]) {
             LINEAR_REFRESHES,
         ] {
             counter!(name, "model" => m()).increment(0);
+        }
+        for group in ["treatment", "control"] {
+            counter!(GROUP_REWARDS, "model" => m(), "group" => group).increment(0);
+            gauge!(GROUP_REWARD_SUM, "model" => m(), "group" => group).increment(0.0);
+            gauge!(GROUP_REWARD_SQUARES, "model" => m(), "group" => group).increment(0.0);
         }
         for outcome in ["defaulted", "dropped"] {
             counter!(DECISIONS_EXPIRED, "model" => m(), "outcome" => outcome).increment(0);

@@ -173,10 +173,10 @@ pub async fn run_with_http(
     let sweep = {
         let engine = Arc::clone(&engine);
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(engine.sweep_interval());
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tick.tick().await;
+                // Read each time: models created or updated at runtime change the shortest
+                // reward window.
+                tokio::time::sleep(engine.sweep_interval()).await;
                 engine.expire(tokio::time::Instant::now());
             }
         })

@@ -858,13 +858,16 @@ async fn log_missing_its_tail_still_starts() {
 }
 
 /// A changed hidden layer width on a directory with checkpoints: startup is refused with an
-/// error naming the model and both shapes.
+/// error naming the model and both shapes. (The model registry in the data directory wins
+/// over the file after the first start; deleting it, as an operator resets to the file, lets
+/// the file's new width meet the old checkpoints.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changed_network_shape_is_refused() {
     let base = base(25).await;
     let toml = config_toml("periodic", false, 1, 24);
     let mut config = Config::from_toml(&toml).unwrap();
     config.storage.data_dir = base.site.data();
+    fs::remove_file(base.site.data().join(banditd::registry::FILE_NAME)).unwrap();
     config.server.drain_timeout_ms = 1_000;
     let server = TestServer::spawn(config).await;
     let err = tokio::time::timeout(Duration::from_secs(30), server.join())

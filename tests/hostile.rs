@@ -108,6 +108,7 @@ fn any_choose() -> impl Strategy<Value = ChooseArmRequest> {
         "[a-z0-9-]{0,8}",
         prop_oneof![Just(0u32), 1u32..20, any::<u32>()],
         prop_oneof![Just(0u32), 1u32..20, any::<u32>()],
+        "[0-9a-z]{0,3}",
     )
         .prop_map(
             |(
@@ -118,6 +119,7 @@ fn any_choose() -> impl Strategy<Value = ChooseArmRequest> {
                 decision_id,
                 propensity_samples,
                 explain_samples,
+                default_arm_id,
             )| ChooseArmRequest {
                 model,
                 context,
@@ -126,6 +128,7 @@ fn any_choose() -> impl Strategy<Value = ChooseArmRequest> {
                 decision_id,
                 propensity_samples,
                 explain_samples,
+                default_arm_id,
             },
         )
 }

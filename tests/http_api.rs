@@ -518,6 +518,7 @@ async fn json_and_grpc_decide_the_same() {
             .collect(),
         excluded_arm_ids: vec!["item-3".into()],
         decision_id: "same-1".into(),
+        default_arm_id: String::new(),
         propensity_samples: 20,
         explain_samples: 10,
     };
@@ -686,6 +687,11 @@ async fn openapi_matches_routes_and_proto_json() {
         posterior_mean: Some(1.0),
         posterior_std: Some(1.0),
     };
+    let group = pb::GroupStats {
+        rewards: 1,
+        reward_sum: 1.0,
+        reward_mean: 1.0,
+    };
     let info = pb::ModelInfo {
         name: "m".into(),
         kind: 1,
@@ -711,6 +717,14 @@ async fn openapi_matches_routes_and_proto_json() {
         epsilon: 1.0,
         propensity_samples: 1,
         awaiting_reward: 1,
+        holdout_fraction: 1.0,
+        holdout_control: "uniform".into(),
+        treatment: Some(group),
+        control: Some(group),
+        lift: Some(1.0),
+        lift_ci_low: Some(1.0),
+        lift_ci_high: Some(1.0),
+        decay_half_life: Some(1.0),
     };
     let messages: Vec<(&str, Value)> = vec![
         ("Arm", serde_json::to_value(&arm).unwrap()),
@@ -724,6 +738,7 @@ async fn openapi_matches_routes_and_proto_json() {
                 decision_id: "d".into(),
                 propensity_samples: 1,
                 explain_samples: 1,
+                default_arm_id: "a".into(),
             })
             .unwrap(),
         ),
@@ -736,6 +751,7 @@ async fn openapi_matches_routes_and_proto_json() {
                 scores: vec![],
                 model_version: 1,
                 propensity: Some(1.0),
+                holdout: true,
             })
             .unwrap(),
         ),
@@ -758,6 +774,7 @@ async fn openapi_matches_routes_and_proto_json() {
             serde_json::to_value(pb::ListModelsResponse { models: vec![] }).unwrap(),
         ),
         ("ModelInfo", serde_json::to_value(&info).unwrap()),
+        ("GroupStats", serde_json::to_value(group).unwrap()),
     ];
     let schemas = doc["components"]["schemas"].as_object().unwrap();
     for (name, value) in messages {

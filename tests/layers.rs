@@ -8,7 +8,9 @@ use std::{collections::HashMap, fs, path::Path};
 fn layout() -> Vec<String> {
     let lib = fs::read_to_string("src/lib.rs").unwrap();
     let start = lib.find("# Layout").expect("lib.rs has a # Layout section");
-    let end = lib[start..].find("pub mod").map_or(lib.len(), |e| start + e);
+    let end = lib[start..]
+        .find("pub mod")
+        .map_or(lib.len(), |e| start + e);
     let mut order: Vec<String> = Vec::new();
     let mut rest = &lib[start..end];
     while let Some(i) = rest.find("[`") {
@@ -87,7 +89,10 @@ fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
 #[test]
 fn no_module_uses_one_listed_above_it() {
     let order = layout();
-    assert!(order.len() >= 10, "lib.rs's layout lists too few modules: {order:?}");
+    assert!(
+        order.len() >= 10,
+        "lib.rs's layout lists too few modules: {order:?}"
+    );
     let rank: HashMap<&str, usize> = order
         .iter()
         .enumerate()
@@ -104,7 +109,10 @@ fn no_module_uses_one_listed_above_it() {
         if dir.is_dir() {
             rust_files(&dir, &mut files);
         }
-        assert!(!files.is_empty(), "lib.rs lists {module}, which has no source");
+        assert!(
+            !files.is_empty(),
+            "lib.rs lists {module}, which has no source"
+        );
         for file in files {
             let text = fs::read_to_string(&file).unwrap();
             // Unit tests may reach anywhere.
@@ -129,7 +137,8 @@ fn no_module_uses_one_listed_above_it() {
 
 #[test]
 fn the_reader_sees_groups_and_paths() {
-    let text = "use crate::{config::{A, B}, error::Error, metrics};\nlet x = crate::domain::now_ms();";
+    let text =
+        "use crate::{config::{A, B}, error::Error, metrics};\nlet x = crate::domain::now_ms();";
     let mut got = crate_modules(text);
     got.sort();
     assert_eq!(got, ["config", "domain", "error", "metrics"]);

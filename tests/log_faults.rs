@@ -246,7 +246,8 @@ async fn id_of_a_closed_decision_is_not_reused() {
     let refused = |err: tonic::Status| {
         assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
         assert!(
-            err.message().starts_with("decision_id:") && err.message().contains("campaign-7/user-1"),
+            err.message().starts_with("decision_id:")
+                && err.message().contains("campaign-7/user-1"),
             "{}",
             err.message()
         );

@@ -66,6 +66,7 @@ fn write_log(dir: &Path, made: &[Made]) {
             head: m.chosen as u32,
             propensity: m.propensity,
             request_hash: i as u64,
+            holdout: false,
         })
         .unwrap();
         if let Some(reward) = m.reward {

@@ -10,8 +10,9 @@ use tonic_types::{ErrorDetails, StatusExt};
 use crate::{
     config::{ModelConfig, ModelKind as ConfigKind},
     decisions::Decision,
-    engine::{Candidate, ChooseArm, ModelStatus, ReportReward},
+    engine::{Candidate, CheckpointInfo, ChooseArm, ModelSpec, ModelStatus, ReportReward},
     error::Error,
+    policy::holdout::{self, GroupStats},
     proto as pb,
 };
 
@@ -25,6 +26,7 @@ impl From<pb::ChooseArmRequest> for ChooseArm {
             decision_id,
             propensity_samples,
             explain_samples,
+            default_arm_id,
         } = req;
         Self {
             model,
@@ -37,6 +39,7 @@ impl From<pb::ChooseArmRequest> for ChooseArm {
             decision_id,
             propensity_samples,
             explain_samples,
+            default_arm_id,
         }
     }
 }
@@ -62,6 +65,7 @@ impl From<&Decision> for pb::ChooseArmResponse {
                 .collect(),
             model_version: d.model_version,
             propensity: d.propensity,
+            holdout: d.holdout,
         }
     }
 }
@@ -83,6 +87,63 @@ impl From<pb::ReportRewardRequest> for ReportReward {
     }
 }
 
+impl TryFrom<pb::CreateModelRequest> for ModelSpec {
+    type Error = Error;
+    fn try_from(req: pb::CreateModelRequest) -> Result<Self, Error> {
+        let pb::CreateModelRequest { spec } = req;
+        let pb::ModelSpec {
+            name,
+            kind,
+            context_dim,
+            arms,
+            arm_feature_dim,
+            hidden_layers,
+            settings,
+        } = spec.ok_or_else(|| Error::invalid("spec", "is required"))?;
+        let kind = match pb::ModelKind::try_from(kind) {
+            Ok(pb::ModelKind::FixedArms) => Some(ConfigKind::FixedArms),
+            Ok(pb::ModelKind::PerArmFeatures) => Some(ConfigKind::PerArmFeatures),
+            // The engine names the field: the same message as an absent kind.
+            Ok(pb::ModelKind::Unspecified) | Err(_) => None,
+        };
+        let usize_of = |n: u32| usize::try_from(n).unwrap_or(usize::MAX);
+        Ok(Self {
+            name,
+            kind,
+            context_dim: usize_of(context_dim),
+            arms,
+            arm_feature_dim: usize_of(arm_feature_dim),
+            hidden_layers: hidden_layers.into_iter().map(usize_of).collect(),
+            settings,
+        })
+    }
+}
+
+impl From<CheckpointInfo> for pb::CheckpointInfo {
+    fn from(c: CheckpointInfo) -> Self {
+        let CheckpointInfo {
+            version,
+            created_ms,
+            training_steps,
+            rewards,
+        } = c;
+        Self {
+            version,
+            created_ms,
+            training_steps,
+            rewards,
+        }
+    }
+}
+
+fn group(g: GroupStats) -> pb::GroupStats {
+    pb::GroupStats {
+        rewards: g.n,
+        reward_sum: g.sum,
+        reward_mean: g.mean,
+    }
+}
+
 fn u32_of(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
@@ -97,7 +158,10 @@ impl From<ModelStatus> for pb::ModelInfo {
             training_steps,
             pending_decisions,
             awaiting_reward,
+            treatment,
+            control,
         } = s;
+        let lift = holdout::lift(&treatment, &control);
         let drop_rates = config.effective_drop_rates();
         let ModelConfig {
             name,
@@ -130,6 +194,8 @@ impl From<ModelStatus> for pb::ModelInfo {
             publish_every_steps: _,
             max_step_backlog: _,
             publish_interval_ms: _,
+            holdout,
+            decay_half_life,
         } = config;
         Self {
             name,
@@ -159,6 +225,14 @@ impl From<ModelStatus> for pb::ModelInfo {
             policy: policy.as_str().to_owned(),
             epsilon,
             propensity_samples: u32_of(propensity_samples),
+            holdout_fraction: holdout.map_or(0.0, |h| h.fraction),
+            holdout_control: holdout.map_or("", |h| h.control.as_str()).to_owned(),
+            treatment: Some(group(treatment)),
+            control: Some(group(control)),
+            lift: lift.map(|l| l.0),
+            lift_ci_low: lift.map(|l| l.1),
+            lift_ci_high: lift.map(|l| l.2),
+            decay_half_life,
         }
     }
 }
@@ -200,11 +274,23 @@ impl From<Error> for Status {
                 message,
                 ErrorDetails::with_bad_request_violation(bounded(field), bounded(detail)),
             ),
-            Error::ModelNotFound(_) | Error::DecisionNotFound(_) => Status::not_found(message),
-            Error::RewardConflict { .. } | Error::DecisionIdUsed { .. } => {
+            Error::ModelNotFound(_)
+            | Error::DecisionNotFound(_)
+            | Error::CheckpointNotFound { .. } => Status::not_found(message),
+            Error::RewardConflict { .. } | Error::ModelExists(_) | Error::DecisionIdUsed { .. } => {
                 Status::already_exists(message)
             }
             Error::RetryMismatch { .. } => Status::failed_precondition(message),
+            // The setting's path also goes out machine-readable, as a PreconditionFailure.
+            Error::ChangeRefused { field, detail } => Status::with_error_details(
+                Code::FailedPrecondition,
+                message,
+                ErrorDetails::with_precondition_failure_violation(
+                    "LIVE_CHANGE",
+                    bounded(field),
+                    bounded(detail),
+                ),
+            ),
             // When to retry goes out machine-readable, as a google.rpc.RetryInfo.
             Error::Overloaded(_) => Status::with_error_details(
                 Code::ResourceExhausted,
@@ -279,6 +365,21 @@ mod tests {
                 Code::ResourceExhausted,
             ),
             (Error::Unavailable("m".into()), Code::Unavailable),
+            (Error::ModelExists("m".into()), Code::AlreadyExists),
+            (
+                Error::ChangeRefused {
+                    field: "context_dim".into(),
+                    detail: "x".into(),
+                },
+                Code::FailedPrecondition,
+            ),
+            (
+                Error::CheckpointNotFound {
+                    model: "m".into(),
+                    version: 3,
+                },
+                Code::NotFound,
+            ),
             (Error::Internal("secret detail".into()), Code::Internal),
         ];
         for (error, code) in cases {

@@ -16,7 +16,12 @@ use std::sync::{Arc, OnceLock};
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tonic::Status;
 
-use crate::{decisions::RewardOutcome, engine::Engine, error::Error, proto as pb};
+use crate::{
+    decisions::RewardOutcome,
+    engine::{Engine, ModelSpec},
+    error::Error,
+    proto as pb,
+};
 
 pub use convert::{MAX_STATUS_TEXT_BYTES, code_name};
 pub use tls::server_config as tls_server_config;
@@ -33,6 +38,16 @@ pub enum Method {
     GetModel,
     /// `ListModels`, `GET /v1/models`.
     ListModels,
+    /// `CreateModel` (gRPC only).
+    CreateModel,
+    /// `UpdateModel` (gRPC only).
+    UpdateModel,
+    /// `DeleteModel` (gRPC only).
+    DeleteModel,
+    /// `ListCheckpoints` (gRPC only).
+    ListCheckpoints,
+    /// `RollbackModel` (gRPC only).
+    RollbackModel,
 }
 
 impl Method {
@@ -43,15 +58,26 @@ impl Method {
             Self::ReportReward => "ReportReward",
             Self::GetModel => "GetModel",
             Self::ListModels => "ListModels",
+            Self::CreateModel => "CreateModel",
+            Self::UpdateModel => "UpdateModel",
+            Self::DeleteModel => "DeleteModel",
+            Self::ListCheckpoints => "ListCheckpoints",
+            Self::RollbackModel => "RollbackModel",
         }
     }
 
     /// The role a call needs: model descriptions are administrative (they show the
-    /// configuration, seed included).
+    /// configuration, seed included), and so are the model changes.
     pub fn role(self) -> Role {
         match self {
             Self::ChooseArm | Self::ReportReward => Role::User,
-            Self::GetModel | Self::ListModels => Role::Admin,
+            Self::GetModel
+            | Self::ListModels
+            | Self::CreateModel
+            | Self::UpdateModel
+            | Self::DeleteModel
+            | Self::ListCheckpoints
+            | Self::RollbackModel => Role::Admin,
         }
     }
 }
@@ -142,5 +168,104 @@ impl Api {
         let (engine, _permit) = self.admit()?;
         let models = engine.list_models().into_iter().map(Into::into).collect();
         Ok(pb::ListModelsResponse { models })
+    }
+
+    /// Runs an admin change on a task of its own, so that a client that gives up (its
+    /// deadline, a dropped connection) cannot cancel it halfway: between the registry write
+    /// and the learner's restart, a cancelled change would leave a model without a learner.
+    async fn detached<T, F>(&self, change: impl FnOnce(Arc<Engine>) -> F) -> Result<T, Status>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, Error>> + Send + 'static,
+    {
+        let (_, _permit) = self.admit()?;
+        let engine = self
+            .engine
+            .get()
+            .cloned()
+            .ok_or_else(|| Error::Unavailable("recovering at startup".into()))?;
+        let task = tokio::spawn(change(engine));
+        let result = task
+            .await
+            .map_err(|e| Error::Internal(format!("admin task: {e}")))?;
+        Ok(result?)
+    }
+
+    /// `CreateModel`.
+    ///
+    /// # Errors
+    /// As [`Api::choose_arm`].
+    pub async fn create_model(
+        &self,
+        request: pb::CreateModelRequest,
+    ) -> Result<pb::ModelInfo, Status> {
+        let spec = ModelSpec::try_from(request)?;
+        let status = self
+            .detached(|engine| async move { engine.create_model(spec).await })
+            .await?;
+        Ok(status.into())
+    }
+
+    /// `UpdateModel`.
+    ///
+    /// # Errors
+    /// As [`Api::choose_arm`].
+    pub async fn update_model(
+        &self,
+        request: pb::UpdateModelRequest,
+    ) -> Result<pb::ModelInfo, Status> {
+        let pb::UpdateModelRequest { model, settings } = request;
+        let status = self
+            .detached(|engine| async move { engine.update_model(&model, &settings).await })
+            .await?;
+        Ok(status.into())
+    }
+
+    /// `DeleteModel`.
+    ///
+    /// # Errors
+    /// As [`Api::choose_arm`].
+    pub async fn delete_model(
+        &self,
+        request: pb::DeleteModelRequest,
+    ) -> Result<pb::DeleteModelResponse, Status> {
+        let pb::DeleteModelRequest {
+            model,
+            drop_checkpoints,
+        } = request;
+        self.detached(|engine| async move { engine.delete_model(&model, drop_checkpoints).await })
+            .await?;
+        Ok(pb::DeleteModelResponse {})
+    }
+
+    /// `ListCheckpoints`.
+    ///
+    /// # Errors
+    /// As [`Api::choose_arm`].
+    pub async fn list_checkpoints(
+        &self,
+        request: pb::ListCheckpointsRequest,
+    ) -> Result<pb::ListCheckpointsResponse, Status> {
+        let (engine, _permit) = self.admit()?;
+        let pb::ListCheckpointsRequest { model } = request;
+        let checkpoints = engine.list_checkpoints(&model).await?;
+        Ok(pb::ListCheckpointsResponse {
+            checkpoints: checkpoints.into_iter().map(Into::into).collect(),
+        })
+    }
+
+    /// `RollbackModel`.
+    ///
+    /// # Errors
+    /// As [`Api::choose_arm`].
+    pub async fn rollback_model(
+        &self,
+        request: pb::RollbackModelRequest,
+    ) -> Result<pb::ModelInfo, Status> {
+        let pb::RollbackModelRequest { model, version } = request;
+        let status = self
+            .detached(|engine| async move { engine.rollback_model(&model, version).await })
+            .await?;
+        Ok(status.into())
     }
 }

@@ -52,6 +52,8 @@ pub struct Decision {
     /// Fingerprint of the request's context, candidates and exclusions: a retry with the same
     /// id must ask the same.
     pub request_hash: u64,
+    /// Served by the model's holdout control policy (its rewards count for the control group).
+    pub holdout: bool,
 }
 
 /// Where a recorded reward's log write stands.
@@ -157,7 +159,9 @@ pub struct Expired {
 pub struct PendingStore {
     /// A plain mutex: nothing is awaited while it is held, and each hold is a map operation.
     state: Mutex<State>,
-    window: Duration,
+    /// The reward window in nanoseconds; UpdateModel may change it while the model serves.
+    /// One window for every decision held, so insertion order stays expiry order.
+    window_nanos: std::sync::atomic::AtomicU64,
     capacity: usize,
 }
 
@@ -166,7 +170,7 @@ impl PendingStore {
     pub fn new(window: Duration, capacity: usize) -> Self {
         Self {
             state: Mutex::new(State::default()),
-            window,
+            window_nanos: std::sync::atomic::AtomicU64::new(nanos(window)),
             capacity: capacity.max(1),
         }
     }
@@ -323,7 +327,7 @@ impl PendingStore {
         let mut state = self.lock();
         let mut expired = Vec::new();
         while let Some((created, _)) = state.order.front() {
-            if now.duration_since(*created) < self.window {
+            if now.duration_since(*created) < self.window() {
                 break;
             }
             let Some((_, id)) = state.order.pop_front() else {
@@ -357,8 +361,19 @@ impl PendingStore {
 
     /// The reward window.
     pub fn window(&self) -> Duration {
-        self.window
+        Duration::from_nanos(self.window_nanos.load(std::sync::atomic::Ordering::Relaxed))
     }
+
+    /// Changes the reward window of every decision held and to come (UpdateModel).
+    pub fn set_window(&self, window: Duration) {
+        self.window_nanos
+            .store(nanos(window), std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// `window` in nanoseconds, saturating (u64 nanoseconds reach 584 years).
+fn nanos(window: Duration) -> u64 {
+    u64::try_from(window.as_nanos()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
@@ -376,6 +391,7 @@ mod tests {
             propensity: None,
             explanation: None,
             request_hash: 0,
+            holdout: false,
         }
     }
 

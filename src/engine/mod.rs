@@ -5,6 +5,7 @@
 //! be good), then decided or joined, then logged. `start` recovers the models from the data
 //! directory. `grpc/` only converts messages and maps [`Error`]s to status codes.
 
+mod admin;
 pub mod bus;
 mod replica;
 mod start;
@@ -23,16 +24,20 @@ use rand::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
 use tokio::time::Instant;
 
+pub use admin::{CheckpointInfo, ModelSpec};
 pub use start::Background;
 
 use crate::{
-    config::{LimitsConfig, ModelConfig, ModelKind, OnLogFull},
+    config::{HoldoutControl, LimitsConfig, ModelConfig, ModelKind, OnLogFull},
     decisions::{Decision, PendingStore, RewardOutcome, UsedIds},
     domain::{id_hash, now_ms},
     error::Error,
     learner::LearnerHandle,
     metrics,
-    policy::{self, Inputs},
+    policy::{
+        self, Inputs,
+        holdout::{self, GroupStats},
+    },
     storage::{
         Candidate as LoggedCandidate, ClosedRecord, DecisionRecord, ExampleRecord, How, Log,
         RewardRecord,
@@ -66,6 +71,8 @@ pub struct ChooseArm {
     pub propensity_samples: u32,
     /// Posterior samples explaining every candidate (0 = no explanation).
     pub explain_samples: u32,
+    /// The arm the client would show without banditd (a `default_arm` holdout's control).
+    pub default_arm_id: String,
 }
 
 /// A `ReportReward` request.
@@ -98,9 +105,14 @@ pub struct ModelStatus {
     pub pending_decisions: u64,
     /// Decisions whose window is open and that have no reward yet.
     pub awaiting_reward: u64,
+    /// Rewards of the decisions the model served, since start.
+    pub treatment: GroupStats,
+    /// Rewards of the holdout's control group, since start.
+    pub control: GroupStats,
 }
 
-/// One served model: its learner, its pending decisions, its counters.
+/// One served model: its learner, its pending decisions, its counters. An UpdateModel or
+/// RollbackModel replaces it with a new one that shares the pending store and the counters.
 #[derive(Debug)]
 struct ModelRuntime {
     config: ModelConfig,
@@ -109,7 +121,13 @@ struct ModelRuntime {
     learner: LearnerHandle,
     pending: Arc<PendingStore>,
     /// Ids of decisions in the retained log, which new decisions may not take.
-    used_ids: UsedIds,
+    used_ids: Arc<UsedIds>,
+    counters: Arc<Counters>,
+}
+
+/// A model's counters, kept across the replacements of its [`ModelRuntime`].
+#[derive(Debug, Default)]
+struct Counters {
     /// Numbers the decisions, and so seeds each decision's RNG; never reused in a process.
     /// Counts decisions made since start (validated requests only).
     decision_counter: AtomicU64,
@@ -118,14 +136,79 @@ struct ModelRuntime {
     rewards: AtomicU64,
     /// Rewards in the log when the process started (its retained part).
     logged_rewards: u64,
+    /// Rewards per holdout group since start: treatment, control.
+    groups: std::sync::Mutex<[GroupStats; 2]>,
 }
 
-/// The running service: every configured model. Cheap to share behind an `Arc`.
+impl Counters {
+    /// Counts `reward` for its holdout group, here and in the metrics.
+    fn group_reward(&self, model: &str, control: bool, reward: f64) {
+        self.groups.lock().unwrap_or_else(|p| p.into_inner())[usize::from(control)].push(reward);
+        metrics::group_reward(model, control, reward);
+    }
+}
+
+/// The holdout control's choice for decision `id` among `ids` when the decision falls in
+/// the model's control group: (index, propensity). A `default_arm` holdout needs the
+/// request's default arm among the candidates on every request, in either group, so that a
+/// client's omission shows at once.
+fn holdout_choice(
+    config: &ModelConfig,
+    id: &str,
+    ids: &[&str],
+    default_arm_id: &str,
+) -> Result<Option<(usize, f64)>, Error> {
+    let Some(h) = config.holdout else {
+        return Ok(None);
+    };
+    let default = match h.control {
+        HoldoutControl::Uniform => None,
+        HoldoutControl::DefaultArm => Some(
+            ids.iter()
+                .position(|a| *a == default_arm_id)
+                .ok_or_else(|| {
+                    Error::invalid(
+                        "default_arm_id",
+                        if default_arm_id.is_empty() {
+                            format!(
+                                "model {:?} holds out decisions for the client's default arm: \
+                                 every request must name it",
+                                config.name
+                            )
+                        } else {
+                            format!("{default_arm_id:?} is not a candidate (after exclusions)")
+                        },
+                    )
+                })?,
+        ),
+    };
+    if !holdout::in_control(config.seed, id, h.fraction) {
+        return Ok(None);
+    }
+    Ok(Some(match default {
+        Some(index) => (index, 1.0),
+        None => holdout::uniform_choice(config.seed, id, ids.len()),
+    }))
+}
+
+/// The served models by name, and their order for `ListModels` (the registry's: seeded
+/// from the configuration file, then creation order).
+#[derive(Debug, Default, Clone)]
+struct Models {
+    map: HashMap<String, Arc<ModelRuntime>>,
+    order: Vec<String>,
+}
+
+/// The running service: every registered model. Cheap to share behind an `Arc`.
 #[derive(Debug)]
 pub struct Engine {
-    models: HashMap<String, ModelRuntime>,
-    /// Configured order, for `ListModels`.
-    order: Vec<String>,
+    /// Read by every call without a lock (one atomic load); replaced whole by the admin calls
+    /// (under `admin`), so creating or deleting a model never blocks another model's serving.
+    models: arc_swap::ArcSwap<Models>,
+    /// The registry, the learner threads and what starting one needs. An async mutex: one
+    /// admin call at a time, held across the learner's stop and start on the blocking pool.
+    /// `None` in cluster mode (see `admin.rs`).
+    admin: Option<tokio::sync::Mutex<admin::Admin>>,
     limits: LimitsConfig,
     /// The decision/reward log; the learners read their examples from it.
     log: Log,
@@ -237,15 +320,18 @@ impl Engine {
     /// The serving side of `model`'s weights (cluster mode: the snapshot watcher installs
     /// the trainer's snapshots through it).
     pub fn weights(&self, model: &str) -> Option<LearnerHandle> {
-        self.models.get(model).map(|m| m.learner.clone())
+        self.models.load().map.get(model).map(|m| m.learner.clone())
     }
 
-    fn model(&self, name: &str) -> Result<&ModelRuntime, Error> {
+    fn model(&self, name: &str) -> Result<Arc<ModelRuntime>, Error> {
         if name.is_empty() {
             return Err(Error::invalid("model", "must not be empty"));
         }
         self.models
+            .load()
+            .map
             .get(name)
+            .cloned()
             .ok_or_else(|| Error::ModelNotFound(name.to_owned()))
     }
 
@@ -265,7 +351,7 @@ impl Engine {
         if let Some(bus) = &self.bus
             && !req.decision_id.is_empty()
             && let Some(found) =
-                replica::find(bus.as_ref(), model, &req.decision_id, request_hash).await?
+                replica::find(bus.as_ref(), &model, &req.decision_id, request_hash).await?
         {
             return Ok(found);
         }
@@ -300,7 +386,10 @@ impl Engine {
             explain: valid.explain_samples,
         };
         let snapshot = model.learner.snapshot();
-        let n = model.decision_counter.fetch_add(1, Ordering::Relaxed);
+        let n = model
+            .counters
+            .decision_counter
+            .fetch_add(1, Ordering::Relaxed);
         let mut rng =
             Xoshiro256PlusPlus::seed_from_u64(model.config.seed ^ n.wrapping_mul(SEED_STRIDE));
 
@@ -332,12 +421,18 @@ impl Engine {
                 )
             }
         };
+        let id = if req.decision_id.is_empty() {
+            uuid::Uuid::new_v4().to_string()
+        } else {
+            req.decision_id.clone()
+        };
+        let control = holdout_choice(&model.config, &id, &ids, &req.default_arm_id)?;
         let rows = match &owned {
             OwnedInputs::Heads { .. } => 1,
             OwnedInputs::Rows { rows, .. } => *rows,
         };
         let work = (1 + samples.propensity + samples.explain).saturating_mul(rows);
-        let (choice, owned) = if work <= self.limits.max_inline_work {
+        let (mut choice, owned) = if work <= self.limits.max_inline_work {
             // Measured cheaper inline than a hand-off to another thread.
             let choice = decide(&snapshot, owned.inputs(), samples, &mut rng)?;
             (choice, owned)
@@ -355,6 +450,12 @@ impl Engine {
             .await
             .map_err(|e| Error::Internal(format!("decision task: {e}")))??
         };
+        // The control group is served by the control policy; the model's scores are still
+        // logged (and its learner trains on the control's rewards too).
+        if let Some((index, propensity)) = control {
+            choice.choice.best = index;
+            choice.propensity = Some(propensity);
+        }
         let (input, head, logged): (Vec<f32>, usize, Vec<LoggedCandidate>) =
             match (&valid.candidates, owned) {
                 // The decision keeps the inputs' own copy of the context: no second clone.
@@ -384,11 +485,6 @@ impl Engine {
                     ));
                 }
             };
-        let id = if req.decision_id.is_empty() {
-            uuid::Uuid::new_v4().to_string()
-        } else {
-            req.decision_id.clone()
-        };
         let chosen = choice.best;
         let decision = Decision {
             id,
@@ -404,11 +500,12 @@ impl Engine {
             input,
             head: u32::try_from(head).map_err(|_| Error::Internal("head index overflow".into()))?,
             request_hash,
+            holdout: control.is_some(),
         };
         if let Some(bus) = &self.bus {
             return replica::publish_decision(
                 bus.as_ref(),
-                model,
+                &model,
                 decision,
                 req.context,
                 logged,
@@ -449,6 +546,7 @@ impl Engine {
                 head: stored.head,
                 propensity: stored.propensity,
                 request_hash,
+                holdout: stored.holdout,
             };
             match self.log.decision(record) {
                 Ok(None) => {}
@@ -502,7 +600,7 @@ impl Engine {
         if let Some(bus) = &self.bus {
             return replica::report_reward(
                 bus.as_ref(),
-                model,
+                &model,
                 &req.decision_id,
                 reward,
                 req.regret,
@@ -514,9 +612,11 @@ impl Engine {
         // At most twice: a retry that waited on a first report whose write then failed is
         // taken as the first report.
         for _ in 0..2 {
+            let mut control = false;
             let outcome = model
                 .pending
                 .record_reward(&req.decision_id, reward, |decision| {
+                    control = decision.holdout;
                     self.log
                         .reward(RewardRecord {
                             model: name.clone(),
@@ -554,7 +654,8 @@ impl Engine {
                 ack: Some(ack),
             };
             guard.wait().await?;
-            model.rewards.fetch_add(1, Ordering::Relaxed);
+            model.counters.rewards.fetch_add(1, Ordering::Relaxed);
+            model.counters.group_reward(name, control, reward);
             metrics::reward_accepted(name, reward, req.regret, started.elapsed());
             return Ok(RewardOutcome::Accepted(()));
         }
@@ -569,20 +670,30 @@ impl Engine {
     /// Unknown model.
     pub fn model_status(&self, name: &str) -> Result<ModelStatus, Error> {
         let model = self.model(name)?;
+        let groups = *model
+            .counters
+            .groups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         Ok(ModelStatus {
             config: model.config.clone(),
             model_version: model.learner.snapshot().version,
-            decisions: model.logged_decisions + model.decision_counter.load(Ordering::Relaxed),
-            rewards: model.logged_rewards + model.rewards.load(Ordering::Relaxed),
+            decisions: model.counters.logged_decisions
+                + model.counters.decision_counter.load(Ordering::Relaxed),
+            rewards: model.counters.logged_rewards + model.counters.rewards.load(Ordering::Relaxed),
             training_steps: model.learner.stats().steps.load(Ordering::Relaxed),
             pending_decisions: model.pending.len() as u64,
             awaiting_reward: model.pending.awaiting_reward() as u64,
+            treatment: groups[0],
+            control: groups[1],
         })
     }
 
-    /// Every model's status, in configured order.
+    /// Every model's status, in the registry's order.
     pub fn list_models(&self) -> Vec<ModelStatus> {
-        self.order
+        self.models
+            .load()
+            .order
             .iter()
             .filter_map(|name| self.model_status(name).ok())
             .collect()
@@ -592,7 +703,7 @@ impl Engine {
     /// configured, else drops the decision; both are counted and logged.
     pub fn expire(&self, now: Instant) {
         let wall_ms = now_ms();
-        for model in self.models.values() {
+        for model in self.models.load().map.values() {
             let name = &model.config.name;
             model.used_ids.prune(wall_ms);
             for expired in model.pending.expire(now) {
@@ -611,9 +722,14 @@ impl Engine {
                             head: d.head,
                             reward,
                         };
-                        self.log
+                        let logged = self
+                            .log
                             .closed(closed_record(name, &d.id, How::Defaulted, Some(example)))
-                            .is_ok()
+                            .is_ok();
+                        if logged {
+                            model.counters.group_reward(name, d.holdout, reward);
+                        }
+                        logged
                     }
                     None => {
                         let _ = self
@@ -633,6 +749,8 @@ impl Engine {
     pub fn sweep_interval(&self) -> Duration {
         let shortest = self
             .models
+            .load()
+            .map
             .values()
             .map(|m| m.pending.window())
             .min()

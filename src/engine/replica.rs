@@ -78,6 +78,7 @@ pub(super) async fn publish_decision(
         head: decision.head,
         propensity: decision.propensity,
         request_hash: decision.request_hash,
+        holdout: decision.holdout,
     };
     let stored = bus.publish_decision(record).await;
     let decision = match stored {
@@ -144,7 +145,7 @@ pub(super) async fn report_reward(
     };
     match bus.publish_reward(record).await? {
         Stored::New => {
-            model.rewards.fetch_add(1, Ordering::Relaxed);
+            model.counters.rewards.fetch_add(1, Ordering::Relaxed);
             metrics::reward_accepted(name, reward, regret, started.elapsed());
             Ok(RewardOutcome::Accepted(()))
         }
@@ -176,32 +177,26 @@ impl super::Engine {
             serving.seed ^= salt;
             models.insert(
                 model.name.clone(),
-                ModelRuntime {
-                    heads: model
-                        .arms
-                        .iter()
-                        .enumerate()
-                        .map(|(i, a)| (a.clone(), i))
-                        .collect(),
-                    config: serving,
-                    learner: crate::learner::LearnerHandle::detached(initial),
-                    pending: Arc::new(crate::decisions::PendingStore::new(
+                Arc::new(ModelRuntime::new(
+                    &serving,
+                    crate::learner::LearnerHandle::detached(initial),
+                    Arc::new(crate::decisions::PendingStore::new(
                         model.reward_window(),
                         model.pending_capacity,
                     )),
                     // Off: a replica sees only its own ids; a retried id on any replica finds
                     // its decision in JetStream instead (see README "Cluster mode").
-                    used_ids: crate::decisions::UsedIds::new(0, 0),
-                    decision_counter: std::sync::atomic::AtomicU64::new(0),
-                    logged_decisions: 0,
-                    rewards: std::sync::atomic::AtomicU64::new(0),
-                    logged_rewards: 0,
-                },
+                    Arc::new(crate::decisions::UsedIds::new(0, 0)),
+                    Arc::new(super::Counters::default()),
+                )),
             );
         }
         let engine = Self {
-            models,
-            order: config.models.iter().map(|m| m.name.clone()).collect(),
+            models: arc_swap::ArcSwap::from_pointee(super::Models {
+                map: models,
+                order: config.models.iter().map(|m| m.name.clone()).collect(),
+            }),
+            admin: None,
             limits: config.limits.clone(),
             log,
             heavy: Arc::new(tokio::sync::Semaphore::new(
@@ -212,7 +207,6 @@ impl super::Engine {
         Ok((
             Arc::new(engine),
             super::Background {
-                learners: Vec::new(),
                 writer,
                 _storage: storage,
             },

@@ -8,23 +8,24 @@ use std::{
     time::Duration,
 };
 
-use super::{Engine, ModelRuntime};
+use super::{Counters, Engine, ModelRuntime, Models, admin::Admin};
 use crate::{
-    config::Config,
+    config::{Config, ModelConfig, ModelKind},
     decisions::{Decision, PendingStore, UsedIds},
     domain::now_ms,
     error::Error,
-    learner::{Learner, Resume},
+    learner::{Learner, LearnerHandle, Resume},
     metrics,
+    registry::Registry,
     storage::{LogWriter, OpenDecision, Storage, checkpoint},
 };
 
-/// The engine's threads: the log writer and one learner per model. [`Background::shutdown`]
-/// stops them in order: the writer commits what it has, then every learner reads the rest of
-/// the log, trains, publishes and writes its final checkpoint.
+/// The engine's threads: the log writer (here) and one learner per model (held by the
+/// engine, since the admin calls start and stop them). [`Background::shutdown`] stops them
+/// in order: the writer commits what it has, then every learner reads the rest of the log,
+/// trains, publishes and writes its final checkpoint.
 #[derive(Debug)]
 pub struct Background {
-    pub(super) learners: Vec<Learner>,
     pub(super) writer: LogWriter,
     /// Holds the data directory's lock until everything has stopped.
     pub(super) _storage: Storage,
@@ -32,14 +33,51 @@ pub struct Background {
 
 impl Background {
     /// Flushes the log, stops the writer, then stops every learner (final checkpoints).
-    /// Call after serving has stopped.
+    /// Call after serving has stopped, from a thread that may block.
     pub fn shutdown(mut self, engine: &Engine) {
         engine.log.shutdown();
         self.writer.shutdown();
-        for learner in &mut self.learners {
-            learner.shutdown();
+        if let Some(admin) = &engine.admin {
+            admin.blocking_lock().stop_learners();
         }
     }
+}
+
+impl ModelRuntime {
+    /// A served model around `learner`, with `pending`, `used_ids` and `counters` (new, or
+    /// those of the runtime it replaces).
+    pub(super) fn new(
+        config: &ModelConfig,
+        learner: LearnerHandle,
+        pending: Arc<PendingStore>,
+        used_ids: Arc<UsedIds>,
+        counters: Arc<Counters>,
+    ) -> Self {
+        let heads = config
+            .arms
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (a.clone(), i))
+            .collect();
+        Self {
+            config: config.clone(),
+            heads,
+            learner,
+            pending,
+            used_ids,
+            counters,
+        }
+    }
+}
+
+/// Creates a model's metric series at zero (`server::run` does it for the configuration
+/// file's models before recovery; models from the registry or the admin calls come here).
+pub(super) fn init_metrics(model: &ModelConfig) {
+    metrics::init_series(&[metrics::ModelSeries {
+        name: &model.name,
+        arms: (model.kind == ModelKind::FixedArms).then_some(model.arms.as_slice()),
+        weight_layers: model.hidden_layers.len() + 1,
+    }]);
 }
 
 /// The pending-store view of a logged decision.
@@ -69,6 +107,7 @@ pub(super) fn decision_from_record(open: OpenDecision) -> Decision {
         propensity: d.propensity,
         explanation: None,
         request_hash: d.request_hash,
+        holdout: d.holdout,
     }
 }
 
@@ -96,12 +135,22 @@ impl Engine {
             elapsed_ms = scan_started.elapsed().as_millis() as u64,
             "log scanned"
         );
+        let (registry, seeded) =
+            Registry::open(storage.data_dir(), &config.models, &config.limits)?;
+        let entries = registry.entries().to_vec();
+        if !seeded && entries.iter().map(|e| &e.config).ne(config.models.iter()) {
+            tracing::warn!(
+                registry = %storage.data_dir().join(crate::registry::FILE_NAME).display(),
+                "the model registry differs from the configuration file's models: the registry \
+                 wins (delete it while stopped to go back to the file)"
+            );
+        }
         let mut checkpoints = HashMap::new();
         // Examples after the log's end that a checkpoint claims (a crash lost the log's
         // newest records after the learner had read them): new LSNs must start above them,
         // or the next recovery would take new examples for already trained.
         let mut first_lsn = summary.next_lsn;
-        for model in &config.models {
+        for model in entries.iter().map(|e| &e.config) {
             let (ck, skipped) =
                 checkpoint::load_latest(storage.data_dir(), &model.name, &model.layer_widths())?;
             for reason in &skipped.reasons {
@@ -117,12 +166,20 @@ impl Engine {
         }
         let (log, writer) = storage.start_writer(first_lsn)?;
         let mut models = HashMap::new();
-        let mut learners = Vec::new();
+        let mut learners = HashMap::new();
         let now = now_ms();
-        for model in &config.models {
+        for entry in &entries {
+            let model = &entry.config;
+            if !config.models.iter().any(|m| m.name == model.name) {
+                init_metrics(model);
+            }
             let ck = checkpoints.remove(&model.name).flatten();
             let logged = recovered.models.remove(&model.name).unwrap_or_default();
-            let from = ck.as_ref().map_or(0, |c| c.meta.replay_from);
+            // Records older than the model belong to a deleted model of the same name.
+            let from = ck
+                .as_ref()
+                .map_or(0, |c| c.meta.replay_from)
+                .max(entry.created_lsn);
             let checkpoint_version = ck.as_ref().map(|c| c.meta.version);
             let learner = Learner::resume(
                 model,
@@ -148,6 +205,9 @@ impl Engine {
             );
             let pending = PendingStore::new(model.reward_window(), model.pending_capacity);
             for open in logged.open {
+                if open.lsn < entry.created_lsn {
+                    continue;
+                }
                 let age = Duration::from_millis(now.saturating_sub(open.record.decided_ms));
                 let reward = open.reward;
                 pending.restore(decision_from_record(open), age, reward);
@@ -162,31 +222,40 @@ impl Engine {
             }
             used_ids.prune(now);
             metrics::decision_ids_forgotten(&model.name, forgotten);
-            let heads = model
-                .arms
-                .iter()
-                .enumerate()
-                .map(|(i, a)| (a.clone(), i))
-                .collect();
+            let counters = Counters {
+                decision_counter: AtomicU64::new(0),
+                logged_decisions: logged.decisions,
+                rewards: AtomicU64::new(0),
+                logged_rewards: logged.rewards,
+                groups: std::sync::Mutex::default(),
+            };
             models.insert(
                 model.name.clone(),
-                ModelRuntime {
-                    config: model.clone(),
-                    heads,
-                    learner: learner.handle(),
-                    pending: Arc::new(pending),
-                    used_ids,
-                    decision_counter: AtomicU64::new(0),
-                    logged_decisions: logged.decisions,
-                    rewards: AtomicU64::new(0),
-                    logged_rewards: logged.rewards,
-                },
+                Arc::new(ModelRuntime::new(
+                    model,
+                    learner.handle(),
+                    Arc::new(pending),
+                    Arc::new(used_ids),
+                    Arc::new(counters),
+                )),
             );
-            learners.push(learner);
+            learners.insert(model.name.clone(), learner);
         }
+        let admin = Admin {
+            registry,
+            learners,
+            data_dir: storage.data_dir().to_owned(),
+            epoch,
+            checkpoint_interval_secs: config.storage.checkpoint_interval_secs,
+            checkpoint_every_examples: config.storage.checkpoint_every_examples,
+            retention_ms: config.storage.retention_hours.saturating_mul(3_600_000),
+        };
         let engine = Self {
-            models,
-            order: config.models.iter().map(|m| m.name.clone()).collect(),
+            models: arc_swap::ArcSwap::from_pointee(Models {
+                map: models,
+                order: entries.iter().map(|e| e.config.name.clone()).collect(),
+            }),
+            admin: Some(tokio::sync::Mutex::new(admin)),
             limits: config.limits.clone(),
             log,
             heavy: Arc::new(tokio::sync::Semaphore::new(
@@ -197,7 +266,6 @@ impl Engine {
         Ok((
             Arc::new(engine),
             Background {
-                learners,
                 writer,
                 _storage: storage,
             },

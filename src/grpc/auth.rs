@@ -30,6 +30,11 @@ fn method(path: &str) -> (&'static str, Role) {
         "ReportReward" => Method::ReportReward,
         "GetModel" => Method::GetModel,
         "ListModels" => Method::ListModels,
+        "CreateModel" => Method::CreateModel,
+        "UpdateModel" => Method::UpdateModel,
+        "DeleteModel" => Method::DeleteModel,
+        "ListCheckpoints" => Method::ListCheckpoints,
+        "RollbackModel" => Method::RollbackModel,
         _ => return ("unknown", Role::User),
     };
     (method.name(), method.role())

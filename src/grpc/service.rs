@@ -64,4 +64,54 @@ impl BanditService for BanditGrpc {
             .list_models(request.into_inner())
             .map(Response::new)
     }
+
+    async fn create_model(
+        &self,
+        request: Request<pb::CreateModelRequest>,
+    ) -> Result<Response<pb::ModelInfo>, Status> {
+        self.api
+            .create_model(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn update_model(
+        &self,
+        request: Request<pb::UpdateModelRequest>,
+    ) -> Result<Response<pb::ModelInfo>, Status> {
+        self.api
+            .update_model(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn delete_model(
+        &self,
+        request: Request<pb::DeleteModelRequest>,
+    ) -> Result<Response<pb::DeleteModelResponse>, Status> {
+        self.api
+            .delete_model(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_checkpoints(
+        &self,
+        request: Request<pb::ListCheckpointsRequest>,
+    ) -> Result<Response<pb::ListCheckpointsResponse>, Status> {
+        self.api
+            .list_checkpoints(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn rollback_model(
+        &self,
+        request: Request<pb::RollbackModelRequest>,
+    ) -> Result<Response<pb::ModelInfo>, Status> {
+        self.api
+            .rollback_model(request.into_inner())
+            .await
+            .map(Response::new)
+    }
 }

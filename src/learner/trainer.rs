@@ -139,6 +139,8 @@ pub struct Trainer {
     std_growth_limit: f64,
     batch_size: usize,
     updates_per_reward: usize,
+    /// `decay_half_life`: forgetting for non-stationary rewards (none = stationary).
+    decay_half_life: Option<f64>,
     replay: Replay,
     rewards: RunningStats,
     rng: Xoshiro256PlusPlus,
@@ -204,6 +206,7 @@ impl Trainer {
             std_growth_limit: config.reward_std_growth_limit,
             batch_size: config.batch_size,
             updates_per_reward: config.updates_per_reward,
+            decay_half_life: config.decay_half_life,
             replay: Replay::new(config.replay_capacity),
             rewards: RunningStats::default(),
             // The decision path seeds from `seed`; a different stream for training.
@@ -282,10 +285,22 @@ impl Trainer {
             .map(|_| LinearStats::new(dim, lin.prior))
             .collect();
         let input_dim = self.net.shape().input_dim;
-        let items: Vec<&Example> = self.replay.iter().collect();
+        // With `decay_half_life`, the forgetting factor: an example `a` rewards old weighs
+        // 2^(-a / half_life) in the regression (its row and target scaled by the root).
+        let weight = |age: usize| {
+            self.decay_half_life.map_or(1.0, |h| {
+                (-(age as f64) * std::f64::consts::LN_2 / (2.0 * h)).exp()
+            })
+        };
+        let items: Vec<(&Example, f64)> = self
+            .replay
+            .iter()
+            .zip(self.replay.ages())
+            .map(|(e, age)| (e, weight(age)))
+            .collect();
         for chunk in items.chunks(REFRESH_CHUNK) {
             let mut inputs = Vec::with_capacity(chunk.len() * input_dim);
-            for example in chunk {
+            for (example, _) in chunk {
                 inputs.extend_from_slice(&example.input);
             }
             let xs = matrix(inputs, chunk.len(), input_dim)?;
@@ -293,10 +308,10 @@ impl Trainer {
             // Group the rows by head, one batched update per head.
             let mut by_head: Vec<(Vec<f32>, Vec<f64>)> =
                 vec![(Vec::new(), Vec::new()); stats.len()];
-            for (example, row) in chunk.iter().zip(phi.chunks(width)) {
+            for ((example, w), row) in chunk.iter().zip(phi.chunks(width)) {
                 if let Some((rows, ys)) = by_head.get_mut(example.head as usize) {
-                    rows.extend_from_slice(row);
-                    ys.push((example.reward - mean) / std);
+                    rows.extend(row.iter().map(|v| v * *w as f32));
+                    ys.push(w * (example.reward - mean) / std);
                 }
             }
             for (head, (rows, ys)) in by_head.iter().enumerate() {
@@ -466,7 +481,12 @@ impl Trainer {
         }
         let input_dim = self.net.shape().input_dim;
         let (mean, std) = (self.rewards.mean, self.rewards.std());
-        let batch = self.replay.sample(&mut self.rng, self.batch_size);
+        let batch = match self.decay_half_life {
+            Some(half_life) => self
+                .replay
+                .sample_recent(&mut self.rng, self.batch_size, half_life),
+            None => self.replay.sample(&mut self.rng, self.batch_size),
+        };
         let m = batch.len();
         let mut inputs = Vec::with_capacity(m * input_dim);
         let mut heads = Vec::with_capacity(m);

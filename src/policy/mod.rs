@@ -23,6 +23,7 @@ use crate::{
 };
 
 mod draws;
+pub mod holdout;
 mod snapshot;
 
 pub use draws::{Spread, exact_propensity, explain, propensity, wins};

@@ -82,7 +82,7 @@ fn io(what: &str, path: &Path, e: impl std::fmt::Display) -> Error {
 
 /// Writes `bytes` to `path` atomically: a temp file in the same directory, fsync, rename.
 /// (The rename is durable once the directory is fsynced: [`sync_dir`].)
-pub(super) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     let tmp = path.with_extension("tmp");
     let mut file = fs::File::create(&tmp).map_err(|e| io("create", &tmp, e))?;
     file.write_all(bytes).map_err(|e| io("write", &tmp, e))?;
@@ -92,7 +92,7 @@ pub(super) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
 }
 
 /// fsyncs a directory, making the renames and creations in it durable.
-pub(super) fn sync_dir(dir: &Path) -> Result<(), Error> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), Error> {
     fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| io("fsync dir", dir, e))
@@ -187,46 +187,14 @@ pub fn load_latest(
         }
     }
     for version in versions(&dir) {
-        let stem = format!("{version:020}");
-        let meta_path = dir.join(format!("{stem}.json"));
-        let weights_path = dir.join(format!("{stem}.safetensors"));
-        let meta: CheckpointMeta = match fs::read(&meta_path)
-            .map_err(|e| e.to_string())
-            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-        {
-            Ok(meta) => meta,
-            Err(e) => {
-                skipped
-                    .reasons
-                    .push(format!("{}: unreadable metadata: {e}", meta_path.display()));
+        let (meta, tensors) = match load_one(&dir, version) {
+            Ok(loaded) => loaded,
+            Err(reason) => {
+                skipped.reasons.push(reason);
                 continue;
             }
         };
-        let bytes = match fs::read(&weights_path) {
-            Ok(bytes) => bytes,
-            Err(e) => {
-                skipped
-                    .reasons
-                    .push(format!("{}: {e}", weights_path.display()));
-                continue;
-            }
-        };
-        if checksum(&bytes) != meta.weights_checksum {
-            skipped.reasons.push(format!(
-                "{}: checksum mismatch (corrupt)",
-                weights_path.display()
-            ));
-            continue;
-        }
-        let tensors = match candle_core::safetensors::load_buffer(&bytes, &Device::Cpu) {
-            Ok(t) => t,
-            Err(e) => {
-                skipped
-                    .reasons
-                    .push(format!("{}: {e}", weights_path.display()));
-                continue;
-            }
-        };
+        let meta_path = dir.join(format!("{version:020}.json"));
         if meta.widths != widths {
             return Err(Error::Internal(format!(
                 "model {model:?}: checkpoint {} has layer widths {:?} but the configuration gives {widths:?}; \
@@ -239,6 +207,87 @@ pub fn load_latest(
         return Ok((Some(Checkpoint { meta, tensors }), skipped));
     }
     Ok((None, skipped))
+}
+
+/// Checkpoint `version` of the model whose checkpoints are in `dir`: its metadata and
+/// tensors, or why it cannot be used (torn, corrupt).
+fn load_one(dir: &Path, version: u64) -> Result<(CheckpointMeta, HashMap<String, Tensor>), String> {
+    let stem = format!("{version:020}");
+    let meta_path = dir.join(format!("{stem}.json"));
+    let weights_path = dir.join(format!("{stem}.safetensors"));
+    let meta: CheckpointMeta = fs::read(&meta_path)
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+        .map_err(|e| format!("{}: unreadable metadata: {e}", meta_path.display()))?;
+    let bytes = fs::read(&weights_path).map_err(|e| format!("{}: {e}", weights_path.display()))?;
+    if checksum(&bytes) != meta.weights_checksum {
+        return Err(format!(
+            "{}: checksum mismatch (corrupt)",
+            weights_path.display()
+        ));
+    }
+    let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
+        .map_err(|e| format!("{}: {e}", weights_path.display()))?;
+    Ok((meta, tensors))
+}
+
+/// The metadata of every retained checkpoint of `model` that can be read, newest first (the
+/// versions a rollback can go back to; the weights are checked when one is loaded).
+pub fn list(data_dir: &Path, model: &str) -> Vec<CheckpointMeta> {
+    let dir = model_dir(data_dir, model);
+    versions(&dir)
+        .into_iter()
+        .filter_map(|v| {
+            let bytes = fs::read(dir.join(format!("{v:020}.json"))).ok()?;
+            serde_json::from_slice(&bytes).ok()
+        })
+        .collect()
+}
+
+/// Loads checkpoint `version` of `model`, if it is retained, intact and of shape `widths`.
+///
+/// # Errors
+/// [`Error::CheckpointNotFound`] when it is not retained or cannot be used (the reason is
+/// logged), [`Error::Internal`] when its shape is not `widths`.
+pub fn load_version(
+    data_dir: &Path,
+    model: &str,
+    version: u64,
+    widths: &[usize],
+) -> Result<Checkpoint, Error> {
+    let not_found = || Error::CheckpointNotFound {
+        model: model.to_owned(),
+        version,
+    };
+    let dir = model_dir(data_dir, model);
+    if !versions(&dir).contains(&version) {
+        return Err(not_found());
+    }
+    let (meta, tensors) = load_one(&dir, version).map_err(|reason| {
+        tracing::warn!(%model, %reason, "checkpoint cannot be loaded");
+        not_found()
+    })?;
+    if meta.widths != widths {
+        return Err(Error::Internal(format!(
+            "model {model:?}: checkpoint {version} has layer widths {:?}, the model {widths:?}",
+            meta.widths
+        )));
+    }
+    Ok(Checkpoint { meta, tensors })
+}
+
+/// Deletes every checkpoint of `model` (a deleted model's, when asked, or a former model's of
+/// the same name before a new one starts).
+///
+/// # Errors
+/// The directory exists and cannot be removed.
+pub fn remove_all(data_dir: &Path, model: &str) -> Result<(), Error> {
+    let dir = model_dir(data_dir, model);
+    match fs::remove_dir_all(&dir) {
+        Ok(()) => sync_dir(&data_dir.join("checkpoints")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io("remove", &dir, e)),
+    }
 }
 
 #[cfg(test)]

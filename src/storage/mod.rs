@@ -273,6 +273,7 @@ mod tests {
             head: d.head,
             propensity: None,
             request_hash: 7,
+            holdout: false,
         }
     }
 

@@ -13,10 +13,6 @@ pub(crate) struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-#[expect(
-    clippy::large_enum_variant,
-    reason = "parsed once at start; boxing the grpc arguments buys nothing"
-)]
 pub(crate) enum Command {
     /// Drive a running banditd over gRPC and report regret, throughput, latency and errors.
     Grpc(GrpcArgs),
@@ -27,6 +23,105 @@ pub(crate) enum Command {
     Dump(DumpArgs),
     /// Draw the regret curves of saved `--json` reports into one SVG.
     Plot(PlotArgs),
+    /// Create, change, roll back or delete a model on a running banditd (admin token).
+    Admin(AdminArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct AdminArgs {
+    /// The banditd server.
+    #[arg(
+        long,
+        env = "BANDITD_LOADGEN_TARGET",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub(crate) target: String,
+    /// Per-request deadline (a rollback or update restarts the model's learner).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub(crate) request_timeout: Duration,
+    /// Token and TLS options.
+    #[command(flatten)]
+    pub(crate) connect: ConnectArgs,
+    #[command(subcommand)]
+    pub(crate) action: AdminAction,
+}
+
+/// A model's kind, as `admin create --kind` spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum SpecKind {
+    /// One output per configured arm.
+    FixedArms,
+    /// Each candidate brings its features.
+    PerArmFeatures,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AdminAction {
+    /// Create a model (serving at once); drive it with `grpc --model NAME`.
+    Create {
+        /// Its name.
+        #[arg(long)]
+        name: String,
+        /// Its kind.
+        #[arg(long, value_enum, default_value_t = SpecKind::FixedArms)]
+        kind: SpecKind,
+        /// Length of every context.
+        #[arg(long)]
+        context_dim: u32,
+        /// The arm ids of a fixed-arm model, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        arms: Vec<String>,
+        /// Length of each candidate's features (per-arm models).
+        #[arg(long, default_value_t = 0)]
+        arm_feature_dim: u32,
+        /// Hidden layer widths, comma-separated (default: the server's, [100, 100]).
+        #[arg(long, value_delimiter = ',')]
+        hidden_layers: Vec<u32>,
+        /// Any other setting, as in its `[[models]]` table; repeatable (`--set
+        /// policy=greedy`, `--set 'holdout={ fraction = 0.1 }'`).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        settings: Vec<String>,
+    },
+    /// Change live settings (learning_rate, policy, epsilon, reward_window_seconds,
+    /// default_reward, holdout, ...).
+    Update {
+        /// The model.
+        #[arg(long)]
+        model: String,
+        /// The settings to change; repeatable.
+        #[arg(long = "set", value_name = "KEY=VALUE", required = true)]
+        settings: Vec<String>,
+    },
+    /// Stop serving a model and stop its learner.
+    Delete {
+        /// The model.
+        #[arg(long)]
+        model: String,
+        /// Delete its checkpoints too.
+        #[arg(long)]
+        drop_checkpoints: bool,
+    },
+    /// List a model's retained checkpoints (the versions `rollback` can serve).
+    Checkpoints {
+        /// The model.
+        #[arg(long)]
+        model: String,
+    },
+    /// Serve a retained checkpoint's weights again (as a new version).
+    Rollback {
+        /// The model.
+        #[arg(long)]
+        model: String,
+        /// A version `checkpoints` listed.
+        #[arg(long)]
+        version: u64,
+    },
+    /// Show a model: settings, version, counters, holdout groups and lift.
+    Get {
+        /// The model.
+        #[arg(long)]
+        model: String,
+    },
 }
 
 /// The transport `grpc` drives.

@@ -11,7 +11,11 @@
 //! - `dump`: writes an environment's rounds as JSON lines, so other tools (the peer
 //!   comparison under `bench/peers/`) play exactly the same rounds.
 //! - `plot`: draws the regret curves of saved `--json` reports into one SVG.
+//! - `admin`: the admin calls (create, update, delete a model, list its checkpoints, roll
+//!   it back, show it with its holdout lift), so that a model made at runtime can be driven
+//!   with `grpc --model NAME`.
 
+mod admin;
 mod backoff;
 mod cli;
 mod connect;
@@ -56,6 +60,7 @@ fn main() -> ExitCode {
         Command::Inproc(args) => inproc(&args),
         Command::Dump(args) => dump(&args),
         Command::Plot(args) => plot_reports(&args),
+        Command::Admin(args) => admin::main(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
