@@ -82,6 +82,10 @@ pub struct DecisionRow {
     pub regret: Option<f64>,
     /// How the wait ended; `None` while pending.
     pub closed: Option<Closed>,
+    /// True when the decision fell in the model's holdout control group and was served by
+    /// the control policy (its `propensity` is the control's).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub holdout: bool,
 }
 
 impl DecisionRow {
@@ -117,6 +121,7 @@ impl DecisionRow {
             reward_ms: None,
             regret: None,
             closed: None,
+            holdout: d.holdout,
         }
     }
 }
@@ -133,7 +138,9 @@ pub fn export(
     out: &mut impl Write,
 ) -> Result<(HashMap<String, u64>, ScanSummary), Error> {
     let wanted = |m: &str| models.is_empty() || models.iter().any(|w| w == m);
-    let mut open: HashMap<(String, String), DecisionRow> = HashMap::new();
+    // Open decisions with their LSN, so that those still open at the end come out in log
+    // order (a map's order would differ from run to run for equal times).
+    let mut open: HashMap<(String, String), (u64, DecisionRow)> = HashMap::new();
     let mut rows: HashMap<String, u64> = HashMap::new();
     let mut failed: Option<std::io::Error> = None;
     let mut emit = |row: &DecisionRow, out: &mut dyn Write| {
@@ -147,7 +154,7 @@ pub fn export(
             *rows.entry(row.model.clone()).or_default() += 1;
         }
     };
-    let summary = scan(data_dir, false, |_, record| {
+    let summary = scan(data_dir, false, |lsn, record| {
         if !wanted(record.model()) {
             return;
         }
@@ -155,11 +162,11 @@ pub fn export(
             Record::Decision(d) => {
                 open.insert(
                     (d.model.clone(), d.decision_id.clone()),
-                    DecisionRow::from_record(d),
+                    (lsn, DecisionRow::from_record(d)),
                 );
             }
             Record::Reward(r) => {
-                if let Some(row) = open.get_mut(&(r.model, r.decision_id)) {
+                if let Some((_, row)) = open.get_mut(&(r.model, r.decision_id)) {
                     row.reward = r.example.map(|e| e.reward);
                     row.reward_ms = Some(r.at_ms);
                     row.regret = r.regret;
@@ -167,7 +174,7 @@ pub fn export(
             }
             Record::Closed(c) => {
                 let how = c.how();
-                if let Some(mut row) = open.remove(&(c.model, c.decision_id)) {
+                if let Some((_, mut row)) = open.remove(&(c.model, c.decision_id)) {
                     row.closed = Closed::from_how(how);
                     if let Some(e) = c.example {
                         row.reward = Some(e.reward);
@@ -178,9 +185,9 @@ pub fn export(
             }
         }
     })?;
-    let mut rest: Vec<DecisionRow> = open.into_values().collect();
-    rest.sort_by_key(|r| r.decided_ms);
-    for row in &rest {
+    let mut rest: Vec<(u64, DecisionRow)> = open.into_values().collect();
+    rest.sort_unstable_by_key(|(lsn, _)| *lsn);
+    for (_, row) in &rest {
         emit(row, out);
     }
     if let Some(e) = failed {
@@ -204,4 +211,55 @@ pub fn rows(data_dir: &Path, models: &[String]) -> Result<Vec<DecisionRow>, Erro
                 .map_err(|e| Error::Internal(format!("export produced a bad line: {e}")))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        config::StorageConfig,
+        storage::{Candidate, Storage},
+    };
+
+    /// Decisions still open at the end come out in log order, even when they share a
+    /// decision time (a map's order would vary between runs), with their holdout flag.
+    #[test]
+    fn open_decisions_come_out_in_log_order_with_their_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(&StorageConfig {
+            data_dir: dir.path().to_owned(),
+            ..StorageConfig::default()
+        })
+        .unwrap();
+        let (log, mut writer) = storage.start_writer(0).unwrap();
+        let ids: Vec<String> = (0..40).rev().map(|i| format!("d{i}")).collect();
+        for (i, id) in ids.iter().enumerate() {
+            log.decision(DecisionRecord {
+                model: "m".into(),
+                decision_id: id.clone(),
+                decided_ms: 1_000,
+                context: vec![0.5],
+                candidates: vec![Candidate {
+                    id: "a".into(),
+                    features: Vec::new(),
+                }],
+                chosen: 0,
+                scores: vec![0.0],
+                model_version: 1,
+                head: 0,
+                propensity: None,
+                request_hash: 0,
+                holdout: i % 2 == 1,
+            })
+            .unwrap();
+        }
+        log.flush().unwrap().blocking_recv().unwrap().unwrap();
+        log.shutdown();
+        writer.shutdown();
+        let rows = rows(dir.path(), &[]).unwrap();
+        let got: Vec<&str> = rows.iter().map(|r| r.decision_id.as_str()).collect();
+        assert_eq!(got, ids.iter().map(String::as_str).collect::<Vec<_>>());
+        let groups: Vec<bool> = rows.iter().map(|r| r.holdout).collect();
+        assert_eq!(groups, (0..40).map(|i| i % 2 == 1).collect::<Vec<_>>());
+    }
 }
