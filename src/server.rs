@@ -11,7 +11,7 @@ use std::{
 use tokio::{net::TcpListener, sync::Mutex};
 
 use crate::{
-    api::Api,
+    api::{Api, Serving},
     config::{Config, ModelKind, ServerConfig},
     engine::Engine,
     error::Error,
@@ -65,7 +65,11 @@ pub async fn run_with_http(
     let slot = Arc::new(OnceLock::new());
     // One API (engine slot and in-flight limit) behind both transports.
     let api = Api::new(Arc::clone(&slot), config.server.max_in_flight);
-    let (router, health) = grpc::router(api.clone(), &config).await?;
+    let (router, reporter) = grpc::router(api.clone(), &config).await?;
+    let health = Health {
+        grpc: reporter,
+        http: api.serving().clone(),
+    };
     let addr = listener
         .local_addr()
         .map_err(|e| Error::Internal(format!("listener: {e}")))?;
@@ -107,7 +111,7 @@ pub async fn run_with_http(
             }
             let mut stopping = stopping.lock().await;
             *stopping = true;
-            grpc::set_health(&health, false).await;
+            health.set(false).await;
             let _ = http_stop_tx.send(true);
             let _ = drain_tx.send(());
         }
@@ -165,7 +169,7 @@ pub async fn run_with_http(
     {
         let stopping = stopping.lock().await;
         if !*stopping {
-            grpc::set_health(&health, true).await;
+            health.set(true).await;
             tracing::info!(%addr, models, "serving");
         }
     }
@@ -201,7 +205,7 @@ pub async fn run_with_http(
                     return;
                 }
                 writable = now;
-                grpc::set_health(&health, now).await;
+                health.set(now).await;
                 if now {
                     tracing::info!("the log is writable again: SERVING");
                 } else {
@@ -230,6 +234,24 @@ pub async fn run_with_http(
         .map_err(|e| Error::Internal(format!("background shutdown: {e}")))?;
     tracing::info!("stopped");
     result
+}
+
+/// Health on both transports: every change goes through [`Health::set`], so gRPC health and
+/// `GET /v1/health` cannot disagree.
+#[derive(Debug, Clone)]
+struct Health {
+    /// `grpc.health.v1`, for the overall status and the bandit service.
+    grpc: tonic_health::server::HealthReporter,
+    /// What the HTTP face's `GET /v1/health` reads.
+    http: Serving,
+}
+
+impl Health {
+    /// gRPC first: a client that saw the HTTP state change finds gRPC health changed too.
+    async fn set(&self, serving: bool) {
+        grpc::set_health(&self.grpc, serving).await;
+        self.http.set(serving);
+    }
 }
 
 /// Stops serving after a failed startup and returns the startup error.
