@@ -682,6 +682,17 @@ async fn openapi_matches_routes_and_proto_json() {
         let answer = http.call(method, &path, None, &body).await;
         assert_eq!(answer.status, 200, "{method} {path}: {answer:?}");
     }
+    // The health body is the documented schema.
+    let health = http.get("/v1/health").await;
+    let schema = &doc["components"]["schemas"]["Health"]["properties"];
+    let keys: Vec<&String> = health.body.as_object().unwrap().keys().collect();
+    assert_eq!(keys, schema.as_object().unwrap().keys().collect::<Vec<_>>());
+    assert!(
+        schema["status"]["enum"]
+            .as_array()
+            .unwrap()
+            .contains(&health.body["status"])
+    );
     server.stop().await.unwrap();
 
     // Every field set (optional ones to Some): the serialized keys are the message's JSON
