@@ -76,6 +76,8 @@ pub async fn run_with_http(
     // The HTTP face stops when gRPC's shutdown begins (the same signal, below) and drains
     // beside it; `run` waits for both before stopping the engine.
     let (http_stop_tx, http_stop_rx) = tokio::sync::watch::channel(false);
+    // True once shutdown has begun: ends a start still waiting for NATS.
+    let mut stopped = http_stop_rx.clone();
     let http_server = match http_listener {
         Some(http_listener) => {
             let http_addr = http_listener
@@ -137,9 +139,18 @@ pub async fn run_with_http(
     let models = config.models.len();
     // Cluster mode: connect first (NOT_SERVING until NATS answers), then a replica engine.
     let cluster = match &config.cluster {
-        Some(settings) => match crate::cluster::Cluster::connect(&config, settings).await {
-            Ok(cluster) => Some(cluster),
-            Err(e) => return abort(abort_tx, server, e).await,
+        Some(settings) => tokio::select! {
+            connected = crate::cluster::Cluster::connect(&config, settings) => match connected {
+                Ok(cluster) => Some(cluster),
+                Err(e) => return abort(abort_tx, server, e).await,
+            },
+            // NATS may never answer; a shutdown meanwhile must still end the process (nothing
+            // has been started that needs stopping yet).
+            () = async { drop(stopped.wait_for(|stopped| *stopped).await) } => {
+                let result = transports_stopped(server, http_server).await;
+                tracing::info!("stopped before NATS answered");
+                return result;
+            }
         },
         None => None,
     };
@@ -215,13 +226,7 @@ pub async fn run_with_http(
         })
     };
 
-    let result = server
-        .await
-        .map_err(|e| Error::Internal(format!("server task: {e}")))
-        .and_then(|r| r);
-    if let Some(http_server) = http_server {
-        let _ = http_server.await;
-    }
+    let result = transports_stopped(server, http_server).await;
     sweep.abort();
     log_watch.abort();
     let _ = sweep.await;
@@ -252,6 +257,21 @@ impl Health {
         grpc::set_health(&self.grpc, serving).await;
         self.http.set(serving);
     }
+}
+
+/// Waits until gRPC (`server`) and the HTTP face (if any) have drained; gRPC's outcome.
+async fn transports_stopped(
+    server: tokio::task::JoinHandle<Result<(), Error>>,
+    http_server: Option<tokio::task::JoinHandle<()>>,
+) -> Result<(), Error> {
+    let result = server
+        .await
+        .map_err(|e| Error::Internal(format!("server task: {e}")))
+        .and_then(|r| r);
+    if let Some(http_server) = http_server {
+        let _ = http_server.await;
+    }
+    result
 }
 
 /// Stops serving after a failed startup and returns the startup error.

@@ -1055,7 +1055,7 @@ async fn health_follows_the_log_without_a_token() {
 
 /// While the server cannot start serving (here: cluster mode with no NATS to reach, so
 /// startup waits), `GET /v1/health` is 503 NOT_SERVING, as gRPC health is, and calls are
-/// UNAVAILABLE.
+/// UNAVAILABLE; a shutdown signal still ends `run` (it used to wait for NATS for ever).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_not_serving_before_startup_is_done() {
     let dir = tempfile::tempdir().unwrap();
@@ -1072,11 +1072,14 @@ async fn health_not_serving_before_startup_is_done() {
         listener.local_addr().unwrap(),
         http_listener.local_addr().unwrap(),
     );
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let run = tokio::spawn(banditd::server::run_with_http(
         config,
         listener,
         Some(http_listener),
-        std::future::pending(),
+        async {
+            let _ = stop_rx.await;
+        },
     ));
     let http = Http::new(http_addr);
     // Long enough for several NATS attempts: still not serving.
@@ -1105,7 +1108,10 @@ async fn health_not_serving_before_startup_is_done() {
         .await
         .assert_error(503, "UNAVAILABLE", None);
     assert!(!run.is_finished());
-    // Startup never ends without NATS, and a shutdown signal does not interrupt the connect
-    // (see the report); the test's runtime ends the server's tasks.
-    run.abort();
+    let _ = stop_tx.send(());
+    tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("run still waiting for NATS 30 s after the shutdown signal")
+        .unwrap()
+        .unwrap();
 }

@@ -224,13 +224,15 @@ async fn health(State(face): State<Face>) -> Response {
     let (status, body): (_, &'static [u8]) = if face.api.serving().get() {
         (StatusCode::OK, br#"{"status":"SERVING"}"#)
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, br#"{"status":"NOT_SERVING"}"#)
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            br#"{"status":"NOT_SERVING"}"#,
+        )
     };
     let mut response = json(status, body.to_vec());
-    response.headers_mut().insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("no-store"),
-    );
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
 
