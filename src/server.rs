@@ -11,7 +11,7 @@ use std::{
 use tokio::{net::TcpListener, sync::Mutex};
 
 use crate::{
-    api::Api,
+    api::{Api, Serving},
     config::{Config, ModelKind, ServerConfig},
     engine::Engine,
     error::Error,
@@ -65,13 +65,19 @@ pub async fn run_with_http(
     let slot = Arc::new(OnceLock::new());
     // One API (engine slot and in-flight limit) behind both transports.
     let api = Api::new(Arc::clone(&slot), config.server.max_in_flight);
-    let (router, health) = grpc::router(api.clone(), &config).await?;
+    let (router, reporter) = grpc::router(api.clone(), &config).await?;
+    let health = Health {
+        grpc: reporter,
+        http: api.serving().clone(),
+    };
     let addr = listener
         .local_addr()
         .map_err(|e| Error::Internal(format!("listener: {e}")))?;
     // The HTTP face stops when gRPC's shutdown begins (the same signal, below) and drains
     // beside it; `run` waits for both before stopping the engine.
     let (http_stop_tx, http_stop_rx) = tokio::sync::watch::channel(false);
+    // True once shutdown has begun: ends a start still waiting for NATS.
+    let mut stopped = http_stop_rx.clone();
     let http_server = match http_listener {
         Some(http_listener) => {
             let http_addr = http_listener
@@ -107,7 +113,7 @@ pub async fn run_with_http(
             }
             let mut stopping = stopping.lock().await;
             *stopping = true;
-            grpc::set_health(&health, false).await;
+            health.set(false).await;
             let _ = http_stop_tx.send(true);
             let _ = drain_tx.send(());
         }
@@ -133,9 +139,18 @@ pub async fn run_with_http(
     let models = config.models.len();
     // Cluster mode: connect first (NOT_SERVING until NATS answers), then a replica engine.
     let cluster = match &config.cluster {
-        Some(settings) => match crate::cluster::Cluster::connect(&config, settings).await {
-            Ok(cluster) => Some(cluster),
-            Err(e) => return abort(abort_tx, server, e).await,
+        Some(settings) => tokio::select! {
+            connected = crate::cluster::Cluster::connect(&config, settings) => match connected {
+                Ok(cluster) => Some(cluster),
+                Err(e) => return abort(abort_tx, server, e).await,
+            },
+            // NATS may never answer; a shutdown meanwhile must still end the process (nothing
+            // has been started that needs stopping yet).
+            () = async { drop(stopped.wait_for(|stopped| *stopped).await) } => {
+                let result = transports_stopped(server, http_server).await;
+                tracing::info!("stopped before NATS answered");
+                return result;
+            }
         },
         None => None,
     };
@@ -165,7 +180,7 @@ pub async fn run_with_http(
     {
         let stopping = stopping.lock().await;
         if !*stopping {
-            grpc::set_health(&health, true).await;
+            health.set(true).await;
             tracing::info!(%addr, models, "serving");
         }
     }
@@ -201,7 +216,7 @@ pub async fn run_with_http(
                     return;
                 }
                 writable = now;
-                grpc::set_health(&health, now).await;
+                health.set(now).await;
                 if now {
                     tracing::info!("the log is writable again: SERVING");
                 } else {
@@ -211,13 +226,7 @@ pub async fn run_with_http(
         })
     };
 
-    let result = server
-        .await
-        .map_err(|e| Error::Internal(format!("server task: {e}")))
-        .and_then(|r| r);
-    if let Some(http_server) = http_server {
-        let _ = http_server.await;
-    }
+    let result = transports_stopped(server, http_server).await;
     sweep.abort();
     log_watch.abort();
     let _ = sweep.await;
@@ -229,6 +238,39 @@ pub async fn run_with_http(
         .await
         .map_err(|e| Error::Internal(format!("background shutdown: {e}")))?;
     tracing::info!("stopped");
+    result
+}
+
+/// Health on both transports: every change goes through [`Health::set`], so gRPC health and
+/// `GET /v1/health` cannot disagree.
+#[derive(Debug, Clone)]
+struct Health {
+    /// `grpc.health.v1`, for the overall status and the bandit service.
+    grpc: tonic_health::server::HealthReporter,
+    /// What the HTTP face's `GET /v1/health` reads.
+    http: Serving,
+}
+
+impl Health {
+    /// gRPC first: a client that saw the HTTP state change finds gRPC health changed too.
+    async fn set(&self, serving: bool) {
+        grpc::set_health(&self.grpc, serving).await;
+        self.http.set(serving);
+    }
+}
+
+/// Waits until gRPC (`server`) and the HTTP face (if any) have drained; gRPC's outcome.
+async fn transports_stopped(
+    server: tokio::task::JoinHandle<Result<(), Error>>,
+    http_server: Option<tokio::task::JoinHandle<()>>,
+) -> Result<(), Error> {
+    let result = server
+        .await
+        .map_err(|e| Error::Internal(format!("server task: {e}")))
+        .and_then(|r| r);
+    if let Some(http_server) = http_server {
+        let _ = http_server.await;
+    }
     result
 }
 

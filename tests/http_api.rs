@@ -13,7 +13,7 @@ use std::{
 
 use banditd::{
     Config,
-    config::{DurabilityMode, ModelConfig, ModelKind, Secret},
+    config::{ClusterConfig, DurabilityMode, ModelConfig, ModelKind, Secret},
     proto as pb,
 };
 use common::{TestServer, test_config};
@@ -24,6 +24,9 @@ use hyper_util::{
     rt::TokioExecutor,
 };
 use serde_json::{Value, json};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
 
 /// A plain HTTP/1.1 client for one server.
 struct Http {
@@ -495,9 +498,14 @@ async fn overload_timeout_and_unavailable() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    unavailable
-        .expect("no 503 within 10 s of the log failing")
-        .assert_error(503, "UNAVAILABLE", None);
+    let unavailable = unavailable.expect("no 503 within 10 s of the log failing");
+    unavailable.assert_error(503, "UNAVAILABLE", None);
+    // UNAVAILABLE says when to retry too: the RetryInfo of the status, and Retry-After.
+    assert_eq!(unavailable.headers["retry-after"], "1", "{unavailable:?}");
+    assert_eq!(
+        unavailable.body["details"][0],
+        json!({"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "1.000s"})
+    );
     faults.fail_writes.store(false, Ordering::Release);
     server.stop().await.unwrap();
 }
@@ -645,7 +653,9 @@ async fn openapi_matches_routes_and_proto_json() {
         .collect();
     let mut routes: Vec<(String, String)> = banditd::http::ROUTES
         .iter()
-        .map(|(m, p, _)| ((*m).to_owned(), (*p).to_owned()))
+        .map(|(m, p, _)| (*m, *p))
+        .chain(banditd::http::OPEN_ROUTES)
+        .map(|(m, p)| (m.to_owned(), p.to_owned()))
         .collect();
     documented.sort();
     routes.sort();
@@ -672,6 +682,17 @@ async fn openapi_matches_routes_and_proto_json() {
         let answer = http.call(method, &path, None, &body).await;
         assert_eq!(answer.status, 200, "{method} {path}: {answer:?}");
     }
+    // The health body is the documented schema.
+    let health = http.get("/v1/health").await;
+    let schema = &doc["components"]["schemas"]["Health"]["properties"];
+    let keys: Vec<&String> = health.body.as_object().unwrap().keys().collect();
+    assert_eq!(keys, schema.as_object().unwrap().keys().collect::<Vec<_>>());
+    assert!(
+        schema["status"]["enum"]
+            .as_array()
+            .unwrap()
+            .contains(&health.body["status"])
+    );
     server.stop().await.unwrap();
 
     // Every field set (optional ones to Some): the serialized keys are the message's JSON
@@ -934,4 +955,163 @@ async fn shutdown_drains_http_calls() {
         "{answer:?}"
     );
     server.join().await.unwrap();
+}
+
+/// The overall status gRPC health reports for `server`.
+async fn grpc_health(server: &TestServer) -> ServingStatus {
+    let channel = tonic::transport::Channel::from_shared(server.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status()
+}
+
+/// `GET /v1/health` until it answers `status` (every 20 ms, at most 10 s); the last answer.
+async fn health_becomes(http: &Http, status: u16) -> Answer {
+    let mut answer = http.get("/v1/health").await;
+    for _ in 0..500 {
+        if answer.status == status {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        answer = http.get("/v1/health").await;
+    }
+    answer
+}
+
+/// `GET /v1/health` needs no token even with tokens configured, and says what gRPC health
+/// says: SERVING after the start, NOT_SERVING (503) while the log cannot be written (decisions
+/// are refused meanwhile), SERVING again once the disk takes writes. Other methods on the
+/// path still need a token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_follows_the_log_without_a_token() {
+    let mut config = test_config();
+    config.auth.tokens = vec![Secret("user-t".into())];
+    config.auth.admin_tokens = vec![Secret("admin-t".into())];
+    config.storage.sync_interval_ms = 20;
+    let faults = config.storage.faults.clone();
+    let (server, http) = start(config).await;
+    // `start` saw gRPC SERVING; the HTTP state is set right after it.
+    let serving = health_becomes(&http, 200).await;
+    assert_eq!(
+        (serving.status, &serving.body),
+        (200, &json!({"status": "SERVING"})),
+        "{serving:?}"
+    );
+    assert_eq!(serving.headers["content-type"], "application/json");
+    assert_eq!(serving.headers["cache-control"], "no-store");
+    assert_eq!(grpc_health(&server).await, ServingStatus::Serving);
+    http.call("POST", "/v1/health", None, b"")
+        .await
+        .assert_error(401, "UNAUTHENTICATED", None);
+    http.call("POST", "/v1/health", Some("user-t"), b"")
+        .await
+        .assert_error(405, "UNIMPLEMENTED", None);
+
+    // A full disk: the first write fails, then health turns NOT_SERVING.
+    faults.fail_writes.store(true, Ordering::Release);
+    let choose = br#"{"context": [0.1, 0.2]}"#;
+    let refused = http
+        .call("POST", "/v1/models/wheel:choose", Some("user-t"), choose)
+        .await;
+    assert!(
+        matches!(refused.status, 200 | 503),
+        "a decision is served before the writer fails or refused after: {refused:?}"
+    );
+    let down = health_becomes(&http, 503).await;
+    assert_eq!(
+        (down.status, &down.body),
+        (503, &json!({"status": "NOT_SERVING"})),
+        "{down:?}"
+    );
+    // gRPC health is set first, the HTTP state second: 503 here means gRPC says so already.
+    assert_eq!(grpc_health(&server).await, ServingStatus::NotServing);
+    http.call("POST", "/v1/models/wheel:choose", Some("user-t"), choose)
+        .await
+        .assert_error(503, "UNAVAILABLE", None);
+
+    faults.fail_writes.store(false, Ordering::Release);
+    let up = health_becomes(&http, 200).await;
+    assert_eq!(
+        (up.status, &up.body),
+        (200, &json!({"status": "SERVING"})),
+        "{up:?}"
+    );
+    assert_eq!(grpc_health(&server).await, ServingStatus::Serving);
+    let served = http
+        .call("POST", "/v1/models/wheel:choose", Some("user-t"), choose)
+        .await;
+    assert_eq!(served.status, 200, "{served:?}");
+    server.stop().await.unwrap();
+}
+
+/// While the server cannot start serving (here: cluster mode with no NATS to reach, so
+/// startup waits), `GET /v1/health` is 503 NOT_SERVING, as gRPC health is, and calls are
+/// UNAVAILABLE; a shutdown signal still ends `run` (it used to wait for NATS for ever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_not_serving_before_startup_is_done() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config();
+    config.storage.data_dir = dir.path().to_owned();
+    // A port nothing listens on: the NATS connection is retried for ever.
+    config.cluster = Some(ClusterConfig {
+        url: format!("nats://{}", common::free_addr()),
+        ..ClusterConfig::default()
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (addr, http_addr) = (
+        listener.local_addr().unwrap(),
+        http_listener.local_addr().unwrap(),
+    );
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(banditd::server::run_with_http(
+        config,
+        listener,
+        Some(http_listener),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    let http = Http::new(http_addr);
+    // Long enough for several NATS attempts: still not serving.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let health = http.get("/v1/health").await;
+    assert_eq!(
+        (health.status, &health.body),
+        (503, &json!({"status": "NOT_SERVING"})),
+        "{health:?}"
+    );
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let status = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status();
+    assert_eq!(status, ServingStatus::NotServing);
+    http.post("/v1/models/wheel:choose", &json!({"context": [0.1, 0.2]}))
+        .await
+        .assert_error(503, "UNAVAILABLE", None);
+    assert!(!run.is_finished());
+    let _ = stop_tx.send(());
+    tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("run still waiting for NATS 30 s after the shutdown signal")
+        .unwrap()
+        .unwrap();
 }

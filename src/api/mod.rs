@@ -11,7 +11,10 @@ mod convert;
 mod tls;
 mod tokens;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{
+    Arc, OnceLock,
+    atomic::{AtomicBool, Ordering},
+};
 
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tonic::Status;
@@ -92,6 +95,27 @@ pub struct Api {
     /// One permit per bandit call in flight, across connections and transports; none left =
     /// shed.
     in_flight: Arc<Semaphore>,
+    /// What health reports, shared by both transports.
+    serving: Serving,
+}
+
+/// Whether the server serves: what gRPC health and `GET /v1/health` both report. False until
+/// recovery is done, while the log cannot be written, and from the start of shutdown.
+/// `server::run` is the only writer and sets it together with gRPC health, so the two
+/// transports cannot answer differently.
+#[derive(Debug, Clone, Default)]
+pub struct Serving(Arc<AtomicBool>);
+
+impl Serving {
+    /// Whether the server serves now.
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// Sets what health reports.
+    pub fn set(&self, serving: bool) {
+        self.0.store(serving, Ordering::Release);
+    }
 }
 
 impl Api {
@@ -101,7 +125,13 @@ impl Api {
         Self {
             engine,
             in_flight: Arc::new(Semaphore::new(max_in_flight)),
+            serving: Serving::default(),
         }
+    }
+
+    /// The health state both transports report (not serving until set).
+    pub fn serving(&self) -> &Serving {
+        &self.serving
     }
 
     /// Takes an in-flight permit (or sheds the call), and returns the engine.

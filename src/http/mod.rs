@@ -8,6 +8,9 @@
 //! - `POST /v1/models/{model}:reward`: ReportReward; body a `ReportRewardRequest`.
 //! - `GET /v1/models/{model}`: GetModel.
 //! - `GET /v1/models`: ListModels.
+//! - `GET /v1/health`: 200 `{"status":"SERVING"}` or 503 `{"status":"NOT_SERVING"}`, what
+//!   gRPC health says (one shared state, [`crate::api::Serving`]); no token, as for gRPC
+//!   health, so that load balancers and probes can call it.
 //!
 //! The model comes from the path; a body may repeat it, but a different one is refused.
 //! Unknown JSON fields are refused (400 naming the field), unlike the proto3 JSON default of
@@ -50,6 +53,10 @@ pub const ROUTES: [(&str, &str, Method); 4] = [
     ("GET", "/v1/models", Method::ListModels),
 ];
 
+/// The routes that need no token, as `(HTTP method, path)`: health, for probes and load
+/// balancers (gRPC health is open too). Documented in the OpenAPI document like [`ROUTES`].
+pub const OPEN_ROUTES: [(&str, &str); 1] = [("GET", "/v1/health")];
+
 /// What every handler needs.
 #[derive(Debug, Clone)]
 struct Face {
@@ -75,6 +82,7 @@ pub fn router(api: Api, config: &Config) -> Result<Router, Error> {
     // `{model}:choose` is one path segment; axum's matcher cannot split it, so POST takes
     // the segment whole and `post_model` splits at the last ':'.
     Ok(Router::new()
+        .route(OPEN_ROUTES[0].1, get(health))
         .route("/v1/models", get(list_models))
         .route("/v1/models/{target}", get(get_model).post(post_model))
         .fallback(unknown_route)
@@ -206,6 +214,26 @@ fn same_model(path: &str, body: &mut String) -> Result<(), Status> {
     }
     path.clone_into(body);
     Ok(())
+}
+
+/// `GET /v1/health`: the shared health state; no token, no in-flight permit (a probe must be
+/// answered when calls are shed), not counted as a failed call when NOT_SERVING (it is a
+/// report, as a gRPC health answer is). `no-store`: a cache between a balancer and the
+/// server must not answer for it.
+async fn health(State(face): State<Face>) -> Response {
+    let (status, body): (_, &'static [u8]) = if face.api.serving().get() {
+        (StatusCode::OK, br#"{"status":"SERVING"}"#)
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            br#"{"status":"NOT_SERVING"}"#,
+        )
+    };
+    let mut response = json(status, body.to_vec());
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 async fn list_models(State(face): State<Face>, headers: HeaderMap, body: Body) -> Response {
