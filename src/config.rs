@@ -437,6 +437,9 @@ pub struct StorageConfig {
     /// A learner also writes a checkpoint after this many new examples, so that a restart
     /// after a crash replays at most about this many (bounding recovery time).
     pub checkpoint_every_examples: u64,
+    /// The newest checkpoints kept per model (at least 1): how far `RollbackModel` can go
+    /// back.
+    pub checkpoints_kept: usize,
     /// Log segments are kept this long (for export and offline evaluation) before retention
     /// deletes them, whole; a segment a learner still needs to resume is kept longer.
     pub retention_hours: u64,
@@ -461,6 +464,7 @@ impl Default for StorageConfig {
             on_log_full: OnLogFull::Reject,
             checkpoint_interval_secs: 30,
             checkpoint_every_examples: 20_000,
+            checkpoints_kept: 3,
             retention_hours: 24,
             segment_bytes: 64 << 20,
             faults: StorageFaults::default(),
@@ -1422,6 +1426,14 @@ impl Config {
                 model: String::new(),
                 field: "storage".into(),
                 why: "writer_queue_capacity, sync_interval_ms, checkpoint_interval_secs, checkpoint_every_examples and segment_bytes must be at least 1".into(),
+            });
+        }
+        if self.storage.checkpoints_kept == 0 {
+            return Err(ConfigError::Invalid {
+                model: String::new(),
+                field: "storage.checkpoints_kept".into(),
+                why: "must be at least 1 (the newest checkpoint is what a restart resumes from)"
+                    .into(),
             });
         }
         let server = &self.server;
