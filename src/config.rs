@@ -1576,6 +1576,18 @@ mod tests {
         assert!(err.contains("learnig_rate"), "{err}");
     }
 
+    /// `storage.checkpoints_kept` defaults to 3, takes a larger value, and 0 is refused
+    /// naming the field.
+    #[test]
+    fn checkpoints_kept_is_validated() {
+        let model = "[[models]]\nname = \"m\"\nkind = \"fixed_arms\"\ncontext_dim = 1\narms = [\"a\", \"b\"]\n";
+        assert_eq!(Config::from_toml(model).unwrap().storage.checkpoints_kept, 3);
+        let kept = |n: usize| format!("[storage]\ncheckpoints_kept = {n}\n{model}");
+        assert_eq!(Config::from_toml(&kept(10)).unwrap().storage.checkpoints_kept, 10);
+        let err = Config::from_toml(&kept(0)).unwrap_err().to_string();
+        assert!(err.contains("storage.checkpoints_kept"), "{err}");
+    }
+
     /// `check_reward`: no range passes every finite reward; inside the range passes; outside
     /// is refused naming `reward` (the default) or clipped to the nearest bound; a bad range
     /// or a default reward outside it is refused at load, naming the field.
