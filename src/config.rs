@@ -1581,9 +1581,18 @@ mod tests {
     #[test]
     fn checkpoints_kept_is_validated() {
         let model = "[[models]]\nname = \"m\"\nkind = \"fixed_arms\"\ncontext_dim = 1\narms = [\"a\", \"b\"]\n";
-        assert_eq!(Config::from_toml(model).unwrap().storage.checkpoints_kept, 3);
+        assert_eq!(
+            Config::from_toml(model).unwrap().storage.checkpoints_kept,
+            3
+        );
         let kept = |n: usize| format!("[storage]\ncheckpoints_kept = {n}\n{model}");
-        assert_eq!(Config::from_toml(&kept(10)).unwrap().storage.checkpoints_kept, 10);
+        assert_eq!(
+            Config::from_toml(&kept(10))
+                .unwrap()
+                .storage
+                .checkpoints_kept,
+            10
+        );
         let err = Config::from_toml(&kept(0)).unwrap_err().to_string();
         assert!(err.contains("storage.checkpoints_kept"), "{err}");
     }

@@ -1010,7 +1010,10 @@ async fn holdout_groups_survive_a_restart() {
             0.25
         } else {
             let r: f64 = rng.random_range(-1.0..2.0);
-            client.report_reward(reward("hs", &d.decision_id, r)).await.unwrap();
+            client
+                .report_reward(reward("hs", &d.decision_id, r))
+                .await
+                .unwrap();
             r
         };
         let g = &mut groups[usize::from(d.holdout)];
@@ -1036,7 +1039,11 @@ async fn holdout_groups_survive_a_restart() {
             .zip(&b)
             .all(|(x, y)| x.0 == y.0 && (x.1 - y.1).abs() < 1e-9)
     };
-    assert!(same(counted(&before), groups), "{:?} vs {groups:?}", counted(&before));
+    assert!(
+        same(counted(&before), groups),
+        "{:?} vs {groups:?}",
+        counted(&before)
+    );
     server.stop().await.unwrap();
 
     let server = TestServer::start(config).await;
@@ -1063,10 +1070,17 @@ async fn holdout_groups_survive_a_restart() {
         .await
         .unwrap()
         .into_inner();
-    client.report_reward(reward("hs", "s-after", 1.5)).await.unwrap();
+    client
+        .report_reward(reward("hs", "s-after", 1.5))
+        .await
+        .unwrap();
     let g = usize::from(d.holdout);
     groups[g] = (groups[g].0 + 1, groups[g].1 + 1.5);
     let now = get(&mut client, "hs").await.unwrap();
-    assert!(same(counted(&now), groups), "{:?} vs {groups:?}", counted(&now));
+    assert!(
+        same(counted(&now), groups),
+        "{:?} vs {groups:?}",
+        counted(&now)
+    );
     server.stop().await.unwrap();
 }

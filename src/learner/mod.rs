@@ -516,8 +516,7 @@ impl Worker {
             .checkpoint(self.version)
             .and_then(|(tensors, meta)| {
                 let from = meta.replay_from;
-                checkpoint::save(&ck.data_dir, &self.model, &tensors, meta, ck.kept)
-                    .map(|()| from)
+                checkpoint::save(&ck.data_dir, &self.model, &tensors, meta, ck.kept).map(|()| from)
             });
         match result {
             Ok(replay_from) => {

@@ -343,11 +343,17 @@ mod tests {
         }
         assert_eq!(versions(&mdir), vec![7, 6, 5, 4, 3]);
         let oldest = load_version(dir.path(), "m", 3, &[2, 3]).unwrap();
-        assert_eq!(oldest.tensors["l0.weight"].to_vec2::<f32>().unwrap()[0][0], 3.0);
+        assert_eq!(
+            oldest.tensors["l0.weight"].to_vec2::<f32>().unwrap()[0][0],
+            3.0
+        );
         save(dir.path(), "m", &tensors(8.0), meta(8), 2).unwrap();
         assert_eq!(versions(&mdir), vec![8, 7]);
         let files = fs::read_dir(&mdir).unwrap().count();
-        assert_eq!(files, 4, "a weights and a metadata file per kept checkpoint");
+        assert_eq!(
+            files, 4,
+            "a weights and a metadata file per kept checkpoint"
+        );
         save(dir.path(), "m", &tensors(9.0), meta(9), 0).unwrap();
         assert_eq!(versions(&mdir), vec![9]);
     }
