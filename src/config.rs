@@ -437,6 +437,9 @@ pub struct StorageConfig {
     /// A learner also writes a checkpoint after this many new examples, so that a restart
     /// after a crash replays at most about this many (bounding recovery time).
     pub checkpoint_every_examples: u64,
+    /// The newest checkpoints kept per model (at least 1): how far `RollbackModel` can go
+    /// back.
+    pub checkpoints_kept: usize,
     /// Log segments are kept this long (for export and offline evaluation) before retention
     /// deletes them, whole; a segment a learner still needs to resume is kept longer.
     pub retention_hours: u64,
@@ -461,6 +464,7 @@ impl Default for StorageConfig {
             on_log_full: OnLogFull::Reject,
             checkpoint_interval_secs: 30,
             checkpoint_every_examples: 20_000,
+            checkpoints_kept: 3,
             retention_hours: 24,
             segment_bytes: 64 << 20,
             faults: StorageFaults::default(),
@@ -1424,6 +1428,14 @@ impl Config {
                 why: "writer_queue_capacity, sync_interval_ms, checkpoint_interval_secs, checkpoint_every_examples and segment_bytes must be at least 1".into(),
             });
         }
+        if self.storage.checkpoints_kept == 0 {
+            return Err(ConfigError::Invalid {
+                model: String::new(),
+                field: "storage.checkpoints_kept".into(),
+                why: "must be at least 1 (the newest checkpoint is what a restart resumes from)"
+                    .into(),
+            });
+        }
         let server = &self.server;
         if server.max_in_flight == 0
             || server.max_in_flight_per_connection == 0
@@ -1562,6 +1574,27 @@ mod tests {
         let unknown = format!("{ok}\nlearnig_rate = 0.1");
         let err = Config::from_toml(&unknown).unwrap_err().to_string();
         assert!(err.contains("learnig_rate"), "{err}");
+    }
+
+    /// `storage.checkpoints_kept` defaults to 3, takes a larger value, and 0 is refused
+    /// naming the field.
+    #[test]
+    fn checkpoints_kept_is_validated() {
+        let model = "[[models]]\nname = \"m\"\nkind = \"fixed_arms\"\ncontext_dim = 1\narms = [\"a\", \"b\"]\n";
+        assert_eq!(
+            Config::from_toml(model).unwrap().storage.checkpoints_kept,
+            3
+        );
+        let kept = |n: usize| format!("[storage]\ncheckpoints_kept = {n}\n{model}");
+        assert_eq!(
+            Config::from_toml(&kept(10))
+                .unwrap()
+                .storage
+                .checkpoints_kept,
+            10
+        );
+        let err = Config::from_toml(&kept(0)).unwrap_err().to_string();
+        assert!(err.contains("storage.checkpoints_kept"), "{err}");
     }
 
     /// `check_reward`: no range passes every finite reward; inside the range passes; outside

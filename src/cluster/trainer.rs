@@ -281,6 +281,8 @@ impl Candidate {
             data_dir: Some(self.dir.clone()),
             checkpoint_interval_secs: config.snapshot_interval_secs,
             checkpoint_every_examples: config.snapshot_every_examples,
+            // The trainer's local copies (only the newest is uploaded): the storage default.
+            checkpoints_kept: crate::config::StorageConfig::default().checkpoints_kept,
         };
         tracing::info!(model = %name, epoch, from_seq = start, to_seq = last, "trainer resuming");
         let model = self.model.clone();

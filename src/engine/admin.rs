@@ -117,6 +117,8 @@ pub(super) struct Admin {
     pub(super) epoch: u64,
     pub(super) checkpoint_interval_secs: u64,
     pub(super) checkpoint_every_examples: u64,
+    /// `storage.checkpoints_kept`.
+    pub(super) checkpoints_kept: usize,
     /// `storage.retention_hours` in ms: how long a new model remembers its used ids.
     pub(super) retention_ms: u64,
 }
@@ -128,6 +130,7 @@ struct LearnerCtx {
     epoch: u64,
     checkpoint_interval_secs: u64,
     checkpoint_every_examples: u64,
+    checkpoints_kept: usize,
 }
 
 impl LearnerCtx {
@@ -154,6 +157,7 @@ impl LearnerCtx {
                 data_dir: Some(self.data_dir.clone()),
                 checkpoint_interval_secs: self.checkpoint_interval_secs,
                 checkpoint_every_examples: self.checkpoint_every_examples,
+                checkpoints_kept: self.checkpoints_kept,
             },
         )
     }
@@ -166,6 +170,7 @@ impl Admin {
             epoch: self.epoch,
             checkpoint_interval_secs: self.checkpoint_interval_secs,
             checkpoint_every_examples: self.checkpoint_every_examples,
+            checkpoints_kept: self.checkpoints_kept,
         }
     }
 
@@ -241,7 +246,13 @@ fn restart(
                 created_ms: now_ms(),
                 weights_checksum: 0,
             };
-            checkpoint::save(&ctx.data_dir, &config.name, &target.tensors, meta.clone())?;
+            checkpoint::save(
+                &ctx.data_dir,
+                &config.name,
+                &target.tensors,
+                meta.clone(),
+                ctx.checkpoints_kept,
+            )?;
             Some(Checkpoint {
                 meta,
                 tensors: target.tensors,

@@ -105,9 +105,9 @@ pub struct ModelStatus {
     pub pending_decisions: u64,
     /// Decisions whose window is open and that have no reward yet.
     pub awaiting_reward: u64,
-    /// Rewards of the decisions the model served, since start.
+    /// Rewards of the decisions the model served, in the retained log plus since start.
     pub treatment: GroupStats,
-    /// Rewards of the holdout's control group, since start.
+    /// Rewards of the holdout's control group, in the retained log plus since start.
     pub control: GroupStats,
 }
 
@@ -136,7 +136,8 @@ struct Counters {
     rewards: AtomicU64,
     /// Rewards in the log when the process started (its retained part).
     logged_rewards: u64,
-    /// Rewards per holdout group since start: treatment, control.
+    /// Rewards per holdout group, treatment and control: those in the log when the process
+    /// started (its retained part), then those since start.
     groups: std::sync::Mutex<[GroupStats; 2]>,
 }
 

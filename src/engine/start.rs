@@ -16,6 +16,7 @@ use crate::{
     error::Error,
     learner::{Learner, LearnerHandle, Resume},
     metrics,
+    policy::holdout::GroupStats,
     registry::Registry,
     storage::{LogWriter, OpenDecision, Storage, checkpoint},
 };
@@ -192,6 +193,7 @@ impl Engine {
                     data_dir: Some(storage.data_dir().to_owned()),
                     checkpoint_interval_secs: config.storage.checkpoint_interval_secs,
                     checkpoint_every_examples: config.storage.checkpoint_every_examples,
+                    checkpoints_kept: config.storage.checkpoints_kept,
                 },
             )?;
             tracing::info!(
@@ -227,7 +229,11 @@ impl Engine {
                 logged_decisions: logged.decisions,
                 rewards: AtomicU64::new(0),
                 logged_rewards: logged.rewards,
-                groups: std::sync::Mutex::default(),
+                groups: std::sync::Mutex::new(
+                    logged
+                        .groups
+                        .map(|g| GroupStats::from_sums(g.n, g.sum, g.sum_sq)),
+                ),
             };
             models.insert(
                 model.name.clone(),
@@ -248,6 +254,7 @@ impl Engine {
             epoch,
             checkpoint_interval_secs: config.storage.checkpoint_interval_secs,
             checkpoint_every_examples: config.storage.checkpoint_every_examples,
+            checkpoints_kept: config.storage.checkpoints_kept,
             retention_ms: config.storage.retention_hours.saturating_mul(3_600_000),
         };
         let engine = Self {

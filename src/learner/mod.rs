@@ -287,6 +287,7 @@ impl Learner {
                 data_dir: dir,
                 interval: Duration::from_secs(resume.checkpoint_interval_secs.max(1)),
                 every_examples: resume.checkpoint_every_examples.max(1),
+                kept: resume.checkpoints_kept,
                 since: 0,
                 last: Instant::now(),
                 last_version: checkpoint_version,
@@ -343,6 +344,8 @@ pub struct Resume {
     pub checkpoint_interval_secs: u64,
     /// Write one after this many new examples, too.
     pub checkpoint_every_examples: u64,
+    /// Keep this many of the newest (at least 1).
+    pub checkpoints_kept: usize,
 }
 
 /// Checkpoint bookkeeping of a learner with a data directory.
@@ -350,6 +353,8 @@ struct Checkpoints {
     data_dir: PathBuf,
     interval: Duration,
     every_examples: u64,
+    /// How many of the newest checkpoints to keep.
+    kept: usize,
     /// Examples read since the last checkpoint.
     since: u64,
     last: Instant,
@@ -511,7 +516,7 @@ impl Worker {
             .checkpoint(self.version)
             .and_then(|(tensors, meta)| {
                 let from = meta.replay_from;
-                checkpoint::save(&ck.data_dir, &self.model, &tensors, meta).map(|()| from)
+                checkpoint::save(&ck.data_dir, &self.model, &tensors, meta, ck.kept).map(|()| from)
             });
         match result {
             Ok(replay_from) => {

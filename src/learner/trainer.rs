@@ -938,7 +938,7 @@ mod tests {
         );
         let dir = tempfile::tempdir().unwrap();
         let (tensors, meta) = trainer.checkpoint(7).unwrap();
-        crate::storage::checkpoint::save(dir.path(), "c", &tensors, meta).unwrap();
+        crate::storage::checkpoint::save(dir.path(), "c", &tensors, meta, 3).unwrap();
         let (ck, _) =
             crate::storage::checkpoint::load_latest(dir.path(), "c", &trainer.widths()).unwrap();
         let mut ck = ck.unwrap();

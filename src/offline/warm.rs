@@ -222,7 +222,13 @@ pub fn train(
     let (trainer, added) = train_examples(model, &examples, &repeat, options.epochs.max(1))?;
     let version = 1;
     let (tensors, meta) = trainer.checkpoint(version)?;
-    checkpoint::save(data_dir, &model.name, &tensors, meta)?;
+    checkpoint::save(
+        data_dir,
+        &model.name,
+        &tensors,
+        meta,
+        config.checkpoints_kept,
+    )?;
     Ok(Trained {
         examples: examples.len(),
         added,

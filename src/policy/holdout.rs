@@ -49,6 +49,18 @@ pub struct GroupStats {
 }
 
 impl GroupStats {
+    /// The statistics of `n` rewards of sum `sum` and sum of squares `sum_sq` (as recovery
+    /// sums them from the log); further rewards are pushed onto it.
+    pub fn from_sums(n: u64, sum: f64, sum_sq: f64) -> Self {
+        if n == 0 {
+            return Self::default();
+        }
+        let mean = sum / n as f64;
+        // Rounding can make the difference slightly negative when all rewards are equal.
+        let m2 = (sum_sq - sum * mean).max(0.0);
+        Self { n, sum, mean, m2 }
+    }
+
     /// Counts one reward.
     pub fn push(&mut self, reward: f64) {
         self.n += 1;
@@ -119,5 +131,33 @@ mod tests {
         let half = 1.959_964 * (5.0f64 / 12.0 + 0.25).sqrt();
         assert!((high - lift - half).abs() < 1e-9 && (lift - low - half).abs() < 1e-9);
         assert_eq!(super::lift(&t, &GroupStats::default()), None);
+    }
+
+    /// Statistics built from sums equal those pushed one by one, and pushing onto them
+    /// continues as if every reward had been pushed.
+    #[test]
+    fn from_sums_matches_push() {
+        let rewards = [0.5, 1.5, -2.0, 3.25, 0.0, 1.0];
+        let mut pushed = GroupStats::default();
+        for r in rewards {
+            pushed.push(r);
+        }
+        let (head, tail) = rewards.split_at(4);
+        let mut built = GroupStats::from_sums(
+            head.len() as u64,
+            head.iter().sum(),
+            head.iter().map(|r| r * r).sum(),
+        );
+        for &r in tail {
+            built.push(r);
+        }
+        assert_eq!((built.n, built.sum), (pushed.n, pushed.sum));
+        assert!((built.mean - pushed.mean).abs() < 1e-12);
+        assert!((built.m2 - pushed.m2).abs() < 1e-9);
+        assert_eq!(GroupStats::from_sums(0, 0.0, 0.0), GroupStats::default());
+        // Seven rewards of 0.7 summed in f64: sum_sq - sum * mean rounds to -1.3e-15, which
+        // would be a negative variance.
+        let (sum, sum_sq) = (0..7).fold((0.0, 0.0), |(s, q), _| (s + 0.7, q + 0.7 * 0.7));
+        assert_eq!(GroupStats::from_sums(7, sum, sum_sq).m2, 0.0);
     }
 }

@@ -62,9 +62,6 @@ pub struct Skipped {
     pub reasons: Vec<String>,
 }
 
-/// Checkpoints kept per model; older ones are deleted after a successful write.
-pub const KEEP: usize = 3;
-
 fn model_dir(data_dir: &Path, model: &str) -> PathBuf {
     data_dir.join("checkpoints").join(model)
 }
@@ -98,7 +95,8 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), Error> {
         .map_err(|e| io("fsync dir", dir, e))
 }
 
-/// Saves a checkpoint of `tensors` for `model` and prunes old ones.
+/// Saves a checkpoint of `tensors` for `model` and prunes all but the newest `keep`
+/// (`storage.checkpoints_kept`; at least the one just written is kept).
 ///
 /// # Errors
 /// An I/O or serialisation failure; the previous checkpoints are untouched then.
@@ -107,6 +105,7 @@ pub fn save(
     model: &str,
     tensors: &HashMap<String, Tensor>,
     mut meta: CheckpointMeta,
+    keep: usize,
 ) -> Result<(), Error> {
     let dir = model_dir(data_dir, model);
     fs::create_dir_all(&dir).map_err(|e| io("create", &dir, e))?;
@@ -124,7 +123,7 @@ pub fn save(
     // The metadata goes last: a checkpoint counts only once its metadata exists.
     write_atomic(&dir.join(format!("{stem}.json")), &meta_json)?;
     sync_dir(&dir)?;
-    prune(&dir);
+    prune(&dir, keep);
     Ok(())
 }
 
@@ -143,11 +142,12 @@ fn versions(dir: &Path) -> Vec<u64> {
     versions
 }
 
-/// Deletes all but the newest [`KEEP`] checkpoints and any leftovers of torn writes.
-fn prune(dir: &Path) {
+/// Deletes all but the newest `keep` checkpoints (at least 1) and any leftovers of torn
+/// writes.
+fn prune(dir: &Path, keep: usize) {
     let keep: Vec<String> = versions(dir)
         .into_iter()
-        .take(KEEP)
+        .take(keep.max(1))
         .map(|v| format!("{v:020}"))
         .collect();
     for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
@@ -316,12 +316,12 @@ mod tests {
         }
     }
 
-    /// Save then load gives the newest; only KEEP are kept.
+    /// Save then load gives the newest; only the newest 3 are kept.
     #[test]
     fn round_trip_and_prune() {
         let dir = tempfile::tempdir().unwrap();
         for v in 1..=5 {
-            save(dir.path(), "m", &tensors(v as f32), meta(v)).unwrap();
+            save(dir.path(), "m", &tensors(v as f32), meta(v), 3).unwrap();
         }
         let (ck, skipped) = load_latest(dir.path(), "m", &[2, 3]).unwrap();
         let ck = ck.unwrap();
@@ -331,12 +331,39 @@ mod tests {
         assert_eq!(versions(&model_dir(dir.path(), "m")), vec![5, 4, 3]);
     }
 
+    /// `keep` is honoured: 5 keeps five of seven (each still loadable, so a rollback can
+    /// reach the oldest), a later save with 2 prunes to two, and 0 still keeps the one just
+    /// written.
+    #[test]
+    fn keep_is_honoured() {
+        let dir = tempfile::tempdir().unwrap();
+        let mdir = model_dir(dir.path(), "m");
+        for v in 1..=7 {
+            save(dir.path(), "m", &tensors(v as f32), meta(v), 5).unwrap();
+        }
+        assert_eq!(versions(&mdir), vec![7, 6, 5, 4, 3]);
+        let oldest = load_version(dir.path(), "m", 3, &[2, 3]).unwrap();
+        assert_eq!(
+            oldest.tensors["l0.weight"].to_vec2::<f32>().unwrap()[0][0],
+            3.0
+        );
+        save(dir.path(), "m", &tensors(8.0), meta(8), 2).unwrap();
+        assert_eq!(versions(&mdir), vec![8, 7]);
+        let files = fs::read_dir(&mdir).unwrap().count();
+        assert_eq!(
+            files, 4,
+            "a weights and a metadata file per kept checkpoint"
+        );
+        save(dir.path(), "m", &tensors(9.0), meta(9), 0).unwrap();
+        assert_eq!(versions(&mdir), vec![9]);
+    }
+
     /// A corrupt newest checkpoint and a missing metadata file are skipped, not fatal.
     #[test]
     fn corrupt_checkpoints_are_skipped() {
         let dir = tempfile::tempdir().unwrap();
         for v in 1..=3 {
-            save(dir.path(), "m", &tensors(v as f32), meta(v)).unwrap();
+            save(dir.path(), "m", &tensors(v as f32), meta(v), 3).unwrap();
         }
         let mdir = model_dir(dir.path(), "m");
         let newest = mdir.join(format!("{:020}.safetensors", 3));
@@ -354,7 +381,7 @@ mod tests {
     #[test]
     fn shape_change_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        save(dir.path(), "m", &tensors(1.0), meta(1)).unwrap();
+        save(dir.path(), "m", &tensors(1.0), meta(1), 3).unwrap();
         let err = load_latest(dir.path(), "m", &[2, 4])
             .unwrap_err()
             .to_string();

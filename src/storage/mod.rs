@@ -48,7 +48,7 @@ use std::{
 
 pub use export::{Closed, DecisionRow, LoggedCandidate, export, rows};
 pub use record::{Candidate, ClosedRecord, DecisionRecord, ExampleRecord, How, RewardRecord};
-pub use recovery::{ModelLog, OpenDecision, Recovered, examples};
+pub use recovery::{ModelLog, OpenDecision, Recovered, RewardSums, examples};
 pub use scan::ScanSummary;
 pub use tail::Tail;
 pub use writer::{Ack, Log, LogWriter, Watermark};

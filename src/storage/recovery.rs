@@ -4,12 +4,14 @@
 //! a decision is open until a `Closed` record for it appears. What is open at the end is
 //! restored into the pending stores; the highest version that decided keeps versions from
 //! going backwards. Training examples are not collected here: each learner reads its own
-//! from the log (see [`super::Tail`]) from its checkpoint's position.
+//! from the log (see [`super::Tail`]) from its checkpoint's position. The same pass sums
+//! the rewards of each holdout group, so that a model's group statistics cover the retained
+//! log and not only the current run.
 
 use std::{collections::HashMap, path::Path};
 
 use super::{
-    record::{DecisionRecord, Record},
+    record::{DecisionRecord, How, Record},
     scan::{ScanSummary, scan},
 };
 use crate::{
@@ -42,6 +44,30 @@ pub struct ModelLog {
     /// Every decision in the retained log as (decided ms, id hash), oldest first: ids that
     /// new decisions may not take.
     pub used_ids: Vec<(u64, u64)>,
+    /// Rewards and default rewards in the retained log by the holdout group of their
+    /// decision: treatment, control. A reward whose decision is no longer in the log (cut
+    /// off by retention) has no known group and is not counted here.
+    pub groups: [RewardSums; 2],
+}
+
+/// Count, sum and sum of squares of a set of rewards.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct RewardSums {
+    /// Rewards counted.
+    pub n: u64,
+    /// Their sum.
+    pub sum: f64,
+    /// The sum of their squares.
+    pub sum_sq: f64,
+}
+
+impl RewardSums {
+    /// Counts one reward.
+    fn add(&mut self, reward: f64) {
+        self.n += 1;
+        self.sum += reward;
+        self.sum_sq += reward * reward;
+    }
 }
 
 /// The whole log's state per model.
@@ -78,13 +104,24 @@ pub(super) fn recover(data_dir: &Path, repair: bool) -> Result<Recovered, Error>
             );
         }
         Record::Reward(r) => {
-            models.entry(r.model.clone()).or_default().rewards += 1;
+            let model = models.entry(r.model.clone()).or_default();
+            model.rewards += 1;
+            // A reward is logged before its decision's Closed record, so the decision (and
+            // its group) is still in `open` here.
             if let Some(d) = open.get_mut(&(r.model, r.decision_id)) {
                 d.reward = r.example.map(|e| e.reward);
+                if let Some(reward) = d.reward {
+                    model.groups[usize::from(d.record.holdout)].add(reward);
+                }
             }
         }
         Record::Closed(c) => {
-            open.remove(&(c.model, c.decision_id));
+            let how = c.how();
+            let decision = open.remove(&(c.model.clone(), c.decision_id));
+            if let (Some(d), How::Defaulted, Some(e)) = (decision, how, c.example) {
+                models.entry(c.model).or_default().groups[usize::from(d.record.holdout)]
+                    .add(e.reward);
+            }
         }
     })?;
     for ((model, _), decision) in open {
