@@ -957,23 +957,6 @@ async fn shutdown_drains_http_calls() {
     server.join().await.unwrap();
 }
 
-/// The overall status gRPC health reports for `server`.
-async fn grpc_health(server: &TestServer) -> ServingStatus {
-    let channel = tonic::transport::Channel::from_shared(server.url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    HealthClient::new(channel)
-        .check(HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status()
-}
-
 /// `GET /v1/health` until it answers `status` (every 20 ms, at most 10 s); the last answer.
 async fn health_becomes(http: &Http, status: u16) -> Answer {
     let mut answer = http.get("/v1/health").await;
@@ -1008,7 +991,7 @@ async fn health_follows_the_log_without_a_token() {
     );
     assert_eq!(serving.headers["content-type"], "application/json");
     assert_eq!(serving.headers["cache-control"], "no-store");
-    assert_eq!(grpc_health(&server).await, ServingStatus::Serving);
+    assert_eq!(server.health().await, ServingStatus::Serving);
     http.call("POST", "/v1/health", None, b"")
         .await
         .assert_error(401, "UNAUTHENTICATED", None);
@@ -1033,7 +1016,7 @@ async fn health_follows_the_log_without_a_token() {
         "{down:?}"
     );
     // gRPC health is set first, the HTTP state second: 503 here means gRPC says so already.
-    assert_eq!(grpc_health(&server).await, ServingStatus::NotServing);
+    assert_eq!(server.health().await, ServingStatus::NotServing);
     http.call("POST", "/v1/models/wheel:choose", Some("user-t"), choose)
         .await
         .assert_error(503, "UNAVAILABLE", None);
@@ -1045,7 +1028,7 @@ async fn health_follows_the_log_without_a_token() {
         (200, &json!({"status": "SERVING"})),
         "{up:?}"
     );
-    assert_eq!(grpc_health(&server).await, ServingStatus::Serving);
+    assert_eq!(server.health().await, ServingStatus::Serving);
     let served = http
         .call("POST", "/v1/models/wheel:choose", Some("user-t"), choose)
         .await;

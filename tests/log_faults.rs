@@ -9,26 +9,7 @@ use std::{sync::atomic::Ordering, time::Duration};
 use banditd::{Config, proto::ChooseArmRequest};
 use common::{TestServer, fixed, reward, test_config};
 use tonic::Code;
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
-
-async fn health(server: &TestServer) -> ServingStatus {
-    let channel = tonic::transport::Channel::from_shared(server.url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = HealthClient::new(channel);
-    client
-        .check(HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status()
-}
+use tonic_health::pb::health_check_response::ServingStatus;
 
 /// Polls `f` every 20 ms for up to 10 s until it is true.
 async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
@@ -75,7 +56,7 @@ async fn full_disk_refuses_then_recovers_by_itself() {
         .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     eventually("health NOT_SERVING", async || {
-        health(&server).await == ServingStatus::NotServing
+        server.health().await == ServingStatus::NotServing
     })
     .await;
     let err = client
@@ -86,7 +67,7 @@ async fn full_disk_refuses_then_recovers_by_itself() {
 
     faults.fail_writes.store(false, Ordering::Release);
     eventually("health SERVING again", async || {
-        health(&server).await == ServingStatus::Serving
+        server.health().await == ServingStatus::Serving
     })
     .await;
     let response = client

@@ -100,23 +100,27 @@ impl TestServer {
         (server, http_addr)
     }
 
-    /// Waits (at most 30 s) until recovery is done and health says SERVING.
-    pub async fn wait_ready(&self) {
+    /// The overall status gRPC health reports now.
+    pub async fn health(&self) -> ServingStatus {
         let channel = Channel::from_shared(self.url())
             .unwrap()
             .connect()
             .await
             .unwrap();
-        let mut health = HealthClient::new(channel);
+        HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status()
+    }
+
+    /// Waits (at most 30 s) until recovery is done and health says SERVING.
+    pub async fn wait_ready(&self) {
         for _ in 0..3000 {
-            let status = health
-                .check(HealthCheckRequest {
-                    service: String::new(),
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            if status.status() == ServingStatus::Serving {
+            if self.health().await == ServingStatus::Serving {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
