@@ -8,8 +8,22 @@ use std::{sync::atomic::Ordering, time::Duration};
 
 use banditd::{Config, proto::ChooseArmRequest};
 use common::{TestServer, fixed, reward, test_config};
-use tonic::Code;
+use tonic::{Code, transport::Channel};
+
+type Client = banditd::proto::bandit_service_client::BanditServiceClient<Channel>;
 use tonic_health::pb::health_check_response::ServingStatus;
+
+/// GetModel of the `wheel` model.
+async fn wheel_info(client: &Client) -> banditd::proto::ModelInfo {
+    client
+        .clone()
+        .get_model(banditd::proto::GetModelRequest {
+            model: "wheel".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
 
 /// Polls `f` every 20 ms for up to 10 s until it is true.
 async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
@@ -201,21 +215,6 @@ async fn id_of_a_closed_decision_is_not_reused() {
     let mut config: Config = test_config();
     config.storage.data_dir = data.path().to_owned();
     config.models[0].reward_window_seconds = 0.2;
-    let pending = |client: &banditd::proto::bandit_service_client::BanditServiceClient<
-        tonic::transport::Channel,
-    >| {
-        let mut client = client.clone();
-        async move {
-            client
-                .get_model(banditd::proto::GetModelRequest {
-                    model: "wheel".into(),
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .pending_decisions
-        }
-    };
     let request = ChooseArmRequest {
         decision_id: "campaign-7/user-1".into(),
         ..fixed("wheel", vec![0.1, 0.2])
@@ -223,7 +222,10 @@ async fn id_of_a_closed_decision_is_not_reused() {
     let server = TestServer::start(config.clone()).await;
     let mut client = server.client().await;
     client.choose_arm(request.clone()).await.unwrap();
-    eventually("the window closed", async || pending(&client).await == 0).await;
+    eventually("the window closed", async || {
+        wheel_info(&client).await.pending_decisions == 0
+    })
+    .await;
     let refused = |err: tonic::Status| {
         assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
         assert!(
@@ -390,20 +392,6 @@ async fn model_counters_survive_a_restart() {
     let data = tempfile::tempdir().unwrap();
     let mut config: Config = test_config();
     config.storage.data_dir = data.path().to_owned();
-    let info = |client: &mut banditd::proto::bandit_service_client::BanditServiceClient<
-        tonic::transport::Channel,
-    >| {
-        let mut client = client.clone();
-        async move {
-            client
-                .get_model(banditd::proto::GetModelRequest {
-                    model: "wheel".into(),
-                })
-                .await
-                .unwrap()
-                .into_inner()
-        }
-    };
     let server = TestServer::start(config.clone()).await;
     let mut client = server.client().await;
     for i in 0..3 {
@@ -419,14 +407,14 @@ async fn model_counters_survive_a_restart() {
                 .unwrap();
         }
     }
-    let before = info(&mut client).await;
+    let before = wheel_info(&client).await;
     assert_eq!((before.decisions, before.rewards), (3, 2));
     assert_eq!((before.pending_decisions, before.awaiting_reward), (3, 1));
     server.stop().await.unwrap();
 
     let server = TestServer::start(config).await;
-    let mut client = server.client().await;
-    let after = info(&mut client).await;
+    let client = server.client().await;
+    let after = wheel_info(&client).await;
     assert_eq!((after.decisions, after.rewards), (3, 2), "counts restarted");
     assert!(
         after.training_steps >= before.training_steps && after.training_steps > 0,

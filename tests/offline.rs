@@ -377,42 +377,31 @@ fn bad_input_is_named_by_line_and_field() {
 
     // CSVs: wrong columns, a short row, a bad item, a zero propensity.
     let fixture = std::fs::read_to_string(FIXTURE).unwrap();
-    let csv = fixture.replacen("propensity_score", "pscore", 1);
-    let err =
-        logs::read_obd(&write(dir.path(), "cols.csv", &csv), ObdOptions::default()).unwrap_err();
-    assert_eq!(
-        (err.at.as_str(), err.field.as_str()),
-        ("header", "propensity_score"),
-        "{err}"
-    );
     let short: String = fixture.lines().take(3).collect::<Vec<_>>().join("\n");
     let short = format!("{}\n{}", short, &fixture.lines().nth(3).unwrap()[..30]);
-    let err = logs::read_obd(
-        &write(dir.path(), "short.csv", &short),
-        ObdOptions::default(),
-    )
-    .unwrap_err();
-    assert_eq!(
-        (err.at.as_str(), err.field.as_str()),
-        ("line 4", "fields"),
-        "{err}"
-    );
-    let item = fixture.replacen(",0,1,0,0.25,", ",x,1,0,0.25,", 1);
-    let err =
-        logs::read_obd(&write(dir.path(), "item.csv", &item), ObdOptions::default()).unwrap_err();
-    assert_eq!(
-        (err.at.as_str(), err.field.as_str()),
-        ("line 2", "item_id"),
-        "{err}"
-    );
-    let zero = fixture.replacen(",0,1,0,0.25,", ",0,1,0,0,", 1);
-    let err =
-        logs::read_obd(&write(dir.path(), "zero.csv", &zero), ObdOptions::default()).unwrap_err();
-    assert_eq!(
-        (err.at.as_str(), err.field.as_str()),
-        ("line 2", "propensity_score"),
-        "{err}"
-    );
+    let cases = [
+        (
+            "cols.csv",
+            fixture.replacen("propensity_score", "pscore", 1),
+            ("header", "propensity_score"),
+        ),
+        ("short.csv", short, ("line 4", "fields")),
+        (
+            "item.csv",
+            fixture.replacen(",0,1,0,0.25,", ",x,1,0,0.25,", 1),
+            ("line 2", "item_id"),
+        ),
+        (
+            "zero.csv",
+            fixture.replacen(",0,1,0,0.25,", ",0,1,0,0,", 1),
+            ("line 2", "propensity_score"),
+        ),
+    ];
+    for (name, text, want) in cases {
+        let err =
+            logs::read_obd(&write(dir.path(), name, &text), ObdOptions::default()).unwrap_err();
+        assert_eq!((err.at.as_str(), err.field.as_str()), want, "{name}: {err}");
+    }
     let err = logs::read_obd(
         Path::new(FIXTURE),
         ObdOptions {
