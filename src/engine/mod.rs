@@ -368,7 +368,8 @@ impl Engine {
         }
         // A client-made id whose decision has closed but is still logged is refused rather
         // than decided twice; server-made ids are fresh UUIDs.
-        if !req.decision_id.is_empty() && model.used_ids.contains(id_hash(&req.decision_id)) {
+        let client_hash = (!req.decision_id.is_empty()).then(|| id_hash(&req.decision_id));
+        if client_hash.is_some_and(|hash| model.used_ids.contains(hash)) {
             return Err(Error::DecisionIdUsed {
                 id: req.decision_id.clone(),
             });
@@ -532,7 +533,9 @@ impl Engine {
         }
         let stored = inserted.decision;
         if inserted.new {
-            let (hash, decided_ms) = (id_hash(&stored.id), now_ms());
+            // A client-made id was hashed for the check above; a server-made one is new.
+            let hash = client_hash.unwrap_or_else(|| id_hash(&stored.id));
+            let decided_ms = now_ms();
             let forgotten = model.used_ids.insert(hash, decided_ms);
             metrics::decision_ids_forgotten(name, forgotten);
             let record = DecisionRecord {
