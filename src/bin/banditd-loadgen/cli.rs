@@ -192,6 +192,15 @@ pub(crate) struct GrpcArgs {
     /// for one started inside this process on a free port, on its own runtime.
     #[arg(long)]
     pub(crate) baseline: Option<String>,
+    /// The server's Prometheus endpoint (e.g. http://127.0.0.1:9464/metrics): its
+    /// `process_cpu_seconds_total` is read before and after the run, and the report gives
+    /// the server's CPU per decision (waits one telemetry period before each reading).
+    #[arg(long)]
+    pub(crate) server_metrics: Option<String>,
+    /// The same for the `--baseline` server (`noop_server --metrics-addr`): the report then
+    /// also gives the ratio of the two servers' CPU per decision.
+    #[arg(long, requires = "baseline")]
+    pub(crate) baseline_metrics: Option<String>,
     /// Per-request deadline.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub(crate) request_timeout: Duration,

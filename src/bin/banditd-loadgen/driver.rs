@@ -25,6 +25,7 @@ use crate::{
     connect::{Client, Connector},
     plot,
     report::{GrpcReport, Latencies, LatencySummary, ServerModel},
+    server_cpu::CpuProbe,
 };
 use anyhow::{Context, bail};
 use banditd::{
@@ -417,6 +418,12 @@ async fn run(args: GrpcArgs) -> anyhow::Result<()> {
         plot::check_path(path)?;
     }
     let env = sim::from_spec(&args.env, args.seed)?;
+    if args.baseline_metrics.is_some() && args.baseline.as_deref() == Some("builtin") {
+        bail!(
+            "--baseline-metrics needs a separate no-op server (--baseline URL): the builtin one \
+             shares this process's CPU"
+        );
+    }
     if args.transport == Transport::Http && args.baseline.is_some() {
         bail!("--baseline compares against a gRPC no-op server: not with --transport http");
     }
@@ -446,7 +453,14 @@ async fn run(args: GrpcArgs) -> anyhow::Result<()> {
             let base_info = get_model(&channels[0], &url, &args.model).await?;
             Plan::new(&*sim::from_spec(&args.env, args.seed)?, &base_info)
                 .with_context(|| format!("--baseline {url}: model {:?}", args.model))?;
-            let report = drive(&args, &url, "no-op", channels, &plan, rounds).await?;
+            let probe = match &args.baseline_metrics {
+                Some(metrics) => Some(CpuProbe::start(metrics).await?),
+                None => None,
+            };
+            let mut report = drive(&args, &url, "no-op", channels, &plan, rounds).await?;
+            if let Some(probe) = probe {
+                report.set_server_cpu(probe.finish().await?);
+            }
             drop(builtin);
             Some(report)
         }
@@ -460,7 +474,14 @@ async fn run(args: GrpcArgs) -> anyhow::Result<()> {
             Transport::Grpc => "banditd".into(),
             Transport::Http => "banditd (HTTP/JSON)".into(),
         });
+    let probe = match &args.server_metrics {
+        Some(metrics) => Some(CpuProbe::start(metrics).await?),
+        None => None,
+    };
     let mut report = drive(&args, &args.target, &label, target.clone(), &plan, rounds).await?;
+    if let Some(probe) = probe {
+        report.set_server_cpu(probe.finish().await?);
+    }
     report.server_model = get_model(&target[0], &args.target, &args.model)
         .await
         .ok()
@@ -473,6 +494,12 @@ async fn run(args: GrpcArgs) -> anyhow::Result<()> {
         });
     if let Some(base) = baseline {
         report.throughput_ratio = Some(report.decisions_per_s / base.decisions_per_s);
+        if let (Some(ours), Some(theirs)) = (
+            report.server_cpu_us_per_decision,
+            base.server_cpu_us_per_decision,
+        ) {
+            report.server_cpu_ratio = Some(ours / theirs);
+        }
         report.baseline = Some(Box::new(base));
     }
 
@@ -624,6 +651,9 @@ async fn drive(
         curve: thin(curve),
         baseline: None,
         throughput_ratio: None,
+        server_cpu_s: None,
+        server_cpu_us_per_decision: None,
+        server_cpu_ratio: None,
     })
 }
 

@@ -22,6 +22,7 @@ mod connect;
 mod driver;
 mod plot;
 mod report;
+mod server_cpu;
 
 use std::{
     fs::File,

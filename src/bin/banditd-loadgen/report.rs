@@ -102,6 +102,15 @@ pub(crate) struct GrpcReport {
     /// decisions/s of this run ÷ decisions/s of the baseline.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) throughput_ratio: Option<f64>,
+    /// The server's CPU seconds over the run (`--server-metrics`, `--baseline-metrics`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) server_cpu_s: Option<f64>,
+    /// `server_cpu_s` per successful decision, in microseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) server_cpu_us_per_decision: Option<f64>,
+    /// This server's CPU per decision ÷ the baseline's (both metrics URLs given).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) server_cpu_ratio: Option<f64>,
 }
 
 fn fmt_f(value: f64, decimals: usize) -> String {
@@ -113,6 +122,13 @@ fn fmt_f(value: f64, decimals: usize) -> String {
 }
 
 impl GrpcReport {
+    /// Records the server's CPU seconds over the run, and per decision.
+    pub(crate) fn set_server_cpu(&mut self, seconds: f64) {
+        self.server_cpu_s = Some(seconds);
+        self.server_cpu_us_per_decision =
+            (self.decisions > 0).then(|| seconds * 1e6 / self.decisions as f64);
+    }
+
     /// The human-readable table.
     pub(crate) fn print_table(&self) {
         println!(
@@ -175,6 +191,13 @@ impl GrpcReport {
                 server.pending_decisions
             );
         }
+        if let (Some(cpu), Some(per)) = (self.server_cpu_s, self.server_cpu_us_per_decision) {
+            println!(
+                "  server CPU        {} s = {} µs per decision",
+                fmt_f(cpu, 2),
+                fmt_f(per, 1)
+            );
+        }
         if let (Some(base), Some(ratio)) = (&self.baseline, self.throughput_ratio) {
             println!();
             println!("  against the no-op server at {} (same load):", base.target);
@@ -184,6 +207,16 @@ impl GrpcReport {
                 fmt_f(base.decisions_per_s, 0),
                 fmt_f(ratio, 3)
             );
+            if let (Some(per), Some(ratio)) =
+                (base.server_cpu_us_per_decision, self.server_cpu_ratio)
+            {
+                println!(
+                    "  server CPU        banditd {} µs, no-op {} µs per decision: ratio {}",
+                    fmt_f(self.server_cpu_us_per_decision.unwrap_or(f64::NAN), 1),
+                    fmt_f(per, 1),
+                    fmt_f(ratio, 2)
+                );
+            }
             print_latency_table(&[("banditd ", &self.latency_us), ("no-op ", &base.latency_us)]);
             print_errors(&base.errors);
         }
