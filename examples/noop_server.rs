@@ -13,7 +13,10 @@
 //!     --duration 10s --baseline http://127.0.0.1:50052
 //! ```
 //!
-//! (`--baseline builtin` starts the same service inside the load generator instead.)
+//! (`--baseline builtin` starts the same service inside the load generator instead.) With
+//! `--metrics-addr` it exports the process CPU series banditd exports, so that
+//! `banditd-loadgen grpc --server-metrics URL --baseline-metrics URL` reports both servers'
+//! CPU per decision and their ratio.
 
 use std::{net::SocketAddr, path::PathBuf};
 
@@ -30,6 +33,10 @@ struct Cli {
     /// A banditd configuration whose models to describe (default: the embedded default).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Serve Prometheus metrics here, with banditd's process CPU series
+    /// (`process_cpu_seconds_total`), for `banditd-loadgen grpc --baseline-metrics`.
+    #[arg(long)]
+    metrics_addr: Option<SocketAddr>,
 }
 
 #[tokio::main]
@@ -39,6 +46,11 @@ async fn main() -> anyhow::Result<()> {
         Some(path) => Config::from_file(path)?,
         None => Config::embedded_default(),
     };
+    if let Some(addr) = cli.metrics_addr {
+        // banditd's own exporter and CPU telemetry, so both servers' CPU is read alike.
+        banditd::metrics::install(addr)
+            .with_context(|| format!("cannot serve metrics on {addr}"))?;
+    }
     let listener = tokio::net::TcpListener::bind(cli.addr)
         .await
         .with_context(|| format!("cannot listen on {}", cli.addr))?;

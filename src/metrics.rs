@@ -371,10 +371,15 @@ pub fn decision_expired(model: &str, defaulted: bool) {
 /// store evicts on every decision: a line each was thousands a second, and their formatting
 /// cost the serving threads more than the decisions did).
 pub fn decisions_evicted(model: &str, count: u64) {
+    counter!(DECISIONS_EVICTED, "model" => model.to_owned()).increment(count);
+    warn_evicted(model, count);
+}
+
+/// The rate-limited WARN line of [`decisions_evicted`].
+fn warn_evicted(model: &str, count: u64) {
     use std::sync::atomic::{AtomicU64, Ordering};
     static SUPPRESSED: AtomicU64 = AtomicU64::new(0);
     static LAST_LOG_MS: AtomicU64 = AtomicU64::new(0);
-    counter!(DECISIONS_EVICTED, "model" => model.to_owned()).increment(count);
     let now = crate::domain::now_ms();
     let last = LAST_LOG_MS.load(Ordering::Relaxed);
     if now.saturating_sub(last) < 10_000
@@ -631,3 +636,92 @@ pub const CLUSTER_SERVING_VERSION: &str = "banditd_cluster_serving_version";
 pub const CLUSTER_SNAPSHOT_LAG_SECONDS: &str = "banditd_cluster_snapshot_lag_seconds";
 /// Snapshots this replica could not load (it kept serving the previous one).
 pub const CLUSTER_SNAPSHOT_LOAD_FAILURES: &str = "banditd_cluster_snapshot_load_failures_total";
+
+// --- A model's serving-path series, resolved once ----------------------------------------------
+
+/// The series a model's ChooseArm and ReportReward record on every call, registered once per
+/// model (when its runtime is built) instead of looked up by name and labels per call: the
+/// lookup (label strings built, hashed, compared) cost the serving path more than the
+/// increments. Records exactly what [`decision_made`], [`decisions_evicted`],
+/// [`reward_accepted`] and [`group_reward`] record.
+#[derive(Debug, Clone)]
+pub struct ModelMetrics {
+    model: String,
+    /// `banditd_decisions_total{model}` (per-arm models).
+    decisions: metrics::Counter,
+    /// `banditd_decisions_total{model, arm}` by output head (fixed-arm models).
+    decisions_by_arm: Vec<metrics::Counter>,
+    choose_seconds: metrics::Histogram,
+    evicted: metrics::Counter,
+    rewards: metrics::Counter,
+    reward_sum: metrics::Gauge,
+    regret_sum: metrics::Gauge,
+    report_seconds: metrics::Histogram,
+    /// Treatment, then control: (rewards, sum, squares).
+    groups: [(metrics::Counter, metrics::Gauge, metrics::Gauge); 2],
+}
+
+impl ModelMetrics {
+    /// The handles of `model`'s series; `arms` are a fixed-arm model's arm ids in head order
+    /// (`None` for a per-arm model, whose decisions carry no arm label).
+    pub fn new(model: &str, arms: Option<&[String]>) -> Self {
+        let m = || model.to_owned();
+        let group = |g: &'static str| {
+            (
+                counter!(GROUP_REWARDS, "model" => m(), "group" => g),
+                gauge!(GROUP_REWARD_SUM, "model" => m(), "group" => g),
+                gauge!(GROUP_REWARD_SQUARES, "model" => m(), "group" => g),
+            )
+        };
+        Self {
+            model: m(),
+            decisions: counter!(DECISIONS, "model" => m()),
+            decisions_by_arm: arms
+                .unwrap_or_default()
+                .iter()
+                .map(|arm| counter!(DECISIONS, "model" => m(), "arm" => arm.clone()))
+                .collect(),
+            choose_seconds: histogram!(CHOOSE_ARM_SECONDS, "model" => m()),
+            evicted: counter!(DECISIONS_EVICTED, "model" => m()),
+            rewards: counter!(REWARDS, "model" => m()),
+            reward_sum: gauge!(REWARD_SUM, "model" => m()),
+            regret_sum: gauge!(REGRET_SUM, "model" => m()),
+            report_seconds: histogram!(REPORT_REWARD_SECONDS, "model" => m()),
+            groups: [group("treatment"), group("control")],
+        }
+    }
+
+    /// A decision was made (`head`: the chosen arm's output head, for a fixed-arm model).
+    pub fn decision_made(&self, head: Option<usize>, elapsed: Duration) {
+        match head.and_then(|h| self.decisions_by_arm.get(h)) {
+            Some(arm) => arm.increment(1),
+            None if head.is_some() => decision_made(&self.model, None, elapsed),
+            None => self.decisions.increment(1),
+        }
+        self.choose_seconds.record(elapsed);
+    }
+
+    /// As [`decisions_evicted`].
+    pub fn decisions_evicted(&self, count: u64) {
+        self.evicted.increment(count);
+        warn_evicted(&self.model, count);
+    }
+
+    /// As [`reward_accepted`].
+    pub fn reward_accepted(&self, reward: f64, regret: Option<f64>, elapsed: Duration) {
+        self.rewards.increment(1);
+        self.reward_sum.increment(reward);
+        if let Some(regret) = regret {
+            self.regret_sum.increment(regret);
+        }
+        self.report_seconds.record(elapsed);
+    }
+
+    /// As [`group_reward`].
+    pub fn group_reward(&self, control: bool, reward: f64) {
+        let (count, sum, squares) = &self.groups[usize::from(control)];
+        count.increment(1);
+        sum.increment(reward);
+        squares.increment(reward * reward);
+    }
+}

@@ -255,3 +255,54 @@ fn dump_and_errors() {
         "{stderr}"
     );
 }
+
+/// `--server-metrics` and `--baseline-metrics`: the server's CPU over the run, read from its
+/// `process_cpu_seconds_total`, per decision, and the ratio of the two servers' (a second
+/// banditd stands in for the no-op server: any server exporting the series will do). A
+/// builtin baseline, which shares the load generator's CPU, is refused with a clear error.
+#[test]
+fn grpc_reports_server_cpu() {
+    let server = start_banditd(&[]);
+    let baseline = start_banditd(&[]);
+    let output = loadgen(&words(&format!(
+        "grpc --target http://{} --server-metrics http://{}/metrics --baseline http://{} \
+         --baseline-metrics http://{} --model wheel --env wheel:0.5 --seed 1 --rounds 400 \
+         --workers 4 --json --quiet",
+        server.grpc, server.metrics, baseline.grpc, baseline.metrics
+    )));
+    let report = json(&output);
+    assert_eq!(u(&report, "decisions"), 400);
+    let cpu = f(&report, "server_cpu_s");
+    assert!(cpu > 0.0, "server_cpu_s {cpu}");
+    assert_close(
+        f(&report, "server_cpu_us_per_decision"),
+        cpu * 1e6 / 400.0,
+        "server_cpu_us_per_decision",
+    );
+    let base = &report["baseline"];
+    let base_per = f(base, "server_cpu_us_per_decision");
+    assert!(base_per > 0.0, "baseline server_cpu_us_per_decision {base_per}");
+    assert_close(
+        f(&report, "server_cpu_ratio"),
+        f(&report, "server_cpu_us_per_decision") / base_per,
+        "server_cpu_ratio",
+    );
+
+    let output = Command::new(LOADGEN)
+        .args([
+            "grpc",
+            "--target",
+            &format!("http://{}", server.grpc),
+            "--rounds",
+            "10",
+            "--baseline",
+            "builtin",
+            "--baseline-metrics",
+            &format!("http://{}", baseline.metrics),
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--baseline-metrics"), "{stderr}");
+}

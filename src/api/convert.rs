@@ -48,16 +48,15 @@ impl From<&Decision> for pb::ChooseArmResponse {
     fn from(d: &Decision) -> Self {
         Self {
             decision_id: d.id.clone(),
-            arm_id: d.arm_id.clone(),
+            arm_id: d.arm_id().to_owned(),
             scores: d
-                .scores
-                .iter()
+                .scored()
                 .enumerate()
                 .map(|(i, (arm_id, score))| {
                     let spread = d.explanation.as_ref().and_then(|e| e.get(i));
                     pb::ArmScore {
-                        arm_id: arm_id.clone(),
-                        score: *score,
+                        arm_id: arm_id.to_owned(),
+                        score,
                         posterior_mean: spread.map(|s| s.mean),
                         posterior_std: spread.map(|s| s.std),
                     }

@@ -30,30 +30,141 @@ use crate::{error::Error, policy::Spread};
 pub use used_ids::UsedIds;
 
 /// What was decided, kept until the reward arrives or the window closes.
+///
+/// Laid out for a store of hundreds of thousands: the id is held once (the store's map and
+/// queue point at the decision instead of copying it), the arm ids are shared or packed
+/// ([`Arms`]), and the chosen arm is an index.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
     /// The decision id.
     pub id: String,
-    /// The chosen arm.
-    pub arm_id: String,
-    /// Every scored candidate with its score under the deciding sample.
-    pub scores: Vec<(String, f64)>,
+    /// The scored candidates' arm ids, in input order.
+    pub arms: Arms,
+    /// Position of the chosen arm in `arms`.
+    pub chosen: u32,
+    /// Every scored candidate's score under the deciding sample, in the order of `arms`.
+    pub scores: Box<[f64]>,
     /// The weights version that decided.
     pub model_version: u64,
     /// The network input that trains on this decision's reward.
-    pub input: Vec<f32>,
+    pub input: Box<[f32]>,
     /// The output head that trains (the chosen arm's index, or 0 for per-arm models).
     pub head: u32,
     /// The probability the policy had of choosing `arm_id`, if known (logged).
     pub propensity: Option<f64>,
     /// Posterior mean and spread per scored candidate, if asked for (not logged: a retry
     /// after a restart answers without it).
-    pub explanation: Option<Vec<Spread>>,
+    pub explanation: Option<Box<[Spread]>>,
     /// Fingerprint of the request's context, candidates and exclusions: a retry with the same
     /// id must ask the same.
     pub request_hash: u64,
     /// Served by the model's holdout control policy (its rewards count for the control group).
     pub holdout: bool,
+}
+
+impl Decision {
+    /// The chosen arm's id.
+    pub fn arm_id(&self) -> &str {
+        self.arms.get(self.chosen as usize).unwrap_or_default()
+    }
+
+    /// Every scored candidate's arm id with its score, in input order.
+    pub fn scored(&self) -> impl Iterator<Item = (&str, f64)> {
+        self.arms.iter().zip(self.scores.iter().copied())
+    }
+}
+
+/// A decision's candidate arm ids.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Arms(ArmsRepr);
+
+#[derive(Debug, Clone, PartialEq)]
+enum ArmsRepr {
+    /// A fixed-arm model's ids (its whole list, or the candidates' ids pointing into it):
+    /// no per-decision copy of any id.
+    Shared(Arc<[Arc<str>]>),
+    /// A per-arm model's candidate ids, which the client makes up per request: one string
+    /// holding them all and where each ends (instead of a string, and its 24-byte header,
+    /// per candidate).
+    Packed { text: Box<str>, ends: Box<[u32]> },
+}
+
+impl Arms {
+    /// Ids shared with the model (see [`ArmsRepr::Shared`]).
+    pub fn shared(ids: Arc<[Arc<str>]>) -> Self {
+        Self(ArmsRepr::Shared(ids))
+    }
+
+    /// Ids of this decision alone, packed.
+    pub fn packed<'a>(ids: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut text = String::new();
+        let mut ends = Vec::new();
+        for id in ids {
+            text.push_str(id);
+            // Ids are bounded by `limits.max_id_bytes` and candidates by `max_candidates`;
+            // a request's ids together stay far below 4 GiB.
+            ends.push(u32::try_from(text.len()).unwrap_or(u32::MAX));
+        }
+        Self(ArmsRepr::Packed {
+            text: text.into_boxed_str(),
+            ends: ends.into_boxed_slice(),
+        })
+    }
+
+    /// Number of ids.
+    pub fn len(&self) -> usize {
+        match &self.0 {
+            ArmsRepr::Shared(ids) => ids.len(),
+            ArmsRepr::Packed { ends, .. } => ends.len(),
+        }
+    }
+
+    /// True when there is none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The `i`th id.
+    pub fn get(&self, i: usize) -> Option<&str> {
+        match &self.0 {
+            ArmsRepr::Shared(ids) => ids.get(i).map(|a| &**a),
+            ArmsRepr::Packed { text, ends } => {
+                let end = *ends.get(i)? as usize;
+                let start = i.checked_sub(1).map_or(0, |p| ends[p] as usize);
+                text.get(start..end)
+            }
+        }
+    }
+
+    /// The ids in order.
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        (0..self.len()).filter_map(|i| self.get(i))
+    }
+}
+
+/// A map key that is the stored decision itself, hashed and compared by its id, so the map
+/// needs no copy of the id (`Borrow<str>`: looked up by `&str`).
+#[derive(Debug)]
+struct Key(Arc<Decision>);
+
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.id.as_str().hash(state);
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.id == other.0.id
+    }
+}
+
+impl Eq for Key {}
+
+impl std::borrow::Borrow<str> for Key {
+    fn borrow(&self) -> &str {
+        &self.0.id
+    }
 }
 
 /// Where a recorded reward's log write stands.
@@ -114,7 +225,8 @@ pub struct Inserted {
 #[derive(Debug)]
 struct Entry {
     decision: Arc<Decision>,
-    reward: Option<Recorded>,
+    /// Boxed: most pending decisions have none, and `None` then costs 8 bytes, not 24.
+    reward: Option<Box<Recorded>>,
 }
 
 /// A reward recorded for a pending decision.
@@ -127,9 +239,9 @@ struct Recorded {
 
 #[derive(Debug, Default)]
 struct State {
-    map: HashMap<String, Entry>,
-    /// Ids by insertion time, oldest first; exactly the map's keys.
-    order: VecDeque<(Instant, String)>,
+    map: HashMap<Key, Entry>,
+    /// Decisions by insertion time, oldest first; exactly the map's keys.
+    order: VecDeque<(Instant, Arc<Decision>)>,
     /// Entries of the map that have a reward (so counting the others needs no scan).
     rewarded: usize,
 }
@@ -203,7 +315,7 @@ impl PendingStore {
 
     fn insert_at(&self, decision: Decision, created: Instant, reward: Option<f64>) -> Inserted {
         let mut state = self.lock();
-        if let Some(existing) = state.map.get(&decision.id) {
+        if let Some(existing) = state.map.get(decision.id.as_str()) {
             return Inserted {
                 decision: Arc::clone(&existing.decision),
                 new: false,
@@ -215,20 +327,22 @@ impl PendingStore {
             let Some((_, old)) = state.order.pop_front() else {
                 break;
             };
-            if let Some(entry) = state.take(&old) {
+            if let Some(entry) = state.take(&old.id) {
                 evicted.push(entry.decision);
             }
         }
         let decision = Arc::new(decision);
         state.rewarded += usize::from(reward.is_some());
-        state.order.push_back((created, decision.id.clone()));
+        state.order.push_back((created, Arc::clone(&decision)));
         state.map.insert(
-            decision.id.clone(),
+            Key(Arc::clone(&decision)),
             Entry {
                 decision: Arc::clone(&decision),
-                reward: reward.map(|value| Recorded {
-                    value,
-                    commit: None,
+                reward: reward.map(|value| {
+                    Box::new(Recorded {
+                        value,
+                        commit: None,
+                    })
                 }),
             },
         );
@@ -248,7 +362,7 @@ impl PendingStore {
             return false;
         }
         // Stored a moment ago: it is at or near the back of the queue.
-        if let Some(at) = state.order.iter().rposition(|(_, queued)| queued == id) {
+        if let Some(at) = state.order.iter().rposition(|(_, queued)| queued.id == id) {
             state.order.remove(at);
         }
         true
@@ -312,10 +426,10 @@ impl PendingStore {
             }),
             None => {
                 let accepted = accept(&entry.decision)?;
-                entry.reward = Some(Recorded {
+                entry.reward = Some(Box::new(Recorded {
                     value: reward,
                     commit: Some(watch::Sender::new(CommitState::InFlight)),
-                });
+                }));
                 state.rewarded += 1;
                 Ok(RewardOutcome::Accepted(accepted))
             }
@@ -330,10 +444,10 @@ impl PendingStore {
             if now.duration_since(*created) < self.window() {
                 break;
             }
-            let Some((_, id)) = state.order.pop_front() else {
+            let Some((_, queued)) = state.order.pop_front() else {
                 break;
             };
-            if let Some(entry) = state.take(&id) {
+            if let Some(entry) = state.take(&queued.id) {
                 expired.push(Expired {
                     decision: entry.decision,
                     rewarded: entry.reward.is_some(),
@@ -383,10 +497,11 @@ mod tests {
     fn decision(id: &str) -> Decision {
         Decision {
             id: id.into(),
-            arm_id: "a".into(),
-            scores: vec![("a".into(), 1.0)],
+            arms: Arms::packed(["a", "b"]),
+            chosen: 0,
+            scores: vec![1.0, 0.5].into(),
             model_version: 0,
-            input: vec![1.0],
+            input: vec![1.0].into(),
             head: 0,
             propensity: None,
             explanation: None,
@@ -531,10 +646,10 @@ mod tests {
         let store = PendingStore::new(Duration::from_secs(60), 10);
         store.insert(decision("d"));
         let mut other = decision("d");
-        other.arm_id = "b".into();
+        other.chosen = 1;
         let kept = store.insert(other);
         assert!(!kept.new);
-        assert_eq!(kept.decision.arm_id, "a");
+        assert_eq!(kept.decision.arm_id(), "a");
         assert_eq!(store.len(), 1);
     }
 

@@ -29,7 +29,7 @@ pub use start::Background;
 
 use crate::{
     config::{HoldoutControl, LimitsConfig, ModelConfig, ModelKind, OnLogFull},
-    decisions::{Decision, PendingStore, RewardOutcome, UsedIds},
+    decisions::{Arms, Decision, PendingStore, RewardOutcome, UsedIds},
     domain::{id_hash, now_ms},
     error::Error,
     learner::LearnerHandle,
@@ -123,6 +123,29 @@ struct ModelRuntime {
     /// Ids of decisions in the retained log, which new decisions may not take.
     used_ids: Arc<UsedIds>,
     counters: Arc<Counters>,
+    /// Its serving-path metric series, resolved once.
+    metrics: metrics::ModelMetrics,
+    /// Fixed-arm models: the arm ids by output head, shared by every pending decision.
+    arms: Arc<[Arc<str>]>,
+}
+
+impl ModelRuntime {
+    /// The arm ids of the candidate `heads`: the model's own list when they are every arm in
+    /// order (the usual request), else a list of the shared ids.
+    fn arms_of(&self, heads: &[usize]) -> Result<Arc<[Arc<str>]>, Error> {
+        if heads.len() == self.arms.len() && heads.iter().enumerate().all(|(i, &h)| i == h) {
+            return Ok(Arc::clone(&self.arms));
+        }
+        heads
+            .iter()
+            .map(|&h| {
+                self.arms
+                    .get(h)
+                    .cloned()
+                    .ok_or_else(|| Error::Internal(format!("no arm for head {h}")))
+            })
+            .collect()
+    }
 }
 
 /// A model's counters, kept across the replacements of its [`ModelRuntime`].
@@ -142,10 +165,10 @@ struct Counters {
 }
 
 impl Counters {
-    /// Counts `reward` for its holdout group, here and in the metrics.
-    fn group_reward(&self, model: &str, control: bool, reward: f64) {
+    /// Counts `reward` for its holdout group, here and in the model's metrics.
+    fn group_reward(&self, metrics: &metrics::ModelMetrics, control: bool, reward: f64) {
         self.groups.lock().unwrap_or_else(|p| p.into_inner())[usize::from(control)].push(reward);
-        metrics::group_reward(model, control, reward);
+        metrics.group_reward(control, reward);
     }
 }
 
@@ -488,18 +511,20 @@ impl Engine {
                 }
             };
         let chosen = choice.best;
+        let arms = match &valid.candidates {
+            Candidates::Heads { heads, .. } => Arms::shared(model.arms_of(heads)?),
+            Candidates::Rows { kept } => Arms::packed(kept.iter().map(|c| c.id.as_str())),
+        };
         let decision = Decision {
             id,
-            arm_id: ids[chosen].to_owned(),
-            scores: ids
-                .iter()
-                .map(|s| (*s).to_owned())
-                .zip(choice.choice.scores)
-                .collect(),
+            arms,
+            chosen: u32::try_from(chosen)
+                .map_err(|_| Error::Internal("candidate index overflow".into()))?,
+            scores: choice.choice.scores.into(),
             model_version: snapshot.version,
             propensity: choice.propensity,
-            explanation: choice.explanation,
-            input,
+            explanation: choice.explanation.map(Vec::into_boxed_slice),
+            input: input.into(),
             head: u32::try_from(head).map_err(|_| Error::Internal("head index overflow".into()))?,
             request_hash,
             holdout: control.is_some(),
@@ -523,7 +548,7 @@ impl Engine {
         }
         let inserted = model.pending.insert(decision);
         if !inserted.evicted.is_empty() {
-            metrics::decisions_evicted(name, inserted.evicted.len() as u64);
+            model.metrics.decisions_evicted(inserted.evicted.len() as u64);
             for old in &inserted.evicted {
                 // Queue full: the decision stays open in the log and expires after a restart.
                 let _ = self
@@ -545,7 +570,7 @@ impl Engine {
                 context: req.context,
                 candidates: logged,
                 chosen: u32::try_from(chosen).unwrap_or(u32::MAX),
-                scores: stored.scores.iter().map(|(_, s)| *s).collect(),
+                scores: stored.scores.to_vec(),
                 model_version: stored.model_version,
                 head: stored.head,
                 propensity: stored.propensity,
@@ -580,9 +605,8 @@ impl Engine {
                 id: stored.id.clone(),
             });
         }
-        let arm_label =
-            (model.config.kind == ModelKind::FixedArms).then_some(stored.arm_id.as_str());
-        metrics::decision_made(name, arm_label, started.elapsed());
+        let head = (model.config.kind == ModelKind::FixedArms).then_some(stored.head as usize);
+        model.metrics.decision_made(head, started.elapsed());
         Ok(stored)
     }
 
@@ -628,7 +652,7 @@ impl Engine {
                             at_ms: now_ms(),
                             regret: req.regret,
                             example: Some(ExampleRecord {
-                                input: decision.input.clone(),
+                                input: decision.input.to_vec(),
                                 head: decision.head,
                                 reward,
                             }),
@@ -659,8 +683,10 @@ impl Engine {
             };
             guard.wait().await?;
             model.counters.rewards.fetch_add(1, Ordering::Relaxed);
-            model.counters.group_reward(name, control, reward);
-            metrics::reward_accepted(name, reward, req.regret, started.elapsed());
+            model.counters.group_reward(&model.metrics, control, reward);
+            model
+                .metrics
+                .reward_accepted(reward, req.regret, started.elapsed());
             return Ok(RewardOutcome::Accepted(()));
         }
         Err(Error::Unavailable(
@@ -722,7 +748,7 @@ impl Engine {
                 let defaulted = match model.config.default_reward {
                     Some(reward) => {
                         let example = ExampleRecord {
-                            input: d.input.clone(),
+                            input: d.input.to_vec(),
                             head: d.head,
                             reward,
                         };
@@ -731,7 +757,7 @@ impl Engine {
                             .closed(closed_record(name, &d.id, How::Defaulted, Some(example)))
                             .is_ok();
                         if logged {
-                            model.counters.group_reward(name, d.holdout, reward);
+                            model.counters.group_reward(&model.metrics, d.holdout, reward);
                         }
                         logged
                     }

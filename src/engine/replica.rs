@@ -73,7 +73,7 @@ pub(super) async fn publish_decision(
         context,
         candidates,
         chosen: u32::try_from(chosen).unwrap_or(u32::MAX),
-        scores: decision.scores.iter().map(|(_, s)| *s).collect(),
+        scores: decision.scores.to_vec(),
         model_version: decision.model_version,
         head: decision.head,
         propensity: decision.propensity,
@@ -98,7 +98,7 @@ pub(super) async fn publish_decision(
             return Err(e);
         }
     };
-    let arm_label = (model.config.kind == ModelKind::FixedArms).then_some(decision.arm_id.as_str());
+    let arm_label = (model.config.kind == ModelKind::FixedArms).then_some(decision.arm_id());
     metrics::decision_made(name, arm_label, started.elapsed());
     Ok(decision)
 }

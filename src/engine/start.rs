@@ -11,7 +11,7 @@ use std::{
 use super::{Counters, Engine, ModelRuntime, Models, admin::Admin};
 use crate::{
     config::{Config, ModelConfig, ModelKind},
-    decisions::{Decision, PendingStore, UsedIds},
+    decisions::{Arms, Decision, PendingStore, UsedIds},
     domain::now_ms,
     error::Error,
     learner::{Learner, LearnerHandle, Resume},
@@ -67,6 +67,11 @@ impl ModelRuntime {
             pending,
             used_ids,
             counters,
+            metrics: metrics::ModelMetrics::new(
+                &config.name,
+                (config.kind == ModelKind::FixedArms).then_some(config.arms.as_slice()),
+            ),
+            arms: config.arms.iter().map(|a| Arc::from(a.as_str())).collect(),
         }
     }
 }
@@ -90,20 +95,12 @@ pub(super) fn decision_from_record(open: OpenDecision) -> Decision {
         input.extend_from_slice(&c.features);
     }
     Decision {
-        arm_id: d
-            .candidates
-            .get(chosen)
-            .map(|c| c.id.clone())
-            .unwrap_or_default(),
-        scores: d
-            .candidates
-            .into_iter()
-            .map(|c| c.id)
-            .zip(d.scores)
-            .collect(),
+        arms: Arms::packed(d.candidates.iter().map(|c| c.id.as_str())),
+        chosen: d.chosen,
+        scores: d.scores.into(),
         id: d.decision_id,
         model_version: d.model_version,
-        input,
+        input: input.into(),
         head: d.head,
         propensity: d.propensity,
         explanation: None,

@@ -306,8 +306,9 @@ fn blocked_norm2_with<const FMA: bool>(blocks: &[f32], phi: &[f32], d: usize) ->
                 acc[0][k] = madd(acc[0][k], column[k], p);
             }
         }
-        for k in 0..BLOCK {
-            let w = (acc[0][k] + acc[1][k]) + (acc[2][k] + acc[3][k]);
+        let [a0, a1, a2, a3] = &acc;
+        for (((x0, x1), x2), x3) in a0.iter().zip(a1).zip(a2).zip(a3) {
+            let w = (x0 + x1) + (x2 + x3);
             total += f64::from(w * w);
         }
     }
