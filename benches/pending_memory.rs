@@ -51,8 +51,12 @@ static GLOBAL: Counting = Counting;
 
 const N: usize = 200_000;
 
+/// A 36-byte id with no spare capacity, as the engine's (a UUID's `to_string`, or a
+/// client id's copy) has.
 fn uuid_like(i: usize) -> String {
-    format!("{:08x}-0000-4000-8000-{:012x}", i as u32, i)
+    let mut id = format!("{:08x}-0000-4000-8000-{:012x}", i as u32, i);
+    id.shrink_to_fit();
+    id
 }
 
 /// Payload bytes of a decision: ids, context, the kept features, scores.

@@ -237,16 +237,27 @@ struct Recorded {
     commit: Option<watch::Sender<CommitState>>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct State {
     map: HashMap<Key, Entry>,
-    /// Decisions by insertion time, oldest first; exactly the map's keys.
-    order: VecDeque<(Instant, Arc<Decision>)>,
+    /// Decisions by insertion time (nanoseconds from `base`: 8 bytes where an `Instant`
+    /// takes 16), oldest first; exactly the map's keys.
+    order: VecDeque<(i64, Arc<Decision>)>,
+    /// The time the store's insertion times count from.
+    base: Instant,
     /// Entries of the map that have a reward (so counting the others needs no scan).
     rewarded: usize,
 }
 
 impl State {
+    /// `at` in nanoseconds from `base` (negative before it: a restored decision's).
+    fn offset(&self, at: Instant) -> i64 {
+        match at.checked_duration_since(self.base) {
+            Some(after) => saturating_i64(nanos(after)),
+            None => -saturating_i64(nanos(self.base.duration_since(at))),
+        }
+    }
+
     /// Removes an entry, keeping `rewarded` in step.
     fn take(&mut self, id: &str) -> Option<Entry> {
         let entry = self.map.remove(id)?;
@@ -281,7 +292,12 @@ impl PendingStore {
     /// An empty store whose decisions wait `window` for a reward, holding at most `capacity`.
     pub fn new(window: Duration, capacity: usize) -> Self {
         Self {
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                map: HashMap::new(),
+                order: VecDeque::new(),
+                base: Instant::now(),
+                rewarded: 0,
+            }),
             window_nanos: std::sync::atomic::AtomicU64::new(nanos(window)),
             capacity: capacity.max(1),
         }
@@ -333,6 +349,7 @@ impl PendingStore {
         }
         let decision = Arc::new(decision);
         state.rewarded += usize::from(reward.is_some());
+        let created = state.offset(created);
         state.order.push_back((created, Arc::clone(&decision)));
         state.map.insert(
             Key(Arc::clone(&decision)),
@@ -440,8 +457,9 @@ impl PendingStore {
     pub fn expire(&self, now: Instant) -> Vec<Expired> {
         let mut state = self.lock();
         let mut expired = Vec::new();
-        while let Some((created, _)) = state.order.front() {
-            if now.duration_since(*created) < self.window() {
+        let (now, window) = (state.offset(now), saturating_i64(nanos(self.window())));
+        while let Some(&(created, _)) = state.order.front() {
+            if now.saturating_sub(created) < window {
                 break;
             }
             let Some((_, queued)) = state.order.pop_front() else {
@@ -488,6 +506,11 @@ impl PendingStore {
 /// `window` in nanoseconds, saturating (u64 nanoseconds reach 584 years).
 fn nanos(window: Duration) -> u64 {
     u64::try_from(window.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// `n` as an i64, saturating (292 years of nanoseconds).
+fn saturating_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]
