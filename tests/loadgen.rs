@@ -281,7 +281,10 @@ fn grpc_reports_server_cpu() {
     );
     let base = &report["baseline"];
     let base_per = f(base, "server_cpu_us_per_decision");
-    assert!(base_per > 0.0, "baseline server_cpu_us_per_decision {base_per}");
+    assert!(
+        base_per > 0.0,
+        "baseline server_cpu_us_per_decision {base_per}"
+    );
     assert_close(
         f(&report, "server_cpu_ratio"),
         f(&report, "server_cpu_us_per_decision") / base_per,

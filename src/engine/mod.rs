@@ -548,7 +548,9 @@ impl Engine {
         }
         let inserted = model.pending.insert(decision);
         if !inserted.evicted.is_empty() {
-            model.metrics.decisions_evicted(inserted.evicted.len() as u64);
+            model
+                .metrics
+                .decisions_evicted(inserted.evicted.len() as u64);
             for old in &inserted.evicted {
                 // Queue full: the decision stays open in the log and expires after a restart.
                 let _ = self
@@ -757,7 +759,9 @@ impl Engine {
                             .closed(closed_record(name, &d.id, How::Defaulted, Some(example)))
                             .is_ok();
                         if logged {
-                            model.counters.group_reward(&model.metrics, d.holdout, reward);
+                            model
+                                .counters
+                                .group_reward(&model.metrics, d.holdout, reward);
                         }
                         logged
                     }

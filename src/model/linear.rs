@@ -239,12 +239,20 @@ fn inverse_blocks(l: &DMatrix<f64>) -> Vec<f32> {
     let inv = l
         .solve_lower_triangular(&DMatrix::identity(d, d))
         .unwrap_or_else(|| DMatrix::zeros(d, d));
-    let mut out = Vec::with_capacity((0..d.div_ceil(BLOCK)).map(|b| block_cols(b, d) * BLOCK).sum());
+    let mut out = Vec::with_capacity(
+        (0..d.div_ceil(BLOCK))
+            .map(|b| block_cols(b, d) * BLOCK)
+            .sum(),
+    );
     for b in 0..d.div_ceil(BLOCK) {
         for j in 0..block_cols(b, d) {
             for k in 0..BLOCK {
                 let i = b * BLOCK + k;
-                out.push(if i < d && j <= i { inv[(i, j)] as f32 } else { 0.0 });
+                out.push(if i < d && j <= i {
+                    inv[(i, j)] as f32
+                } else {
+                    0.0
+                });
             }
         }
     }
@@ -444,7 +452,10 @@ mod tests {
             let fast = post.predictive(&phi).spread;
             let portable = blocked_norm2_with::<false>(&post.l_inv_blocks, &phi, d);
             for got in [fast, portable] {
-                assert!((got - exact).abs() <= 1e-5 * exact, "d {d}: {got} vs {exact}");
+                assert!(
+                    (got - exact).abs() <= 1e-5 * exact,
+                    "d {d}: {got} vs {exact}"
+                );
             }
         }
     }

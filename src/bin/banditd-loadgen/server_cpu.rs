@@ -65,7 +65,9 @@ async fn settled_cpu_seconds(url: &str) -> anyhow::Result<f64> {
         .await
         .with_context(|| format!("{url}: no answer within {TIMEOUT:?}"))??;
     parse_series(&text, SERIES).with_context(|| {
-        format!("{url} does not export {SERIES} (banditd does; the no-op server with --metrics-addr)")
+        format!(
+            "{url} does not export {SERIES} (banditd does; the no-op server with --metrics-addr)"
+        )
     })
 }
 
@@ -138,10 +140,7 @@ mod tests {
             split_url("http://127.0.0.1:9464").unwrap(),
             ("127.0.0.1:9464", "/metrics")
         );
-        assert_eq!(
-            split_url("http://h:1/").unwrap(),
-            ("h:1", "/metrics")
-        );
+        assert_eq!(split_url("http://h:1/").unwrap(), ("h:1", "/metrics"));
         assert_eq!(split_url("http://h:1/m").unwrap(), ("h:1", "/m"));
         assert!(split_url("https://h:1").is_err());
         assert!(split_url("h:1").is_err());
