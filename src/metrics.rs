@@ -647,8 +647,9 @@ pub const CLUSTER_SNAPSHOT_LOAD_FAILURES: &str = "banditd_cluster_snapshot_load_
 #[derive(Debug, Clone)]
 pub struct ModelMetrics {
     model: String,
-    /// `banditd_decisions_total{model}` (per-arm models).
-    decisions: metrics::Counter,
+    /// `banditd_decisions_total{model}` (per-arm models only: a fixed-arm model's decisions
+    /// carry their arm, and an unlabelled series beside them would show as one more arm).
+    decisions: Option<metrics::Counter>,
     /// `banditd_decisions_total{model, arm}` by output head (fixed-arm models).
     decisions_by_arm: Vec<metrics::Counter>,
     choose_seconds: metrics::Histogram,
@@ -675,7 +676,7 @@ impl ModelMetrics {
         };
         Self {
             model: m(),
-            decisions: counter!(DECISIONS, "model" => m()),
+            decisions: arms.is_none().then(|| counter!(DECISIONS, "model" => m())),
             decisions_by_arm: arms
                 .unwrap_or_default()
                 .iter()
@@ -693,10 +694,10 @@ impl ModelMetrics {
 
     /// A decision was made (`head`: the chosen arm's output head, for a fixed-arm model).
     pub fn decision_made(&self, head: Option<usize>, elapsed: Duration) {
-        match head.and_then(|h| self.decisions_by_arm.get(h)) {
-            Some(arm) => arm.increment(1),
-            None if head.is_some() => decision_made(&self.model, None, elapsed),
-            None => self.decisions.increment(1),
+        match (head.and_then(|h| self.decisions_by_arm.get(h)), &self.decisions) {
+            (Some(arm), _) | (None, Some(arm)) => arm.increment(1),
+            // A head without a series (not among the arms it was built with): by name.
+            (None, None) => counter!(DECISIONS, "model" => self.model.clone()).increment(1),
         }
         self.choose_seconds.record(elapsed);
     }
