@@ -694,7 +694,10 @@ impl ModelMetrics {
 
     /// A decision was made (`head`: the chosen arm's output head, for a fixed-arm model).
     pub fn decision_made(&self, head: Option<usize>, elapsed: Duration) {
-        match (head.and_then(|h| self.decisions_by_arm.get(h)), &self.decisions) {
+        match (
+            head.and_then(|h| self.decisions_by_arm.get(h)),
+            &self.decisions,
+        ) {
             (Some(arm), _) | (None, Some(arm)) => arm.increment(1),
             // A head without a series (not among the arms it was built with): by name.
             (None, None) => counter!(DECISIONS, "model" => self.model.clone()).increment(1),
