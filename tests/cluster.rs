@@ -75,7 +75,11 @@ struct NatsServer {
 
 impl NatsServer {
     fn start(dir: &Path) -> Self {
-        let port = free_addr().port();
+        Self::start_on(dir, free_addr().port())
+    }
+
+    /// Starts one on `port`.
+    fn start_on(dir: &Path, port: u16) -> Self {
         let mut server = Self {
             child: None,
             port,
@@ -135,6 +139,13 @@ impl Replica {
     /// Starts a replica (a trainer candidate unless `no_trainer`) with `config` and its own
     /// data directory under `dir`, and waits until it serves.
     async fn start(dir: &Path, name: &str, config: &Path, args: &[&str]) -> Self {
+        let mut replica = Self::spawn(dir, name, config, args);
+        replica.wait_serving(Duration::from_secs(60)).await;
+        replica
+    }
+
+    /// Starts a replica without waiting for it.
+    fn spawn(dir: &Path, name: &str, config: &Path, args: &[&str]) -> Self {
         let (grpc, metrics) = (free_addr(), free_addr());
         let log = dir.join(format!("{name}.log"));
         let child = Command::new(BANDITD)
@@ -151,14 +162,12 @@ impl Replica {
             .stderr(fs::File::create(&log).unwrap())
             .spawn()
             .expect("cannot start banditd");
-        let mut replica = Self {
+        Self {
             child,
             grpc,
             metrics,
             log,
-        };
-        replica.wait_serving(Duration::from_secs(60)).await;
-        replica
+        }
     }
 
     fn url(&self) -> String {
@@ -224,6 +233,11 @@ impl Drop for Replica {
 /// The model of the failover test: fixed arms, 2-d context, default reward off (every
 /// example is an acknowledged reward), hour-long window; snapshots every second.
 fn config(nats: &str, dir: &Path) -> PathBuf {
+    config_with_window(nats, dir, 3600)
+}
+
+/// [`config`] with a reward window of `window_secs`.
+fn config_with_window(nats: &str, dir: &Path, window_secs: u64) -> PathBuf {
     let path = dir.join("config.toml");
     fs::write(
         &path,
@@ -238,7 +252,7 @@ kind = "fixed_arms"
 context_dim = 2
 arms = ["a", "b", "c"]
 hidden_layers = [16]
-reward_window_seconds = 3600
+reward_window_seconds = {window_secs}
 seed = 7
 
 [cluster]
@@ -255,15 +269,48 @@ publish_timeout_ms = 1000
     path
 }
 
-/// The newest snapshot object's header, read straight from JetStream's object store.
+/// The newest snapshot object's header, read straight from JetStream: the version key names
+/// the object.
 async fn snapshot_header(nats: &str) -> Option<banditd::cluster::snapshot::Header> {
     let client = async_nats::connect(nats).await.ok()?;
     let js = async_nats::jetstream::new(client);
+    let versions = js.get_key_value("banditd_models").await.ok()?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&versions.get("m.version").await.ok()??).ok()?;
+    let name = value["object"].as_str()?.to_owned();
     let store = js.get_object_store("banditd_snapshots").await.ok()?;
-    let mut object = store.get("m").await.ok()?;
+    let mut object = store.get(name.as_str()).await.ok()?;
     let mut bytes = Vec::new();
     object.read_to_end(&mut bytes).await.ok()?;
     Some(banditd::cluster::snapshot::decode(&bytes).unwrap().header)
+}
+
+/// Every acknowledged reward trained exactly once: the last snapshot's count of distinct
+/// examples reaches `acked` and never passes it.
+async fn wait_trained_once(nats: &NatsServer, acked: usize, trainer: &Replica) {
+    let expected = acked as u64;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = None;
+    loop {
+        if let Some(header) = snapshot_header(&nats.url()).await {
+            assert!(
+                header.examples_trained <= expected,
+                "trained {} examples for {expected} acknowledged rewards",
+                header.examples_trained
+            );
+            if header.examples_trained == expected {
+                eprintln!("trained {expected} examples exactly once; last snapshot {header:?}");
+                return;
+            }
+            last = Some(header);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the trainer's snapshot did not reach {expected} examples: {last:?}\n{}",
+            trainer.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// One round of the failover test: the decision at `decide`, its reward at `report`.
@@ -281,6 +328,16 @@ struct Driver {
 }
 
 impl Driver {
+    fn new(seed: u64) -> Self {
+        Self {
+            rng: Xoshiro256PlusPlus::seed_from_u64(seed),
+            round: 0,
+            acked: Vec::new(),
+            versions: HashMap::new(),
+            unsure: Vec::new(),
+        }
+    }
+
     /// Plays one round; `Ok(false)` when a replica refused (UNAVAILABLE) or was gone.
     async fn round(
         &mut self,
@@ -386,13 +443,7 @@ async fn failover_trains_every_acknowledged_reward_once() {
     for r in &replicas {
         clients.push(r.client().await);
     }
-    let mut driver = Driver {
-        rng: Xoshiro256PlusPlus::seed_from_u64(11),
-        round: 0,
-        acked: Vec::new(),
-        versions: HashMap::new(),
-        unsure: Vec::new(),
-    };
+    let mut driver = Driver::new(11);
     // Phase 1: decisions at one replica, rewards at the next.
     for i in 0..150usize {
         let (d, r) = (i % 3, (i + 1) % 3);
@@ -522,31 +573,7 @@ async fn failover_trains_every_acknowledged_reward_once() {
     }
 
     driver.settle(&mut clients[standby].clone()).await;
-    // Every acknowledged reward trained exactly once: the last snapshot's count of distinct
-    // examples reaches the acknowledged count and never passes it.
-    let expected = driver.acked.len() as u64;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut last = None;
-    loop {
-        if let Some(header) = snapshot_header(&nats.url()).await {
-            assert!(
-                header.examples_trained <= expected,
-                "trained {} examples for {expected} acknowledged rewards",
-                header.examples_trained
-            );
-            if header.examples_trained == expected {
-                eprintln!("trained {expected} examples exactly once; last snapshot {header:?}");
-                break;
-            }
-            last = Some(header);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the trainer's snapshot did not reach {expected} examples: {last:?}\n{}",
-            replicas[standby].logs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_trained_once(&nats, driver.acked.len(), &replicas[standby]).await;
     for (replica, versions) in &driver.versions {
         assert!(
             versions.windows(2).all(|w| w[0] <= w[1]),
@@ -639,5 +666,341 @@ async fn cluster_regret_is_within_noise_of_single_process() {
     assert!(
         spread < alone + 10.0,
         "cluster regret {spread} is not within noise of single-process {alone}"
+    );
+}
+
+/// A replica started while NATS is down answers health NOT_SERVING and ChooseArm UNAVAILABLE
+/// (with RetryInfo) instead of exiting, serves once NATS comes up, without a restart; and the
+/// stream is the cluster's used-id set: an id retried after its reward window is refused
+/// (ALREADY_EXISTS, as in single-process mode), and its reward is NOT_FOUND.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_started_without_nats_waits_then_serves() {
+    let _serial = SERIAL.lock().await;
+    if !nats_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_addr().port();
+    let config = config_with_window(&format!("nats://127.0.0.1:{port}"), dir.path(), 1);
+    let mut replica = Replica::spawn(dir.path(), "a", &config, &[]);
+    let waiting = Instant::now();
+    let mut answered = 0;
+    while waiting.elapsed() < Duration::from_secs(3) {
+        if let Ok(Some(status)) = replica.child.try_wait() {
+            panic!(
+                "banditd exited without NATS ({status}):\n{}",
+                replica.logs()
+            );
+        }
+        match replica.health().await {
+            Some(ServingStatus::Serving) => panic!("SERVING without NATS"),
+            Some(_) => answered += 1,
+            None => {}
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(answered > 0, "health never answered while NATS was down");
+    let refused = replica
+        .client()
+        .await
+        .choose_arm(ChooseArmRequest {
+            model: "m".into(),
+            context: vec![0.5, 0.5],
+            decision_id: "early".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert!(refused.get_details_retry_info().is_some(), "{refused:?}");
+
+    let _nats = NatsServer::start_on(dir.path(), port);
+    replica.wait_serving(Duration::from_secs(30)).await;
+    let mut client = replica.client().await;
+    let request = ChooseArmRequest {
+        model: "m".into(),
+        context: vec![0.25, 0.75],
+        decision_id: "u1".into(),
+        ..Default::default()
+    };
+    let decided = Instant::now();
+    client.choose_arm(request.clone()).await.unwrap();
+    let reward = ReportRewardRequest {
+        model: "m".into(),
+        decision_id: "u1".into(),
+        reward: 1.0,
+        regret: None,
+    };
+    assert!(
+        !client
+            .report_reward(reward.clone())
+            .await
+            .unwrap()
+            .into_inner()
+            .duplicate
+    );
+    // After the 1 s window (and a margin that cannot flake): the id is used.
+    tokio::time::sleep(Duration::from_millis(1500).saturating_sub(decided.elapsed())).await;
+    let reused = client.choose_arm(request.clone()).await.unwrap_err();
+    assert_eq!(reused.code(), Code::AlreadyExists, "{reused:?}");
+    let mut different = request;
+    different.context = vec![0.9, 0.1];
+    let reused = client.choose_arm(different).await.unwrap_err();
+    assert_eq!(reused.code(), Code::AlreadyExists, "{reused:?}");
+    let late = client.report_reward(reward).await.unwrap_err();
+    assert_eq!(late.code(), Code::NotFound, "{late:?}");
+}
+
+/// kill -9 of a replica while calls are in flight on it: every decision it acknowledged is
+/// in the stream (its reward, reported to the other replica, is accepted and trained), a
+/// decision whose call failed is either stored (its reward is accepted) or not (NOT_FOUND),
+/// the other replica keeps serving, and every acknowledged reward is trained exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_killed_mid_call_loses_no_acknowledged_decision() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    };
+    const WORKERS: u64 = 8;
+    let _serial = SERIAL.lock().await;
+    if !nats_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start(dir.path());
+    let config = config(&nats.url(), dir.path());
+    let trainer = Replica::start(dir.path(), "a", &config, &[]).await;
+    let mut victim = Replica::start(dir.path(), "b", &config, &["--no-trainer"]).await;
+    let (to_a, to_b) = (trainer.client().await, victim.client().await);
+    let decided = Arc::new(AtomicU64::new(0));
+    let mut workers = Vec::new();
+    for w in 0..WORKERS {
+        let (mut to_a, mut to_b, decided) = (to_a.clone(), to_b.clone(), Arc::clone(&decided));
+        workers.push(tokio::spawn(async move {
+            let mut rng = Xoshiro256PlusPlus::seed_from_u64(w);
+            let mut acked = Vec::new();
+            for i in 0.. {
+                let x: f32 = rng.random();
+                let id = format!("w{w}-{i}");
+                let choice = to_b
+                    .choose_arm(ChooseArmRequest {
+                        model: "m".into(),
+                        context: vec![x, 1.0 - x],
+                        decision_id: id.clone(),
+                        ..Default::default()
+                    })
+                    .await;
+                // B is gone: this decision may or may not have been stored.
+                let Ok(choice) = choice else {
+                    return (acked, id);
+                };
+                decided.fetch_add(1, Ordering::Relaxed);
+                let reward = if choice.into_inner().arm_id == "a" {
+                    f64::from(x)
+                } else {
+                    0.2
+                };
+                let answer = to_a
+                    .report_reward(ReportRewardRequest {
+                        model: "m".into(),
+                        decision_id: id.clone(),
+                        reward,
+                        regret: None,
+                    })
+                    .await
+                    .unwrap_or_else(|s| {
+                        panic!("reward for {id}, acknowledged by B, refused by A: {s:?}")
+                    });
+                assert!(!answer.into_inner().duplicate, "{id}");
+                acked.push(id);
+            }
+            unreachable!("the loop ends when B is killed")
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while decided.load(Ordering::Relaxed) < 300 {
+        assert!(
+            Instant::now() < deadline,
+            "B served too few decisions:\n{}",
+            victim.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    victim.kill();
+    let mut acked = Vec::new();
+    let mut to_a = to_a;
+    let (mut stored, mut lost) = (0, 0);
+    for worker in workers {
+        let (mut mine, failed) = worker.await.unwrap();
+        acked.append(&mut mine);
+        // The decision whose call failed: its reward is accepted iff B stored it first.
+        match to_a
+            .report_reward(ReportRewardRequest {
+                model: "m".into(),
+                decision_id: failed.clone(),
+                reward: 0.2,
+                regret: None,
+            })
+            .await
+        {
+            Ok(_) => {
+                stored += 1;
+                acked.push(failed);
+            }
+            Err(status) if status.code() == Code::NotFound => lost += 1,
+            Err(status) => panic!("reward for {failed}: {status:?}"),
+        }
+    }
+    eprintln!(
+        "B acknowledged {} decisions; of the {WORKERS} calls cut off, {stored} were stored, {lost} not",
+        acked.len() - stored
+    );
+    // A keeps serving.
+    let mut driver = Driver::new(5);
+    for _ in 0..100 {
+        let mut report = to_a.clone();
+        assert!(driver.round((0, &mut to_a), &mut report).await);
+    }
+    acked.append(&mut driver.acked);
+    wait_trained_once(&nats, acked.len(), &trainer).await;
+}
+
+/// Fencing: a trainer that still believes it holds the lease while a newer one has taken
+/// over cannot overwrite the newer one's version. The test plays the newer trainer exactly
+/// as a new session starts (bump the epoch, claim the version key by compare-and-set); the
+/// running trainer's next upload must fail, end its session (lease lost), and it may come
+/// back only as a newer epoch. Versions and epochs in the key never go backwards, and every
+/// acknowledged reward is trained exactly once across it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_trainer_cannot_overwrite_a_newer_version() {
+    use async_nats::jetstream::kv::{Operation, UpdateErrorKind};
+    use std::sync::{Arc, Mutex};
+    use tokio_stream::StreamExt;
+    let _serial = SERIAL.lock().await;
+    if !nats_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start(dir.path());
+    let config = config(&nats.url(), dir.path());
+    let trainer = Replica::start(dir.path(), "a", &config, &[]).await;
+    let mut client = trainer.client().await;
+    let mut driver = Driver::new(13);
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let kv = js.get_key_value("banditd_models").await.unwrap();
+    let history = Arc::new(Mutex::new(Vec::<serde_json::Value>::new()));
+    let mut watch = kv.watch_with_history("m.version").await.unwrap();
+    let watching = {
+        let history = Arc::clone(&history);
+        tokio::spawn(async move {
+            while let Some(Ok(entry)) = watch.next().await {
+                if entry.operation == Operation::Put {
+                    history
+                        .lock()
+                        .unwrap()
+                        .push(serde_json::from_slice(&entry.value).unwrap());
+                }
+            }
+        })
+    };
+    let epoch_of = |v: &serde_json::Value| v["epoch"].as_u64().unwrap_or(0);
+    let version_of = |v: &serde_json::Value| v["version"].as_u64().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while snapshot_header(&nats.url()).await.is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "no snapshot:\n{}",
+            trainer.logs()
+        );
+        for _ in 0..20 {
+            let mut report = client.clone();
+            assert!(driver.round((0, &mut client), &mut report).await);
+        }
+    }
+
+    // The newer trainer: bump the epoch, claim the version key.
+    let epoch = loop {
+        let entry = kv.entry("m.epoch").await.unwrap().unwrap();
+        let next = std::str::from_utf8(&entry.value)
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            + 1;
+        match kv
+            .update("m.epoch", next.to_string().into(), entry.revision)
+            .await
+        {
+            Ok(_) => break next,
+            Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {}
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let claimed = loop {
+        let entry = kv.entry("m.version").await.unwrap().unwrap();
+        let mut value: serde_json::Value = serde_json::from_slice(&entry.value).unwrap();
+        value["epoch"] = epoch.into();
+        match kv
+            .update(
+                "m.version",
+                serde_json::to_vec(&value).unwrap().into(),
+                entry.revision,
+            )
+            .await
+        {
+            Ok(_) => break value,
+            Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {}
+            Err(e) => panic!("{e}"),
+        }
+    };
+    // The running trainer's next upload is fenced off: its session ends as a lost lease.
+    let lost = "banditd_cluster_lease_lost_total{model=\"m\"}";
+    while series(&scrape(trainer.metrics), lost).unwrap_or(0.0) < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the trainer was not fenced off:\n{}",
+            trainer.logs()
+        );
+        for _ in 0..20 {
+            let mut report = client.clone();
+            assert!(driver.round((0, &mut client), &mut report).await);
+        }
+    }
+    // It takes the lease again once its own lapses, as a newer epoch, and publishes newer
+    // versions from the claimed snapshot on.
+    loop {
+        let newer = history
+            .lock()
+            .unwrap()
+            .last()
+            .is_some_and(|v| epoch_of(v) > epoch && version_of(v) > version_of(&claimed));
+        if newer {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no newer trainer after the fence:\n{}",
+            trainer.logs()
+        );
+        for _ in 0..20 {
+            let mut report = client.clone();
+            assert!(driver.round((0, &mut client), &mut report).await);
+        }
+    }
+    wait_trained_once(&nats, driver.acked.len(), &trainer).await;
+    watching.abort();
+    let history = history.lock().unwrap().clone();
+    let at = history
+        .iter()
+        .position(|v| epoch_of(v) == epoch)
+        .expect("the claim is in the history");
+    assert!(
+        history[at..].iter().all(|v| epoch_of(v) >= epoch),
+        "an older trainer wrote the version after the claim: {history:?}"
+    );
+    assert!(
+        history
+            .windows(2)
+            .all(|w| version_of(&w[0]) <= version_of(&w[1]) && epoch_of(&w[0]) <= epoch_of(&w[1])),
+        "the version key went backwards: {history:?}"
     );
 }
