@@ -71,6 +71,8 @@ struct NatsServer {
     port: u16,
     store: PathBuf,
     log: PathBuf,
+    /// Further arguments (a cluster node's name and routes).
+    extra: Vec<String>,
 }
 
 impl NatsServer {
@@ -80,11 +82,17 @@ impl NatsServer {
 
     /// Starts one on `port`.
     fn start_on(dir: &Path, port: u16) -> Self {
+        Self::start_with(dir, port, Vec::new())
+    }
+
+    /// Starts one on `port` with `extra` arguments.
+    fn start_with(dir: &Path, port: u16, extra: Vec<String>) -> Self {
         let mut server = Self {
             child: None,
             port,
             store: dir.join("jetstream"),
             log: dir.join("nats.log"),
+            extra,
         };
         server.restart();
         server
@@ -96,6 +104,7 @@ impl NatsServer {
             .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string()])
             .arg("-sd")
             .arg(&self.store)
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(fs::File::create(&self.log).unwrap())
@@ -287,12 +296,12 @@ async fn snapshot_header(nats: &str) -> Option<banditd::cluster::snapshot::Heade
 
 /// Every acknowledged reward trained exactly once: the last snapshot's count of distinct
 /// examples reaches `acked` and never passes it.
-async fn wait_trained_once(nats: &NatsServer, acked: usize, trainer: &Replica) {
+async fn wait_trained_once(nats: &str, acked: usize, trainer: &Replica) {
     let expected = acked as u64;
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut last = None;
     loop {
-        if let Some(header) = snapshot_header(&nats.url()).await {
+        if let Some(header) = snapshot_header(nats).await {
             assert!(
                 header.examples_trained <= expected,
                 "trained {} examples for {expected} acknowledged rewards",
@@ -573,7 +582,7 @@ async fn failover_trains_every_acknowledged_reward_once() {
     }
 
     driver.settle(&mut clients[standby].clone()).await;
-    wait_trained_once(&nats, driver.acked.len(), &replicas[standby]).await;
+    wait_trained_once(&nats.url(), driver.acked.len(), &replicas[standby]).await;
     for (replica, versions) in &driver.versions {
         assert!(
             versions.windows(2).all(|w| w[0] <= w[1]),
@@ -862,7 +871,33 @@ async fn replica_killed_mid_call_loses_no_acknowledged_decision() {
         assert!(driver.round((0, &mut to_a), &mut report).await);
     }
     acked.append(&mut driver.acked);
-    wait_trained_once(&nats, acked.len(), &trainer).await;
+    wait_trained_once(&nats.url(), acked.len(), &trainer).await;
+    // `banditd export --cluster` shows the same set: a rewarded row per acknowledged reward.
+    let output = Command::new(BANDITD)
+        .arg("--config")
+        .arg(&config)
+        .args(["--cluster", &nats.url(), "export", "--model", "m"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "export failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut rewarded: Vec<String> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .filter(|row| row["reward"].is_number())
+        .map(|row| row["decision_id"].as_str().unwrap().to_owned())
+        .collect();
+    rewarded.sort();
+    acked.sort();
+    assert_eq!(
+        rewarded, acked,
+        "the export's rewarded decisions are not the acknowledged ones"
+    );
 }
 
 /// Fencing: a trainer that still believes it holds the lease while a newer one has taken
@@ -986,7 +1021,7 @@ async fn a_fenced_trainer_cannot_overwrite_a_newer_version() {
             assert!(driver.round((0, &mut client), &mut report).await);
         }
     }
-    wait_trained_once(&nats, driver.acked.len(), &trainer).await;
+    wait_trained_once(&nats.url(), driver.acked.len(), &trainer).await;
     watching.abort();
     let history = history.lock().unwrap().clone();
     let at = history
@@ -1003,4 +1038,131 @@ async fn a_fenced_trainer_cannot_overwrite_a_newer_version() {
             .all(|w| version_of(&w[0]) <= version_of(&w[1]) && epoch_of(&w[0]) <= epoch_of(&w[1])),
         "the version key went backwards: {history:?}"
     );
+}
+
+/// A 3-node NATS cluster (routes between the nodes, one JetStream meta group), each node
+/// killed (-9) on drop.
+fn nats_cluster(dir: &Path) -> Vec<NatsServer> {
+    let routes: Vec<u16> = (0..3).map(|_| free_addr().port()).collect();
+    let nodes: Vec<NatsServer> = (0..3)
+        .map(|i| {
+            let others: Vec<String> = (0..3)
+                .filter(|&j| j != i)
+                .map(|j| format!("nats://127.0.0.1:{}", routes[j]))
+                .collect();
+            let node = dir.join(format!("n{i}"));
+            fs::create_dir_all(&node).unwrap();
+            NatsServer::start_with(
+                &node,
+                free_addr().port(),
+                vec![
+                    "--server_name".into(),
+                    format!("n{i}"),
+                    "--cluster_name".into(),
+                    "banditd-test".into(),
+                    "--cluster".into(),
+                    format!("nats://127.0.0.1:{}", routes[i]),
+                    "--routes".into(),
+                    others.join(","),
+                ],
+            )
+        })
+        .collect();
+    nodes
+}
+
+/// Waits until the JetStream cluster has elected its meta leader (it answers account info).
+async fn wait_jetstream(url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(client) = async_nats::connect(url).await
+            && async_nats::jetstream::new(client)
+                .query_account()
+                .await
+                .is_ok()
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "JetStream cluster not ready");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `replicas = 3` on a 3-node NATS cluster: kill -9 of one node mid-run (the stream, buckets
+/// and consumer keep a quorum on the other two); replicas keep serving after at most a
+/// short UNAVAILABLE spell (they reconnect to another node by themselves), and every
+/// acknowledged reward is trained exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_node_nats_survives_losing_a_node() {
+    let _serial = SERIAL.lock().await;
+    if !nats_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = nats_cluster(dir.path());
+    let urls: Vec<String> = nodes.iter().map(NatsServer::url).collect();
+    wait_jetstream(&urls[0]).await;
+    let config = config(&urls.join(","), dir.path());
+    let mut text = fs::read_to_string(&config).unwrap();
+    text.push_str("replicas = 3\n");
+    fs::write(&config, text).unwrap();
+    let replicas = [
+        Replica::start(dir.path(), "a", &config, &[]).await,
+        Replica::start(dir.path(), "b", &config, &["--no-trainer"]).await,
+    ];
+    let mut clients = [replicas[0].client().await, replicas[1].client().await];
+    let js = async_nats::jetstream::new(async_nats::connect(urls[1].as_str()).await.unwrap());
+    let stream = js.get_stream("BANDITD").await.unwrap();
+    let info = stream.get_info().await.unwrap();
+    assert_eq!(info.config.num_replicas, 3, "{info:?}");
+    let mut driver = Driver::new(17);
+    for i in 0..150usize {
+        let (d, r) = (i % 2, (i + 1) % 2);
+        let mut report = clients[r].clone();
+        assert!(driver.round((d, &mut clients[d]), &mut report).await);
+    }
+    // The node leading the stream is the one to lose (the worst case: a new leader must be
+    // elected before anything is stored again).
+    let leader = stream
+        .get_info()
+        .await
+        .unwrap()
+        .cluster
+        .and_then(|c| c.leader);
+    let victim = leader
+        .as_deref()
+        .and_then(|name| name.strip_prefix('n'))
+        .and_then(|i| i.parse::<usize>().ok())
+        .unwrap_or(0);
+    nodes[victim].kill();
+    let killed = Instant::now();
+    let (mut played, mut refused, mut outage) = (0, 0, Duration::ZERO);
+    while played < 150 {
+        assert!(
+            killed.elapsed() < Duration::from_secs(60),
+            "rounds keep failing after losing one of three nodes ({refused} refused):\n{}",
+            replicas[0].logs()
+        );
+        let (d, r) = (played % 2, (played + 1) % 2);
+        let mut report = clients[r].clone();
+        if driver.round((d, &mut clients[d]), &mut report).await {
+            played += 1;
+        } else {
+            refused += 1;
+            outage = killed.elapsed();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let live = (victim + 1) % 3;
+    driver.settle(&mut clients[0].clone()).await;
+    eprintln!(
+        "node n{victim} (stream leader {leader:?}) killed: {refused} rounds refused, the \
+         last {outage:?} after the kill; lease takeovers: {}",
+        series(
+            &scrape(replicas[0].metrics),
+            "banditd_cluster_lease_acquired_total{model=\"m\"}"
+        )
+        .unwrap_or(0.0)
+    );
+    wait_trained_once(&nodes[live].url(), driver.acked.len(), &replicas[0]).await;
 }

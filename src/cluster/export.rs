@@ -47,7 +47,7 @@ pub async fn export(
     let client = async_nats::ConnectOptions::new()
         .name("banditd-export")
         .connection_timeout(Duration::from_millis(cluster.publish_timeout_ms))
-        .connect(url)
+        .connect(super::nats::servers(url)?)
         .await
         .map_err(|e| unreachable("connect", url, e))?;
     let js = jetstream::new(client);
