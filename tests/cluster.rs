@@ -10,6 +10,14 @@
 //!   snapshot's count of distinct trained examples must equal the acknowledged rewards, and
 //!   no replica's `model_version` may go backwards. Retries on another replica return the
 //!   same decision, and a retried reward is a duplicate.
+//! - A replica killed (-9) under load, mid-call: what it acknowledged is in the stream (the
+//!   other replica accepts the rewards), `banditd export --cluster` lists exactly the
+//!   acknowledged rewards, and each is trained once.
+//! - A replica started before NATS waits (NOT_SERVING, UNAVAILABLE) and then serves; an id
+//!   reused after its window is refused.
+//! - Fencing: a trainer whose version key a newer epoch claimed cannot write it again.
+//! - A 3-node NATS cluster (`replicas = 3`) losing its stream leader: serving resumes and
+//!   nothing acknowledged is lost or trained twice.
 //!
 //! Without nats-server on PATH these tests are skipped with a message, except in CI
 //! (`CI=true`), where they fail: `.ci/run` installs it.
@@ -239,6 +247,24 @@ impl Drop for Replica {
     }
 }
 
+/// What most tests start with: the serial lock, a temporary directory, a nats-server in it,
+/// and [`config`] for it; `None` skips the test (no nats-server, outside CI).
+async fn start_with_nats() -> Option<(
+    tokio::sync::MutexGuard<'static, ()>,
+    tempfile::TempDir,
+    NatsServer,
+    PathBuf,
+)> {
+    let serial = SERIAL.lock().await;
+    if !nats_available() {
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start(dir.path());
+    let config = config(&nats.url(), dir.path());
+    Some((serial, dir, nats, config))
+}
+
 /// The model of the failover test: fixed arms, 2-d context, default reward off (every
 /// example is an acknowledged reward), hour-long window; snapshots every second.
 fn config(nats: &str, dir: &Path) -> PathBuf {
@@ -322,6 +348,26 @@ async fn wait_trained_once(nats: &str, acked: usize, trainer: &Replica) {
     }
 }
 
+/// A ChooseArm of model "m" with decision id `id`.
+fn choose_request(id: impl Into<String>, context: Vec<f32>) -> ChooseArmRequest {
+    ChooseArmRequest {
+        model: "m".into(),
+        context,
+        decision_id: id.into(),
+        ..Default::default()
+    }
+}
+
+/// A ReportReward of model "m".
+fn reward_request(id: impl Into<String>, reward: f64) -> ReportRewardRequest {
+    ReportRewardRequest {
+        model: "m".into(),
+        decision_id: id.into(),
+        reward,
+        regret: None,
+    }
+}
+
 /// One round of the failover test: the decision at `decide`, its reward at `report`.
 struct Driver {
     rng: Xoshiro256PlusPlus,
@@ -358,12 +404,7 @@ impl Driver {
         let id = format!("r{}", self.round);
         let choice = decide
             .1
-            .choose_arm(ChooseArmRequest {
-                model: "m".into(),
-                context: vec![x, 1.0 - x],
-                decision_id: id.clone(),
-                ..Default::default()
-            })
+            .choose_arm(choose_request(id.clone(), vec![x, 1.0 - x]))
             .await;
         let choice = match choice {
             Ok(c) => c.into_inner(),
@@ -385,12 +426,7 @@ impl Driver {
         } else {
             0.2
         };
-        let request = ReportRewardRequest {
-            model: "m".into(),
-            decision_id: id.clone(),
-            reward,
-            regret: None,
-        };
+        let request = reward_request(id.clone(), reward);
         let answer = report.report_reward(request.clone()).await;
         match answer {
             Ok(r) => {
@@ -406,6 +442,15 @@ impl Driver {
                 self.unsure.push(request);
                 false
             }
+        }
+    }
+
+    /// Plays `n` rounds, each decided and reported at `client` (replica `index`); every one
+    /// must succeed.
+    async fn play(&mut self, n: usize, index: usize, client: &BanditServiceClient<Channel>) {
+        for _ in 0..n {
+            let (mut decide, mut report) = (client.clone(), client.clone());
+            assert!(self.round((index, &mut decide), &mut report).await);
         }
     }
 
@@ -436,13 +481,9 @@ impl Driver {
 /// refuse while NATS is down and recover by themselves, versions never go backwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_trains_every_acknowledged_reward_once() {
-    let _serial = SERIAL.lock().await;
-    if !nats_available() {
+    let Some((_serial, dir, mut nats, config)) = start_with_nats().await else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let mut nats = NatsServer::start(dir.path());
-    let config = config(&nats.url(), dir.path());
+    };
     let mut replicas = vec![
         Replica::start(dir.path(), "a", &config, &[]).await,
         Replica::start(dir.path(), "b", &config, &[]).await,
@@ -478,12 +519,7 @@ async fn failover_trains_every_acknowledged_reward_once() {
         .into_inner();
     assert_eq!(again.decision_id, first);
     let dup = clients[0]
-        .report_reward(ReportRewardRequest {
-            model: "m".into(),
-            decision_id: first.clone(),
-            reward: 0.5,
-            regret: None,
-        })
+        .report_reward(reward_request(first.clone(), 0.5))
         .await
         .unwrap()
         .into_inner();
@@ -492,12 +528,7 @@ async fn failover_trains_every_acknowledged_reward_once() {
         "a retried reward on another replica is a duplicate"
     );
     let unknown = clients[1]
-        .report_reward(ReportRewardRequest {
-            model: "m".into(),
-            decision_id: "never-decided".into(),
-            reward: 0.5,
-            regret: None,
-        })
+        .report_reward(reward_request("never-decided", 0.5))
         .await
         .unwrap_err();
     assert_eq!(unknown.code(), Code::NotFound);
@@ -525,14 +556,7 @@ async fn failover_trains_every_acknowledged_reward_once() {
     }
     // Phase 3: kill -9 of the serving-only replica between calls.
     replicas[2].kill();
-    for _ in 0..100 {
-        let mut report = clients[standby].clone();
-        assert!(
-            driver
-                .round((standby, &mut clients[standby]), &mut report)
-                .await
-        );
-    }
+    driver.play(100, standby, &clients[standby]).await;
     // Phase 4: nats-server killed: refused with UNAVAILABLE and NOT_SERVING; after its
     // restart the replica recovers by itself.
     nats.kill();
@@ -712,12 +736,7 @@ async fn replica_started_without_nats_waits_then_serves() {
     let refused = replica
         .client()
         .await
-        .choose_arm(ChooseArmRequest {
-            model: "m".into(),
-            context: vec![0.5, 0.5],
-            decision_id: "early".into(),
-            ..Default::default()
-        })
+        .choose_arm(choose_request("early", vec![0.5, 0.5]))
         .await
         .unwrap_err();
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
@@ -726,20 +745,10 @@ async fn replica_started_without_nats_waits_then_serves() {
     let _nats = NatsServer::start_on(dir.path(), port);
     replica.wait_serving(Duration::from_secs(30)).await;
     let mut client = replica.client().await;
-    let request = ChooseArmRequest {
-        model: "m".into(),
-        context: vec![0.25, 0.75],
-        decision_id: "u1".into(),
-        ..Default::default()
-    };
+    let request = choose_request("u1", vec![0.25, 0.75]);
     let decided = Instant::now();
     client.choose_arm(request.clone()).await.unwrap();
-    let reward = ReportRewardRequest {
-        model: "m".into(),
-        decision_id: "u1".into(),
-        reward: 1.0,
-        regret: None,
-    };
+    let reward = reward_request("u1", 1.0);
     assert!(
         !client
             .report_reward(reward.clone())
@@ -771,13 +780,9 @@ async fn replica_killed_mid_call_loses_no_acknowledged_decision() {
         atomic::{AtomicU64, Ordering},
     };
     const WORKERS: u64 = 8;
-    let _serial = SERIAL.lock().await;
-    if !nats_available() {
+    let Some((_serial, dir, nats, config)) = start_with_nats().await else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let nats = NatsServer::start(dir.path());
-    let config = config(&nats.url(), dir.path());
+    };
     let trainer = Replica::start(dir.path(), "a", &config, &[]).await;
     let mut victim = Replica::start(dir.path(), "b", &config, &["--no-trainer"]).await;
     let (to_a, to_b) = (trainer.client().await, victim.client().await);
@@ -792,12 +797,7 @@ async fn replica_killed_mid_call_loses_no_acknowledged_decision() {
                 let x: f32 = rng.random();
                 let id = format!("w{w}-{i}");
                 let choice = to_b
-                    .choose_arm(ChooseArmRequest {
-                        model: "m".into(),
-                        context: vec![x, 1.0 - x],
-                        decision_id: id.clone(),
-                        ..Default::default()
-                    })
+                    .choose_arm(choose_request(id.clone(), vec![x, 1.0 - x]))
                     .await;
                 // B is gone: this decision may or may not have been stored.
                 let Ok(choice) = choice else {
@@ -810,12 +810,7 @@ async fn replica_killed_mid_call_loses_no_acknowledged_decision() {
                     0.2
                 };
                 let answer = to_a
-                    .report_reward(ReportRewardRequest {
-                        model: "m".into(),
-                        decision_id: id.clone(),
-                        reward,
-                        regret: None,
-                    })
+                    .report_reward(reward_request(id.clone(), reward))
                     .await
                     .unwrap_or_else(|s| {
                         panic!("reward for {id}, acknowledged by B, refused by A: {s:?}")
@@ -844,12 +839,7 @@ async fn replica_killed_mid_call_loses_no_acknowledged_decision() {
         acked.append(&mut mine);
         // The decision whose call failed: its reward is accepted iff B stored it first.
         match to_a
-            .report_reward(ReportRewardRequest {
-                model: "m".into(),
-                decision_id: failed.clone(),
-                reward: 0.2,
-                regret: None,
-            })
+            .report_reward(reward_request(failed.clone(), 0.2))
             .await
         {
             Ok(_) => {
@@ -866,10 +856,7 @@ async fn replica_killed_mid_call_loses_no_acknowledged_decision() {
     );
     // A keeps serving.
     let mut driver = Driver::new(5);
-    for _ in 0..100 {
-        let mut report = to_a.clone();
-        assert!(driver.round((0, &mut to_a), &mut report).await);
-    }
+    driver.play(100, 0, &to_a).await;
     acked.append(&mut driver.acked);
     wait_trained_once(&nats.url(), acked.len(), &trainer).await;
     // `banditd export --cluster` shows the same set: a rewarded row per acknowledged reward.
@@ -911,15 +898,11 @@ async fn a_fenced_trainer_cannot_overwrite_a_newer_version() {
     use async_nats::jetstream::kv::{Operation, UpdateErrorKind};
     use std::sync::{Arc, Mutex};
     use tokio_stream::StreamExt;
-    let _serial = SERIAL.lock().await;
-    if !nats_available() {
+    let Some((_serial, dir, nats, config)) = start_with_nats().await else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let nats = NatsServer::start(dir.path());
-    let config = config(&nats.url(), dir.path());
+    };
     let trainer = Replica::start(dir.path(), "a", &config, &[]).await;
-    let mut client = trainer.client().await;
+    let client = trainer.client().await;
     let mut driver = Driver::new(13);
     let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
     let kv = js.get_key_value("banditd_models").await.unwrap();
@@ -947,10 +930,7 @@ async fn a_fenced_trainer_cannot_overwrite_a_newer_version() {
             "no snapshot:\n{}",
             trainer.logs()
         );
-        for _ in 0..20 {
-            let mut report = client.clone();
-            assert!(driver.round((0, &mut client), &mut report).await);
-        }
+        driver.play(20, 0, &client).await;
     }
 
     // The newer trainer: bump the epoch, claim the version key.
@@ -995,10 +975,7 @@ async fn a_fenced_trainer_cannot_overwrite_a_newer_version() {
             "the trainer was not fenced off:\n{}",
             trainer.logs()
         );
-        for _ in 0..20 {
-            let mut report = client.clone();
-            assert!(driver.round((0, &mut client), &mut report).await);
-        }
+        driver.play(20, 0, &client).await;
     }
     // It takes the lease again once its own lapses, as a newer epoch, and publishes newer
     // versions from the claimed snapshot on.
@@ -1016,10 +993,7 @@ async fn a_fenced_trainer_cannot_overwrite_a_newer_version() {
             "no newer trainer after the fence:\n{}",
             trainer.logs()
         );
-        for _ in 0..20 {
-            let mut report = client.clone();
-            assert!(driver.round((0, &mut client), &mut report).await);
-        }
+        driver.play(20, 0, &client).await;
     }
     wait_trained_once(&nats.url(), driver.acked.len(), &trainer).await;
     watching.abort();

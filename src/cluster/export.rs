@@ -178,36 +178,10 @@ impl Join {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::{Candidate, ExampleRecord};
-
-    fn decision(id: &str) -> Vec<u8> {
-        DecisionRecord {
-            model: "m".into(),
-            decision_id: id.into(),
-            context: vec![1.0],
-            candidates: vec![Candidate {
-                id: "a".into(),
-                features: vec![],
-            }],
-            ..Default::default()
-        }
-        .encode_to_vec()
-    }
-
-    fn reward(id: &str, value: f64) -> Vec<u8> {
-        RewardRecord {
-            model: "m".into(),
-            decision_id: id.into(),
-            at_ms: 1,
-            regret: None,
-            example: Some(ExampleRecord {
-                input: vec![1.0],
-                head: 0,
-                reward: value,
-            }),
-        }
-        .encode_to_vec()
-    }
+    use crate::{
+        cluster::join::tests::{decision, reward},
+        storage::ExampleRecord,
+    };
 
     fn closed(id: &str, how: How, default: Option<f64>) -> Vec<u8> {
         ClosedRecord {
