@@ -1140,3 +1140,82 @@ async fn three_node_nats_survives_losing_a_node() {
     );
     wait_trained_once(&nodes[live].url(), driver.acked.len(), &replicas[0]).await;
 }
+
+/// `serve_when_disconnected = true`: while NATS is down a replica keeps deciding from its
+/// last snapshot (not the seeded initial network), unstored and counted in
+/// `banditd_decisions_unlogged_total`; rewards are refused (UNAVAILABLE); health is
+/// NOT_SERVING. Once NATS is back, such a decision's reward is NOT_FOUND (it was never
+/// stored) and its id is not remembered, as README says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_when_disconnected_decides_unstored_from_the_last_snapshot() {
+    let Some((_serial, dir, mut nats, config)) = start_with_nats().await else {
+        return;
+    };
+    let mut text = fs::read_to_string(&config).unwrap();
+    text.push_str("serve_when_disconnected = true\n");
+    fs::write(&config, text).unwrap();
+    let replica = Replica::start(dir.path(), "a", &config, &[]).await;
+    let client = replica.client().await;
+    let mut driver = Driver::new(19);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while driver
+        .versions
+        .get(&0)
+        .and_then(|v| v.last())
+        .copied()
+        .unwrap_or(0)
+        == 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no snapshot served:\n{}",
+            replica.logs()
+        );
+        driver.play(20, 0, &client).await;
+    }
+    let served = *driver.versions[&0].last().unwrap();
+    nats.kill();
+    let unlogged = "banditd_decisions_unlogged_total{model=\"m\"}";
+    let down = Instant::now();
+    while replica.health().await != Some(ServingStatus::NotServing) {
+        assert!(
+            down.elapsed() < Duration::from_secs(10),
+            "health still SERVING"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before = series(&scrape(replica.metrics), unlogged).unwrap_or(0.0);
+    let mut decide = client.clone();
+    for i in 0..10 {
+        let choice = decide
+            .choose_arm(choose_request(format!("offline-{i}"), vec![0.5, 0.5]))
+            .await
+            .expect("decided while NATS is down")
+            .into_inner();
+        assert!(
+            choice.model_version >= served,
+            "{choice:?} older than {served}"
+        );
+    }
+    let after = series(&scrape(replica.metrics), unlogged).unwrap_or(0.0);
+    assert_eq!(after - before, 10.0, "unstored decisions not counted");
+    let refused = decide
+        .report_reward(reward_request("offline-0", 1.0))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert!(refused.get_details_retry_info().is_some(), "{refused:?}");
+
+    nats.restart();
+    let mut replica = replica;
+    replica.wait_serving(Duration::from_secs(30)).await;
+    let gone = decide
+        .report_reward(reward_request("offline-0", 1.0))
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound, "{gone:?}");
+    decide
+        .choose_arm(choose_request("offline-0", vec![0.1, 0.9]))
+        .await
+        .expect("an unstored decision's id is not remembered");
+}

@@ -64,10 +64,10 @@ pub(super) async fn publish_decision(
     let name = &model.config.name;
     if !bus.connected() {
         if bus.serve_when_disconnected() {
-            metrics::decision_unlogged(name);
+            metrics::decision_unstored(name);
             return Ok(Arc::new(decision));
         }
-        metrics::decision_refused(name);
+        metrics::decision_refused_unstored(name);
         return Err(Error::Unavailable(
             "the cluster's event store (NATS) is unreachable; retry later".into(),
         ));
@@ -100,7 +100,7 @@ pub(super) async fn publish_decision(
             }
         }
         Err(e) => {
-            metrics::decision_refused(name);
+            metrics::decision_refused_unstored(name);
             return Err(e);
         }
     };
@@ -121,7 +121,7 @@ pub(super) async fn report_reward(
 ) -> Result<RewardOutcome, Error> {
     let name = &model.config.name;
     if !bus.connected() {
-        metrics::reward_dropped(name);
+        metrics::reward_refused_unstored(name);
         return Err(Error::Unavailable(
             "the cluster's event store (NATS) is unreachable; retry later".into(),
         ));
