@@ -570,19 +570,25 @@ impl Site {
 }
 
 /// `kill -9` after each acknowledged create, update, rollback and delete: the registry comes
-/// back as acknowledged (the models and their settings), versions never go backwards, and a
-/// rolled-back model serves the rollback's weights (its greedy scores are those the target
-/// version served); training then continues from them.
+/// back as acknowledged (the models and their settings), and so does every model's version
+/// when nothing was learned after the acknowledgement (the same number, the same weights);
+/// after training and `kill -9`, the version is above every one seen before. A rolled-back
+/// model serves the rollback's weights (its greedy scores are those the target version
+/// served); training then continues from them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn registry_and_rollback_survive_kill_9() {
+async fn registry_and_versions_survive_kill_9() {
     let mut site = Site::new();
     let server = site.start().await;
     let mut client = site.client().await;
+    // The configuration file's model learns nothing in this test: its version is the same
+    // after every kill.
+    let wheel = get(&mut client, "wheel").await.unwrap().model_version;
     let created = client
         .create_model(create(ads_spec()))
         .await
         .unwrap()
         .into_inner();
+    let (created_scores, _) = scores(&mut client).await;
     server.kill9();
 
     let server = site.start().await;
@@ -590,7 +596,9 @@ async fn registry_and_rollback_survive_kill_9() {
     assert_eq!(names(&mut client).await, ["wheel", "ads"]);
     let info = get(&mut client, "ads").await.unwrap();
     assert_eq!(settings_of(&info), settings_of(&created));
-    assert!(info.model_version >= created.model_version);
+    assert_eq!(info.model_version, created.model_version, "after create");
+    assert_eq!(scores(&mut client).await.0, created_scores);
+    assert_eq!(get(&mut client, "wheel").await.unwrap().model_version, wheel);
     train(&mut client, 300, "a").await;
     wait_trained(&mut client, 600).await;
     // The update restarts the learner: a checkpoint of the weights served now.
@@ -599,6 +607,7 @@ async fn registry_and_rollback_survive_kill_9() {
         .await
         .unwrap()
         .into_inner();
+    assert!(updated.model_version > created.model_version);
     let (first, first_version) = scores(&mut client).await;
     assert_eq!(first_version, updated.model_version);
     let target = client
@@ -620,7 +629,8 @@ async fn registry_and_rollback_survive_kill_9() {
     let mut client = site.client().await;
     let info = get(&mut client, "ads").await.unwrap();
     assert_eq!(settings_of(&info), settings_of(&updated));
-    assert!(info.model_version > updated.model_version);
+    assert_eq!(info.model_version, updated.model_version, "after update");
+    assert_eq!(scores(&mut client).await, (first.clone(), first_version));
     // Other rewards move the weights away from the target's.
     let steps = info.training_steps;
     train(&mut client, 300, "c").await;
@@ -645,7 +655,7 @@ async fn registry_and_rollback_survive_kill_9() {
     let mut client = site.client().await;
     let (after, after_version) = scores(&mut client).await;
     assert_eq!(after, first, "the rollback survives kill -9");
-    assert!(after_version > rolled.model_version);
+    assert_eq!(after_version, rolled.model_version, "after rollback");
     // Training continues from the rolled-back weights.
     let steps = get(&mut client, "ads").await.unwrap().training_steps;
     train(&mut client, 50, "b").await;
@@ -653,6 +663,19 @@ async fn registry_and_rollback_survive_kill_9() {
     let (trained, trained_version) = scores(&mut client).await;
     assert_ne!(trained, first);
     assert!(trained_version > after_version);
+    server.kill9();
+
+    // Learned after the last acknowledgement: a version above every one seen (the weights
+    // served under the last one were never checkpointed).
+    let server = site.start().await;
+    let mut client = site.client().await;
+    let (_, recovered_version) = scores(&mut client).await;
+    assert!(
+        recovered_version > trained_version,
+        "{recovered_version} after training up to {trained_version}"
+    );
+    let wheel_before_delete = get(&mut client, "wheel").await.unwrap().model_version;
+    assert_eq!(wheel_before_delete, wheel);
     client
         .delete_model(DeleteModelRequest {
             model: "ads".into(),
@@ -666,6 +689,14 @@ async fn registry_and_rollback_survive_kill_9() {
     let mut client = site.client().await;
     assert_eq!(get(&mut client, "ads").await.unwrap_err(), Code::NotFound);
     assert_eq!(names(&mut client).await, ["wheel"]);
+    assert_eq!(get(&mut client, "wheel").await.unwrap().model_version, wheel);
+    // Created again under the same name: its versions go on above the deleted model's.
+    let again = client
+        .create_model(create(ads_spec()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(again.model_version > recovered_version);
     drop(server);
 }
 
