@@ -1115,3 +1115,69 @@ async fn holdout_groups_survive_a_restart() {
     );
     server.stop().await.unwrap();
 }
+
+/// A model deleted and created again under its name counts only its own decisions and
+/// rewards, live and after a restart that rebuilds the counts and holdout groups from the
+/// log, where the deleted model's records still are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recreated_model_does_not_count_the_deleted_ones_rewards() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config();
+    config.storage.data_dir = dir.path().to_owned();
+    let spec = ModelSpec {
+        name: "re".into(),
+        kind: PbKind::FixedArms as i32,
+        context_dim: 2,
+        arms: vec!["a".into(), "b".into()],
+        arm_feature_dim: 0,
+        hidden_layers: vec![8],
+        settings: vec!["holdout={ fraction = 0.5 }".into()],
+    };
+    let counts = |info: &ModelInfo| {
+        let (t, c) = (info.treatment.unwrap(), info.control.unwrap());
+        (
+            info.decisions,
+            info.rewards,
+            t.rewards + c.rewards,
+            t.reward_sum + c.reward_sum,
+        )
+    };
+    let server = TestServer::start(config.clone()).await;
+    let mut client = server.client().await;
+    // Rewards 1.0 from the first model, 2.0 from the second.
+    let play = async |client: &mut BanditServiceClient<Channel>, n: usize, r: f64| {
+        for i in 0..n {
+            let d = client
+                .choose_arm(fixed("re", vec![i as f32 / 10.0, 0.5]))
+                .await
+                .unwrap()
+                .into_inner();
+            client
+                .report_reward(reward("re", &d.decision_id, r))
+                .await
+                .unwrap();
+        }
+    };
+    client.create_model(create(spec.clone())).await.unwrap();
+    play(&mut client, 20, 1.0).await;
+    let first = get(&mut client, "re").await.unwrap();
+    assert_eq!(counts(&first), (20, 20, 20, 20.0));
+    client
+        .delete_model(DeleteModelRequest {
+            model: "re".into(),
+            drop_checkpoints: false,
+        })
+        .await
+        .unwrap();
+    client.create_model(create(spec)).await.unwrap();
+    play(&mut client, 3, 2.0).await;
+    let live = get(&mut client, "re").await.unwrap();
+    assert_eq!(counts(&live), (3, 3, 3, 6.0), "live");
+    server.stop().await.unwrap();
+
+    let server = TestServer::start(config).await;
+    let mut client = server.client().await;
+    let after = get(&mut client, "re").await.unwrap();
+    assert_eq!(counts(&after), (3, 3, 3, 6.0), "after a restart");
+    server.stop().await.unwrap();
+}

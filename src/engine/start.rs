@@ -126,18 +126,6 @@ impl Engine {
         if let Some(epoch) = storage.migrate_epoch()? {
             tracing::info!(epoch, "model versions migrated from the start counter to per-model marks");
         }
-        let scan_started = std::time::Instant::now();
-        let mut recovered = storage.recover()?;
-        let summary = recovered.summary;
-        tracing::info!(
-            segments = summary.segments,
-            bytes = summary.bytes,
-            records = summary.records,
-            corrupt_segments = summary.corrupt_segments,
-            torn_bytes = summary.torn_bytes,
-            elapsed_ms = scan_started.elapsed().as_millis() as u64,
-            "log scanned"
-        );
         let (registry, seeded) =
             Registry::open(storage.data_dir(), &config.models, &config.limits)?;
         let entries = registry.entries().to_vec();
@@ -148,6 +136,25 @@ impl Engine {
                  wins (delete it while stopped to go back to the file)"
             );
         }
+        let scan_started = std::time::Instant::now();
+        // A model's counts and holdout groups start at its creation (records before it
+        // belong to a deleted model of the same name).
+        let mut recovered = storage.recover_models(
+            &entries
+                .iter()
+                .map(|e| (e.config.name.clone(), e.created_lsn))
+                .collect(),
+        )?;
+        let summary = recovered.summary;
+        tracing::info!(
+            segments = summary.segments,
+            bytes = summary.bytes,
+            records = summary.records,
+            corrupt_segments = summary.corrupt_segments,
+            torn_bytes = summary.torn_bytes,
+            elapsed_ms = scan_started.elapsed().as_millis() as u64,
+            "log scanned"
+        );
         let mut checkpoints = HashMap::new();
         // Examples after the log's end that a checkpoint claims (a crash lost the log's
         // newest records after the learner had read them): new LSNs must start above them,

@@ -127,7 +127,19 @@ impl Storage {
     /// # Errors
     /// A segment cannot be read (I/O or permissions; corruption is skipped and counted).
     pub fn recover(&self) -> Result<Recovered, Error> {
-        recovery::recover(&self.config.data_dir, true)
+        self.recover_models(&std::collections::HashMap::new())
+    }
+
+    /// [`Storage::recover`], leaving out of each model's counts and holdout groups the
+    /// decisions older than its creation LSN in `created` (a deleted model's of that name).
+    ///
+    /// # Errors
+    /// As [`Storage::recover`].
+    pub fn recover_models(
+        &self,
+        created: &std::collections::HashMap<String, u64>,
+    ) -> Result<Recovered, Error> {
+        recovery::recover(&self.config.data_dir, true, created)
     }
 
     /// Starts the writer on a new segment whose first LSN is `first_lsn` (past everything
