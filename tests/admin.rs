@@ -231,6 +231,11 @@ async fn admin_calls_and_their_errors() {
             "name",
             "name: must not be empty",
         ),
+        (
+            bad(&|s| s.name = "../outside".into()),
+            "name",
+            "name: \"../outside\": must not be",
+        ),
     ];
     for (spec, field, message) in cases {
         let status = client.create_model(create(spec)).await.unwrap_err();
