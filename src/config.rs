@@ -1183,10 +1183,7 @@ impl ModelConfig {
         }
         // The name is a file name in the data directory (checkpoints, version mark): it must
         // not reach outside it.
-        if self.name == "."
-            || self.name == ".."
-            || self.name.contains(['/', '\\', '\0'])
-        {
+        if self.name == "." || self.name == ".." || self.name.contains(['/', '\\', '\0']) {
             return Err(bad(
                 "name",
                 format!(

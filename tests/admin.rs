@@ -603,7 +603,10 @@ async fn registry_and_versions_survive_kill_9() {
     assert_eq!(settings_of(&info), settings_of(&created));
     assert_eq!(info.model_version, created.model_version, "after create");
     assert_eq!(scores(&mut client).await.0, created_scores);
-    assert_eq!(get(&mut client, "wheel").await.unwrap().model_version, wheel);
+    assert_eq!(
+        get(&mut client, "wheel").await.unwrap().model_version,
+        wheel
+    );
     train(&mut client, 300, "a").await;
     wait_trained(&mut client, 600).await;
     // The update restarts the learner: a checkpoint of the weights served now.
@@ -694,7 +697,10 @@ async fn registry_and_versions_survive_kill_9() {
     let mut client = site.client().await;
     assert_eq!(get(&mut client, "ads").await.unwrap_err(), Code::NotFound);
     assert_eq!(names(&mut client).await, ["wheel"]);
-    assert_eq!(get(&mut client, "wheel").await.unwrap().model_version, wheel);
+    assert_eq!(
+        get(&mut client, "wheel").await.unwrap().model_version,
+        wheel
+    );
     // Created again under the same name: its versions go on above the deleted model's.
     let again = client
         .create_model(create(ads_spec()))

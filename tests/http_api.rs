@@ -406,7 +406,10 @@ async fn admin_calls_over_http() {
     assert_eq!(created.status, 200, "{created:?}");
     assert_eq!(created.body["name"], "ads");
     assert_eq!(created.body["policy"], "greedy");
-    assert_eq!(admin("POST", "/v1/models", create.clone()).await.status, 200);
+    assert_eq!(
+        admin("POST", "/v1/models", create.clone()).await.status,
+        200
+    );
     let mut other = spec("ads");
     other["contextDim"] = json!(3);
     admin("POST", "/v1/models", json!({"spec": other}))
@@ -473,11 +476,20 @@ async fn admin_calls_over_http() {
     assert_eq!(listed.status, 200, "{listed:?}");
     let version = listed.body["checkpoints"][0]["version"].clone();
     assert!(version.is_string(), "{listed:?}");
-    let rolled = admin("POST", "/v1/models/ads:rollback", json!({"version": version})).await;
+    let rolled = admin(
+        "POST",
+        "/v1/models/ads:rollback",
+        json!({"version": version}),
+    )
+    .await;
     assert_eq!(rolled.status, 200, "{rolled:?}");
-    admin("POST", "/v1/models/ads:rollback", json!({"version": "999999"}))
-        .await
-        .assert_error(404, "NOT_FOUND", None);
+    admin(
+        "POST",
+        "/v1/models/ads:rollback",
+        json!({"version": "999999"}),
+    )
+    .await
+    .assert_error(404, "NOT_FOUND", None);
 
     let deleted = admin("DELETE", "/v1/models/ads", Value::Null).await;
     assert_eq!((deleted.status, &deleted.body), (200, &json!({})));
@@ -798,11 +810,14 @@ async fn openapi_matches_routes_and_proto_json() {
             .status,
         200
     );
-    let checkpoint = http.get("/v1/models/wheel/checkpoints").await.body["checkpoints"][0]
-        ["version"]
-        .clone();
+    let checkpoint =
+        http.get("/v1/models/wheel/checkpoints").await.body["checkpoints"][0]["version"].clone();
     for (method, path) in &documented {
-        let model = if method == "DELETE" { "doomed" } else { "wheel" };
+        let model = if method == "DELETE" {
+            "doomed"
+        } else {
+            "wheel"
+        };
         let path = path.replace("{model}", model);
         let body = match (method.as_str(), path.rsplit(':').next()) {
             (_, Some("choose")) => json!({"context": [0, 0]}),

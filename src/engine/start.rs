@@ -124,7 +124,10 @@ impl Engine {
         // Versions are kept per model by durable marks (`storage::VersionMark`); a data
         // directory of the earlier start-counter scheme is migrated first.
         if let Some(epoch) = storage.migrate_epoch()? {
-            tracing::info!(epoch, "model versions migrated from the start counter to per-model marks");
+            tracing::info!(
+                epoch,
+                "model versions migrated from the start counter to per-model marks"
+            );
         }
         let (registry, seeded) =
             Registry::open(storage.data_dir(), &config.models, &config.limits)?;

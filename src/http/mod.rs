@@ -59,7 +59,11 @@ pub const ROUTES: [(&str, &str, Method); 9] = [
     ("POST", "/v1/models", Method::CreateModel),
     ("PATCH", "/v1/models/{model}", Method::UpdateModel),
     ("DELETE", "/v1/models/{model}", Method::DeleteModel),
-    ("GET", "/v1/models/{model}/checkpoints", Method::ListCheckpoints),
+    (
+        "GET",
+        "/v1/models/{model}/checkpoints",
+        Method::ListCheckpoints,
+    ),
     ("POST", "/v1/models/{model}:rollback", Method::RollbackModel),
 ];
 

@@ -420,9 +420,7 @@ pub struct Resume {
 fn choose_version(checkpoint: Option<u64>, added: u64, floor: u64, mark: &VersionMark) -> u64 {
     match checkpoint {
         Some(c)
-            if added == 0
-                && c >= floor
-                && (mark.sealed() == Some(c) || c > mark.reserved()) =>
+            if added == 0 && c >= floor && (mark.sealed() == Some(c) || c > mark.reserved()) =>
         {
             c
         }
@@ -832,8 +830,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = config();
         let start = |source: Box<dyn ExampleSource>| {
-            let (ck, _) =
-                checkpoint::load_latest(dir.path(), "t", &config.layer_widths()).unwrap();
+            let (ck, _) = checkpoint::load_latest(dir.path(), "t", &config.layer_widths()).unwrap();
             Learner::resume_marked(
                 &config,
                 source,
@@ -881,7 +878,10 @@ mod tests {
         }
         let published = learner.handle().snapshot().version;
         let (reserved, sealed) = mark();
-        assert!(reserved >= published && sealed.is_none(), "{reserved} {sealed:?}");
+        assert!(
+            reserved >= published && sealed.is_none(),
+            "{reserved} {sealed:?}"
+        );
         drop(tx);
         learner.shutdown();
         let last = learner.handle().snapshot().version;
