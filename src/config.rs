@@ -1181,6 +1181,17 @@ impl ModelConfig {
         if self.name.is_empty() {
             return Err(bad("name", "must not be empty".into()));
         }
+        // The name is a file name in the data directory (checkpoints, version mark): it must
+        // not reach outside it.
+        if self.name == "." || self.name == ".." || self.name.contains(['/', '\\', '\0']) {
+            return Err(bad(
+                "name",
+                format!(
+                    "{:?}: must not be \".\" or \"..\" or contain '/', '\\' or NUL",
+                    self.name
+                ),
+            ));
+        }
         if self.context_dim == 0 {
             return Err(bad("context_dim", "must be at least 1".into()));
         }
@@ -1690,5 +1701,20 @@ mod tests {
         ] {
             assert!(set(&[bad]).is_err(), "{bad} was accepted");
         }
+    }
+
+    /// A model name is a file name in the data directory: one that would reach outside it
+    /// is refused, naming the field.
+    #[test]
+    fn model_name_cannot_leave_the_data_dir() {
+        for name in ["..", ".", "a/b", "../x", "a\\b", "a\0b"] {
+            let mut model = ModelConfig::new(name, ModelKind::FixedArms, 2);
+            model.arms = vec!["a".into(), "b".into()];
+            let err = model.validate().unwrap_err().to_string();
+            assert!(err.contains("name"), "{name:?}: {err}");
+        }
+        let mut model = ModelConfig::new("ads.v2-a_b", ModelKind::FixedArms, 2);
+        model.arms = vec!["a".into(), "b".into()];
+        model.validate().unwrap();
     }
 }

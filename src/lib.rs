@@ -35,7 +35,8 @@
 //! - [`server`]: wires it all together and shuts it down in order.
 //! - [`shutdown`]: OS signals as a future.
 //! - [`sim`], [`harness`]: seeded simulated environments and the in-process regret harness,
-//!   for the load generator, benchmarks and tests.
+//!   for the load generator, benchmarks and tests (feature `sim`, on by default; the server
+//!   is built without it).
 
 pub mod api;
 pub mod cluster;
@@ -45,6 +46,7 @@ pub mod domain;
 pub mod engine;
 pub mod error;
 pub mod grpc;
+#[cfg(feature = "sim")]
 pub mod harness;
 pub mod http;
 pub mod learner;
@@ -56,6 +58,7 @@ pub mod proto;
 pub mod registry;
 pub mod server;
 pub mod shutdown;
+#[cfg(feature = "sim")]
 pub mod sim;
 pub mod storage;
 pub mod telemetry;

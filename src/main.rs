@@ -37,7 +37,7 @@ struct Cli {
     data_dir: Option<PathBuf>,
     /// Cluster mode: the NATS JetStream server(s) to use, `nats://HOST:PORT` (overrides the
     /// file's `cluster.url`; the other `[cluster]` settings keep their values or defaults).
-    #[arg(long, env = "BANDITD_CLUSTER")]
+    #[arg(long, env = "BANDITD_CLUSTER", global = true)]
     cluster: Option<String>,
     /// Cluster mode: serve only, never become a model's trainer (`cluster.trainer = false`).
     #[arg(long, env = "BANDITD_NO_TRAINER")]
@@ -54,7 +54,8 @@ enum Command {
     /// Write every logged decision, with its reward, as JSON lines to stdout (context,
     /// candidates, chosen arm, scores, model version, timestamps), for offline analysis.
     /// A decision's line is written when its window closes (log order), still open ones at
-    /// the end. Works on a running server's data directory too.
+    /// the end. Works on a running server's data directory too. In cluster mode
+    /// (`--cluster URL` or a `[cluster]` section) it reads the cluster's JetStream stream.
     Export {
         /// Only these models (repeatable); default: every model in the log.
         #[arg(long)]
@@ -157,7 +158,12 @@ fn main() -> anyhow::Result<()> {
     config.auth.tokens = tokens("BANDITD_TOKENS")?;
     config.auth.admin_tokens = tokens("BANDITD_ADMIN_TOKENS")?;
     match cli.command {
-        Some(Command::Export { model }) => return export(&config, &model),
+        Some(Command::Export { model }) => {
+            return match &config.cluster {
+                Some(cluster) => export_cluster(cluster, &model),
+                None => export(&config, &model),
+            };
+        }
         Some(Command::Evaluate(args)) => return offline_cli::evaluate(&config, &args),
         Some(Command::Train(args)) => return offline_cli::train(&config, &args),
         None => {}
@@ -183,6 +189,35 @@ fn main() -> anyhow::Result<()> {
             banditd::run(config, listener, shutdown::signal()).await?;
             Ok(())
         })
+}
+
+/// `banditd export --cluster URL`: the decisions in the cluster's JetStream stream, as the
+/// same JSON lines (read-only; the cluster may be running).
+fn export_cluster(
+    cluster: &banditd::config::ClusterConfig,
+    models: &[String],
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let rows = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(banditd::cluster::export(cluster, models, &mut out))?;
+    out.flush()?;
+    for model in models {
+        anyhow::ensure!(
+            rows.contains_key(model),
+            "the stream {} at {} has no decisions of model {model:?}",
+            cluster.stream,
+            cluster.url
+        );
+    }
+    let total: u64 = rows.values().sum();
+    eprintln!(
+        "exported {total} decisions from stream {} at {}",
+        cluster.stream, cluster.url
+    );
+    Ok(())
 }
 
 /// `banditd export`: the logged decisions as JSON lines. Reads the segments only, so the

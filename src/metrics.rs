@@ -340,6 +340,30 @@ pub fn decision_unlogged(model: &str) {
     );
 }
 
+/// Cluster mode: a decision was refused (UNAVAILABLE) because JetStream did not store it.
+/// Logged at debug level: during an outage every call lands here, and health already says so.
+pub fn decision_refused_unstored(model: &str) {
+    counter!(DECISIONS_REFUSED, "model" => model.to_owned()).increment(1);
+    tracing::debug!(model, "JetStream did not store the decision: refused");
+}
+
+/// Cluster mode: a reward was refused (UNAVAILABLE), NATS being unreachable. Debug level,
+/// as above.
+pub fn reward_refused_unstored(model: &str) {
+    counter!(REWARDS_DROPPED, "model" => model.to_owned()).increment(1);
+    tracing::debug!(model, "NATS unreachable: reward refused");
+}
+
+/// Cluster mode: a decision was answered without being stored, NATS being unreachable
+/// (`cluster.serve_when_disconnected`). Debug level, as above.
+pub fn decision_unstored(model: &str) {
+    counter!(DECISIONS_UNLOGGED, "model" => model.to_owned()).increment(1);
+    tracing::debug!(
+        model,
+        "NATS unreachable: decision answered without being stored"
+    );
+}
+
 /// NeuralLinear refreshed `count` times since the last report; the latest took `last`.
 pub fn linear_refreshed(model: &str, count: u64, last: Duration) {
     counter!(LINEAR_REFRESHES, "model" => model.to_owned()).increment(count);

@@ -231,6 +231,11 @@ async fn admin_calls_and_their_errors() {
             "name",
             "name: must not be empty",
         ),
+        (
+            bad(&|s| s.name = "../outside".into()),
+            "name",
+            "name: \"../outside\": must not be",
+        ),
     ];
     for (spec, field, message) in cases {
         let status = client.create_model(create(spec)).await.unwrap_err();
@@ -570,19 +575,25 @@ impl Site {
 }
 
 /// `kill -9` after each acknowledged create, update, rollback and delete: the registry comes
-/// back as acknowledged (the models and their settings), versions never go backwards, and a
-/// rolled-back model serves the rollback's weights (its greedy scores are those the target
-/// version served); training then continues from them.
+/// back as acknowledged (the models and their settings), and so does every model's version
+/// when nothing was learned after the acknowledgement (the same number, the same weights);
+/// after training and `kill -9`, the version is above every one seen before. A rolled-back
+/// model serves the rollback's weights (its greedy scores are those the target version
+/// served); training then continues from them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn registry_and_rollback_survive_kill_9() {
+async fn registry_and_versions_survive_kill_9() {
     let mut site = Site::new();
     let server = site.start().await;
     let mut client = site.client().await;
+    // The configuration file's model learns nothing in this test: its version is the same
+    // after every kill.
+    let wheel = get(&mut client, "wheel").await.unwrap().model_version;
     let created = client
         .create_model(create(ads_spec()))
         .await
         .unwrap()
         .into_inner();
+    let (created_scores, _) = scores(&mut client).await;
     server.kill9();
 
     let server = site.start().await;
@@ -590,7 +601,12 @@ async fn registry_and_rollback_survive_kill_9() {
     assert_eq!(names(&mut client).await, ["wheel", "ads"]);
     let info = get(&mut client, "ads").await.unwrap();
     assert_eq!(settings_of(&info), settings_of(&created));
-    assert!(info.model_version >= created.model_version);
+    assert_eq!(info.model_version, created.model_version, "after create");
+    assert_eq!(scores(&mut client).await.0, created_scores);
+    assert_eq!(
+        get(&mut client, "wheel").await.unwrap().model_version,
+        wheel
+    );
     train(&mut client, 300, "a").await;
     wait_trained(&mut client, 600).await;
     // The update restarts the learner: a checkpoint of the weights served now.
@@ -599,6 +615,7 @@ async fn registry_and_rollback_survive_kill_9() {
         .await
         .unwrap()
         .into_inner();
+    assert!(updated.model_version > created.model_version);
     let (first, first_version) = scores(&mut client).await;
     assert_eq!(first_version, updated.model_version);
     let target = client
@@ -620,7 +637,8 @@ async fn registry_and_rollback_survive_kill_9() {
     let mut client = site.client().await;
     let info = get(&mut client, "ads").await.unwrap();
     assert_eq!(settings_of(&info), settings_of(&updated));
-    assert!(info.model_version > updated.model_version);
+    assert_eq!(info.model_version, updated.model_version, "after update");
+    assert_eq!(scores(&mut client).await, (first.clone(), first_version));
     // Other rewards move the weights away from the target's.
     let steps = info.training_steps;
     train(&mut client, 300, "c").await;
@@ -645,7 +663,7 @@ async fn registry_and_rollback_survive_kill_9() {
     let mut client = site.client().await;
     let (after, after_version) = scores(&mut client).await;
     assert_eq!(after, first, "the rollback survives kill -9");
-    assert!(after_version > rolled.model_version);
+    assert_eq!(after_version, rolled.model_version, "after rollback");
     // Training continues from the rolled-back weights.
     let steps = get(&mut client, "ads").await.unwrap().training_steps;
     train(&mut client, 50, "b").await;
@@ -653,6 +671,19 @@ async fn registry_and_rollback_survive_kill_9() {
     let (trained, trained_version) = scores(&mut client).await;
     assert_ne!(trained, first);
     assert!(trained_version > after_version);
+    server.kill9();
+
+    // Learned after the last acknowledgement: a version above every one seen (the weights
+    // served under the last one were never checkpointed).
+    let server = site.start().await;
+    let mut client = site.client().await;
+    let (_, recovered_version) = scores(&mut client).await;
+    assert!(
+        recovered_version > trained_version,
+        "{recovered_version} after training up to {trained_version}"
+    );
+    let wheel_before_delete = get(&mut client, "wheel").await.unwrap().model_version;
+    assert_eq!(wheel_before_delete, wheel);
     client
         .delete_model(DeleteModelRequest {
             model: "ads".into(),
@@ -666,6 +697,17 @@ async fn registry_and_rollback_survive_kill_9() {
     let mut client = site.client().await;
     assert_eq!(get(&mut client, "ads").await.unwrap_err(), Code::NotFound);
     assert_eq!(names(&mut client).await, ["wheel"]);
+    assert_eq!(
+        get(&mut client, "wheel").await.unwrap().model_version,
+        wheel
+    );
+    // Created again under the same name: its versions go on above the deleted model's.
+    let again = client
+        .create_model(create(ads_spec()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(again.model_version > recovered_version);
     drop(server);
 }
 
@@ -1082,5 +1124,71 @@ async fn holdout_groups_survive_a_restart() {
         "{:?} vs {groups:?}",
         counted(&now)
     );
+    server.stop().await.unwrap();
+}
+
+/// A model deleted and created again under its name counts only its own decisions and
+/// rewards, live and after a restart that rebuilds the counts and holdout groups from the
+/// log, where the deleted model's records still are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recreated_model_does_not_count_the_deleted_ones_rewards() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config();
+    config.storage.data_dir = dir.path().to_owned();
+    let spec = ModelSpec {
+        name: "re".into(),
+        kind: PbKind::FixedArms as i32,
+        context_dim: 2,
+        arms: vec!["a".into(), "b".into()],
+        arm_feature_dim: 0,
+        hidden_layers: vec![8],
+        settings: vec!["holdout={ fraction = 0.5 }".into()],
+    };
+    let counts = |info: &ModelInfo| {
+        let (t, c) = (info.treatment.unwrap(), info.control.unwrap());
+        (
+            info.decisions,
+            info.rewards,
+            t.rewards + c.rewards,
+            t.reward_sum + c.reward_sum,
+        )
+    };
+    let server = TestServer::start(config.clone()).await;
+    let mut client = server.client().await;
+    // Rewards 1.0 from the first model, 2.0 from the second.
+    let play = async |client: &mut BanditServiceClient<Channel>, n: usize, r: f64| {
+        for i in 0..n {
+            let d = client
+                .choose_arm(fixed("re", vec![i as f32 / 10.0, 0.5]))
+                .await
+                .unwrap()
+                .into_inner();
+            client
+                .report_reward(reward("re", &d.decision_id, r))
+                .await
+                .unwrap();
+        }
+    };
+    client.create_model(create(spec.clone())).await.unwrap();
+    play(&mut client, 20, 1.0).await;
+    let first = get(&mut client, "re").await.unwrap();
+    assert_eq!(counts(&first), (20, 20, 20, 20.0));
+    client
+        .delete_model(DeleteModelRequest {
+            model: "re".into(),
+            drop_checkpoints: false,
+        })
+        .await
+        .unwrap();
+    client.create_model(create(spec)).await.unwrap();
+    play(&mut client, 3, 2.0).await;
+    let live = get(&mut client, "re").await.unwrap();
+    assert_eq!(counts(&live), (3, 3, 3, 6.0), "live");
+    server.stop().await.unwrap();
+
+    let server = TestServer::start(config).await;
+    let mut client = server.client().await;
+    let after = get(&mut client, "re").await.unwrap();
+    assert_eq!(counts(&after), (3, 3, 3, 6.0), "after a restart");
     server.stop().await.unwrap();
 }

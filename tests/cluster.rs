@@ -10,6 +10,14 @@
 //!   snapshot's count of distinct trained examples must equal the acknowledged rewards, and
 //!   no replica's `model_version` may go backwards. Retries on another replica return the
 //!   same decision, and a retried reward is a duplicate.
+//! - A replica killed (-9) under load, mid-call: what it acknowledged is in the stream (the
+//!   other replica accepts the rewards), `banditd export --cluster` lists exactly the
+//!   acknowledged rewards, and each is trained once.
+//! - A replica started before NATS waits (NOT_SERVING, UNAVAILABLE) and then serves; an id
+//!   reused after its window is refused.
+//! - Fencing: a trainer whose version key a newer epoch claimed cannot write it again.
+//! - A 3-node NATS cluster (`replicas = 3`) losing its stream leader: serving resumes and
+//!   nothing acknowledged is lost or trained twice.
 //!
 //! Without nats-server on PATH these tests are skipped with a message, except in CI
 //! (`CI=true`), where they fail: `.ci/run` installs it.
@@ -71,16 +79,28 @@ struct NatsServer {
     port: u16,
     store: PathBuf,
     log: PathBuf,
+    /// Further arguments (a cluster node's name and routes).
+    extra: Vec<String>,
 }
 
 impl NatsServer {
     fn start(dir: &Path) -> Self {
-        let port = free_addr().port();
+        Self::start_on(dir, free_addr().port())
+    }
+
+    /// Starts one on `port`.
+    fn start_on(dir: &Path, port: u16) -> Self {
+        Self::start_with(dir, port, Vec::new())
+    }
+
+    /// Starts one on `port` with `extra` arguments.
+    fn start_with(dir: &Path, port: u16, extra: Vec<String>) -> Self {
         let mut server = Self {
             child: None,
             port,
             store: dir.join("jetstream"),
             log: dir.join("nats.log"),
+            extra,
         };
         server.restart();
         server
@@ -92,6 +112,7 @@ impl NatsServer {
             .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string()])
             .arg("-sd")
             .arg(&self.store)
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(fs::File::create(&self.log).unwrap())
@@ -135,6 +156,13 @@ impl Replica {
     /// Starts a replica (a trainer candidate unless `no_trainer`) with `config` and its own
     /// data directory under `dir`, and waits until it serves.
     async fn start(dir: &Path, name: &str, config: &Path, args: &[&str]) -> Self {
+        let mut replica = Self::spawn(dir, name, config, args);
+        replica.wait_serving(Duration::from_secs(60)).await;
+        replica
+    }
+
+    /// Starts a replica without waiting for it.
+    fn spawn(dir: &Path, name: &str, config: &Path, args: &[&str]) -> Self {
         let (grpc, metrics) = (free_addr(), free_addr());
         let log = dir.join(format!("{name}.log"));
         let child = Command::new(BANDITD)
@@ -151,14 +179,12 @@ impl Replica {
             .stderr(fs::File::create(&log).unwrap())
             .spawn()
             .expect("cannot start banditd");
-        let mut replica = Self {
+        Self {
             child,
             grpc,
             metrics,
             log,
-        };
-        replica.wait_serving(Duration::from_secs(60)).await;
-        replica
+        }
     }
 
     fn url(&self) -> String {
@@ -221,9 +247,32 @@ impl Drop for Replica {
     }
 }
 
+/// What most tests start with: the serial lock, a temporary directory, a nats-server in it,
+/// and [`config`] for it; `None` skips the test (no nats-server, outside CI).
+async fn start_with_nats() -> Option<(
+    tokio::sync::MutexGuard<'static, ()>,
+    tempfile::TempDir,
+    NatsServer,
+    PathBuf,
+)> {
+    let serial = SERIAL.lock().await;
+    if !nats_available() {
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start(dir.path());
+    let config = config(&nats.url(), dir.path());
+    Some((serial, dir, nats, config))
+}
+
 /// The model of the failover test: fixed arms, 2-d context, default reward off (every
 /// example is an acknowledged reward), hour-long window; snapshots every second.
 fn config(nats: &str, dir: &Path) -> PathBuf {
+    config_with_window(nats, dir, 3600)
+}
+
+/// [`config`] with a reward window of `window_secs`.
+fn config_with_window(nats: &str, dir: &Path, window_secs: u64) -> PathBuf {
     let path = dir.join("config.toml");
     fs::write(
         &path,
@@ -238,7 +287,7 @@ kind = "fixed_arms"
 context_dim = 2
 arms = ["a", "b", "c"]
 hidden_layers = [16]
-reward_window_seconds = 3600
+reward_window_seconds = {window_secs}
 seed = 7
 
 [cluster]
@@ -255,15 +304,68 @@ publish_timeout_ms = 1000
     path
 }
 
-/// The newest snapshot object's header, read straight from JetStream's object store.
+/// The newest snapshot object's header, read straight from JetStream: the version key names
+/// the object.
 async fn snapshot_header(nats: &str) -> Option<banditd::cluster::snapshot::Header> {
     let client = async_nats::connect(nats).await.ok()?;
     let js = async_nats::jetstream::new(client);
+    let versions = js.get_key_value("banditd_models").await.ok()?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&versions.get("m.version").await.ok()??).ok()?;
+    let name = value["object"].as_str()?.to_owned();
     let store = js.get_object_store("banditd_snapshots").await.ok()?;
-    let mut object = store.get("m").await.ok()?;
+    let mut object = store.get(name.as_str()).await.ok()?;
     let mut bytes = Vec::new();
     object.read_to_end(&mut bytes).await.ok()?;
     Some(banditd::cluster::snapshot::decode(&bytes).unwrap().header)
+}
+
+/// Every acknowledged reward trained exactly once: the last snapshot's count of distinct
+/// examples reaches `acked` and never passes it.
+async fn wait_trained_once(nats: &str, acked: usize, trainer: &Replica) {
+    let expected = acked as u64;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = None;
+    loop {
+        if let Some(header) = snapshot_header(nats).await {
+            assert!(
+                header.examples_trained <= expected,
+                "trained {} examples for {expected} acknowledged rewards",
+                header.examples_trained
+            );
+            if header.examples_trained == expected {
+                eprintln!("trained {expected} examples exactly once; last snapshot {header:?}");
+                return;
+            }
+            last = Some(header);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the trainer's snapshot did not reach {expected} examples: {last:?}\n{}",
+            trainer.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A ChooseArm of model "m" with decision id `id`.
+fn choose_request(id: impl Into<String>, context: Vec<f32>) -> ChooseArmRequest {
+    ChooseArmRequest {
+        model: "m".into(),
+        context,
+        decision_id: id.into(),
+        ..Default::default()
+    }
+}
+
+/// A ReportReward of model "m".
+fn reward_request(id: impl Into<String>, reward: f64) -> ReportRewardRequest {
+    ReportRewardRequest {
+        model: "m".into(),
+        decision_id: id.into(),
+        reward,
+        regret: None,
+    }
 }
 
 /// One round of the failover test: the decision at `decide`, its reward at `report`.
@@ -281,6 +383,16 @@ struct Driver {
 }
 
 impl Driver {
+    fn new(seed: u64) -> Self {
+        Self {
+            rng: Xoshiro256PlusPlus::seed_from_u64(seed),
+            round: 0,
+            acked: Vec::new(),
+            versions: HashMap::new(),
+            unsure: Vec::new(),
+        }
+    }
+
     /// Plays one round; `Ok(false)` when a replica refused (UNAVAILABLE) or was gone.
     async fn round(
         &mut self,
@@ -292,12 +404,7 @@ impl Driver {
         let id = format!("r{}", self.round);
         let choice = decide
             .1
-            .choose_arm(ChooseArmRequest {
-                model: "m".into(),
-                context: vec![x, 1.0 - x],
-                decision_id: id.clone(),
-                ..Default::default()
-            })
+            .choose_arm(choose_request(id.clone(), vec![x, 1.0 - x]))
             .await;
         let choice = match choice {
             Ok(c) => c.into_inner(),
@@ -319,12 +426,7 @@ impl Driver {
         } else {
             0.2
         };
-        let request = ReportRewardRequest {
-            model: "m".into(),
-            decision_id: id.clone(),
-            reward,
-            regret: None,
-        };
+        let request = reward_request(id.clone(), reward);
         let answer = report.report_reward(request.clone()).await;
         match answer {
             Ok(r) => {
@@ -340,6 +442,15 @@ impl Driver {
                 self.unsure.push(request);
                 false
             }
+        }
+    }
+
+    /// Plays `n` rounds, each decided and reported at `client` (replica `index`); every one
+    /// must succeed.
+    async fn play(&mut self, n: usize, index: usize, client: &BanditServiceClient<Channel>) {
+        for _ in 0..n {
+            let (mut decide, mut report) = (client.clone(), client.clone());
+            assert!(self.round((index, &mut decide), &mut report).await);
         }
     }
 
@@ -370,13 +481,9 @@ impl Driver {
 /// refuse while NATS is down and recover by themselves, versions never go backwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_trains_every_acknowledged_reward_once() {
-    let _serial = SERIAL.lock().await;
-    if !nats_available() {
+    let Some((_serial, dir, mut nats, config)) = start_with_nats().await else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let mut nats = NatsServer::start(dir.path());
-    let config = config(&nats.url(), dir.path());
+    };
     let mut replicas = vec![
         Replica::start(dir.path(), "a", &config, &[]).await,
         Replica::start(dir.path(), "b", &config, &[]).await,
@@ -386,13 +493,7 @@ async fn failover_trains_every_acknowledged_reward_once() {
     for r in &replicas {
         clients.push(r.client().await);
     }
-    let mut driver = Driver {
-        rng: Xoshiro256PlusPlus::seed_from_u64(11),
-        round: 0,
-        acked: Vec::new(),
-        versions: HashMap::new(),
-        unsure: Vec::new(),
-    };
+    let mut driver = Driver::new(11);
     // Phase 1: decisions at one replica, rewards at the next.
     for i in 0..150usize {
         let (d, r) = (i % 3, (i + 1) % 3);
@@ -418,12 +519,7 @@ async fn failover_trains_every_acknowledged_reward_once() {
         .into_inner();
     assert_eq!(again.decision_id, first);
     let dup = clients[0]
-        .report_reward(ReportRewardRequest {
-            model: "m".into(),
-            decision_id: first.clone(),
-            reward: 0.5,
-            regret: None,
-        })
+        .report_reward(reward_request(first.clone(), 0.5))
         .await
         .unwrap()
         .into_inner();
@@ -432,12 +528,7 @@ async fn failover_trains_every_acknowledged_reward_once() {
         "a retried reward on another replica is a duplicate"
     );
     let unknown = clients[1]
-        .report_reward(ReportRewardRequest {
-            model: "m".into(),
-            decision_id: "never-decided".into(),
-            reward: 0.5,
-            regret: None,
-        })
+        .report_reward(reward_request("never-decided", 0.5))
         .await
         .unwrap_err();
     assert_eq!(unknown.code(), Code::NotFound);
@@ -465,14 +556,7 @@ async fn failover_trains_every_acknowledged_reward_once() {
     }
     // Phase 3: kill -9 of the serving-only replica between calls.
     replicas[2].kill();
-    for _ in 0..100 {
-        let mut report = clients[standby].clone();
-        assert!(
-            driver
-                .round((standby, &mut clients[standby]), &mut report)
-                .await
-        );
-    }
+    driver.play(100, standby, &clients[standby]).await;
     // Phase 4: nats-server killed: refused with UNAVAILABLE and NOT_SERVING; after its
     // restart the replica recovers by itself.
     nats.kill();
@@ -522,31 +606,7 @@ async fn failover_trains_every_acknowledged_reward_once() {
     }
 
     driver.settle(&mut clients[standby].clone()).await;
-    // Every acknowledged reward trained exactly once: the last snapshot's count of distinct
-    // examples reaches the acknowledged count and never passes it.
-    let expected = driver.acked.len() as u64;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut last = None;
-    loop {
-        if let Some(header) = snapshot_header(&nats.url()).await {
-            assert!(
-                header.examples_trained <= expected,
-                "trained {} examples for {expected} acknowledged rewards",
-                header.examples_trained
-            );
-            if header.examples_trained == expected {
-                eprintln!("trained {expected} examples exactly once; last snapshot {header:?}");
-                break;
-            }
-            last = Some(header);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the trainer's snapshot did not reach {expected} examples: {last:?}\n{}",
-            replicas[standby].logs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_trained_once(&nats.url(), driver.acked.len(), &replicas[standby]).await;
     for (replica, versions) in &driver.versions {
         assert!(
             versions.windows(2).all(|w| w[0] <= w[1]),
@@ -640,4 +700,522 @@ async fn cluster_regret_is_within_noise_of_single_process() {
         spread < alone + 10.0,
         "cluster regret {spread} is not within noise of single-process {alone}"
     );
+}
+
+/// A replica started while NATS is down answers health NOT_SERVING and ChooseArm UNAVAILABLE
+/// (with RetryInfo) instead of exiting, serves once NATS comes up, without a restart; and the
+/// stream is the cluster's used-id set: an id retried after its reward window is refused
+/// (ALREADY_EXISTS, as in single-process mode), and its reward is NOT_FOUND.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_started_without_nats_waits_then_serves() {
+    let _serial = SERIAL.lock().await;
+    if !nats_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_addr().port();
+    let config = config_with_window(&format!("nats://127.0.0.1:{port}"), dir.path(), 1);
+    let mut replica = Replica::spawn(dir.path(), "a", &config, &[]);
+    let waiting = Instant::now();
+    let mut answered = 0;
+    while waiting.elapsed() < Duration::from_secs(3) {
+        if let Ok(Some(status)) = replica.child.try_wait() {
+            panic!(
+                "banditd exited without NATS ({status}):\n{}",
+                replica.logs()
+            );
+        }
+        match replica.health().await {
+            Some(ServingStatus::Serving) => panic!("SERVING without NATS"),
+            Some(_) => answered += 1,
+            None => {}
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(answered > 0, "health never answered while NATS was down");
+    let refused = replica
+        .client()
+        .await
+        .choose_arm(choose_request("early", vec![0.5, 0.5]))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert!(refused.get_details_retry_info().is_some(), "{refused:?}");
+
+    let _nats = NatsServer::start_on(dir.path(), port);
+    replica.wait_serving(Duration::from_secs(30)).await;
+    let mut client = replica.client().await;
+    let request = choose_request("u1", vec![0.25, 0.75]);
+    let decided = Instant::now();
+    client.choose_arm(request.clone()).await.unwrap();
+    let reward = reward_request("u1", 1.0);
+    assert!(
+        !client
+            .report_reward(reward.clone())
+            .await
+            .unwrap()
+            .into_inner()
+            .duplicate
+    );
+    // After the 1 s window (and a margin that cannot flake): the id is used.
+    tokio::time::sleep(Duration::from_millis(1500).saturating_sub(decided.elapsed())).await;
+    let reused = client.choose_arm(request.clone()).await.unwrap_err();
+    assert_eq!(reused.code(), Code::AlreadyExists, "{reused:?}");
+    let mut different = request;
+    different.context = vec![0.9, 0.1];
+    let reused = client.choose_arm(different).await.unwrap_err();
+    assert_eq!(reused.code(), Code::AlreadyExists, "{reused:?}");
+    let late = client.report_reward(reward).await.unwrap_err();
+    assert_eq!(late.code(), Code::NotFound, "{late:?}");
+}
+
+/// kill -9 of a replica while calls are in flight on it: every decision it acknowledged is
+/// in the stream (its reward, reported to the other replica, is accepted and trained), a
+/// decision whose call failed is either stored (its reward is accepted) or not (NOT_FOUND),
+/// the other replica keeps serving, and every acknowledged reward is trained exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_killed_mid_call_loses_no_acknowledged_decision() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    };
+    const WORKERS: u64 = 8;
+    let Some((_serial, dir, nats, config)) = start_with_nats().await else {
+        return;
+    };
+    let trainer = Replica::start(dir.path(), "a", &config, &[]).await;
+    let mut victim = Replica::start(dir.path(), "b", &config, &["--no-trainer"]).await;
+    let (to_a, to_b) = (trainer.client().await, victim.client().await);
+    let decided = Arc::new(AtomicU64::new(0));
+    let mut workers = Vec::new();
+    for w in 0..WORKERS {
+        let (mut to_a, mut to_b, decided) = (to_a.clone(), to_b.clone(), Arc::clone(&decided));
+        workers.push(tokio::spawn(async move {
+            let mut rng = Xoshiro256PlusPlus::seed_from_u64(w);
+            let mut acked = Vec::new();
+            for i in 0.. {
+                let x: f32 = rng.random();
+                let id = format!("w{w}-{i}");
+                let choice = to_b
+                    .choose_arm(choose_request(id.clone(), vec![x, 1.0 - x]))
+                    .await;
+                // B is gone: this decision may or may not have been stored.
+                let Ok(choice) = choice else {
+                    return (acked, id);
+                };
+                decided.fetch_add(1, Ordering::Relaxed);
+                let reward = if choice.into_inner().arm_id == "a" {
+                    f64::from(x)
+                } else {
+                    0.2
+                };
+                let answer = to_a
+                    .report_reward(reward_request(id.clone(), reward))
+                    .await
+                    .unwrap_or_else(|s| {
+                        panic!("reward for {id}, acknowledged by B, refused by A: {s:?}")
+                    });
+                assert!(!answer.into_inner().duplicate, "{id}");
+                acked.push(id);
+            }
+            unreachable!("the loop ends when B is killed")
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while decided.load(Ordering::Relaxed) < 300 {
+        assert!(
+            Instant::now() < deadline,
+            "B served too few decisions:\n{}",
+            victim.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    victim.kill();
+    let mut acked = Vec::new();
+    let mut to_a = to_a;
+    let (mut stored, mut lost) = (0, 0);
+    for worker in workers {
+        let (mut mine, failed) = worker.await.unwrap();
+        acked.append(&mut mine);
+        // The decision whose call failed: its reward is accepted iff B stored it first.
+        match to_a
+            .report_reward(reward_request(failed.clone(), 0.2))
+            .await
+        {
+            Ok(_) => {
+                stored += 1;
+                acked.push(failed);
+            }
+            Err(status) if status.code() == Code::NotFound => lost += 1,
+            Err(status) => panic!("reward for {failed}: {status:?}"),
+        }
+    }
+    eprintln!(
+        "B acknowledged {} decisions; of the {WORKERS} calls cut off, {stored} were stored, {lost} not",
+        acked.len() - stored
+    );
+    // A keeps serving.
+    let mut driver = Driver::new(5);
+    driver.play(100, 0, &to_a).await;
+    acked.append(&mut driver.acked);
+    wait_trained_once(&nats.url(), acked.len(), &trainer).await;
+    // `banditd export --cluster` shows the same set: a rewarded row per acknowledged reward.
+    let output = Command::new(BANDITD)
+        .arg("--config")
+        .arg(&config)
+        .args(["--cluster", &nats.url(), "export", "--model", "m"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "export failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut rewarded: Vec<String> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .filter(|row| row["reward"].is_number())
+        .map(|row| row["decision_id"].as_str().unwrap().to_owned())
+        .collect();
+    rewarded.sort();
+    acked.sort();
+    assert_eq!(
+        rewarded, acked,
+        "the export's rewarded decisions are not the acknowledged ones"
+    );
+}
+
+/// Fencing: a trainer that still believes it holds the lease while a newer one has taken
+/// over cannot overwrite the newer one's version. The test plays the newer trainer exactly
+/// as a new session starts (bump the epoch, claim the version key by compare-and-set); the
+/// running trainer's next upload must fail, end its session (lease lost), and it may come
+/// back only as a newer epoch. Versions and epochs in the key never go backwards, and every
+/// acknowledged reward is trained exactly once across it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_trainer_cannot_overwrite_a_newer_version() {
+    use async_nats::jetstream::kv::{Operation, UpdateErrorKind};
+    use std::sync::{Arc, Mutex};
+    use tokio_stream::StreamExt;
+    let Some((_serial, dir, nats, config)) = start_with_nats().await else {
+        return;
+    };
+    let trainer = Replica::start(dir.path(), "a", &config, &[]).await;
+    let client = trainer.client().await;
+    let mut driver = Driver::new(13);
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let kv = js.get_key_value("banditd_models").await.unwrap();
+    let history = Arc::new(Mutex::new(Vec::<serde_json::Value>::new()));
+    let mut watch = kv.watch_with_history("m.version").await.unwrap();
+    let watching = {
+        let history = Arc::clone(&history);
+        tokio::spawn(async move {
+            while let Some(Ok(entry)) = watch.next().await {
+                if entry.operation == Operation::Put {
+                    history
+                        .lock()
+                        .unwrap()
+                        .push(serde_json::from_slice(&entry.value).unwrap());
+                }
+            }
+        })
+    };
+    let epoch_of = |v: &serde_json::Value| v["epoch"].as_u64().unwrap_or(0);
+    let version_of = |v: &serde_json::Value| v["version"].as_u64().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while snapshot_header(&nats.url()).await.is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "no snapshot:\n{}",
+            trainer.logs()
+        );
+        driver.play(20, 0, &client).await;
+    }
+
+    // The newer trainer: bump the epoch, claim the version key.
+    let epoch = loop {
+        let entry = kv.entry("m.epoch").await.unwrap().unwrap();
+        let next = std::str::from_utf8(&entry.value)
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            + 1;
+        match kv
+            .update("m.epoch", next.to_string().into(), entry.revision)
+            .await
+        {
+            Ok(_) => break next,
+            Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {}
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let claimed = loop {
+        let entry = kv.entry("m.version").await.unwrap().unwrap();
+        let mut value: serde_json::Value = serde_json::from_slice(&entry.value).unwrap();
+        value["epoch"] = epoch.into();
+        match kv
+            .update(
+                "m.version",
+                serde_json::to_vec(&value).unwrap().into(),
+                entry.revision,
+            )
+            .await
+        {
+            Ok(_) => break value,
+            Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {}
+            Err(e) => panic!("{e}"),
+        }
+    };
+    // The running trainer's next upload is fenced off: its session ends as a lost lease.
+    let lost = "banditd_cluster_lease_lost_total{model=\"m\"}";
+    while series(&scrape(trainer.metrics), lost).unwrap_or(0.0) < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the trainer was not fenced off:\n{}",
+            trainer.logs()
+        );
+        driver.play(20, 0, &client).await;
+    }
+    // It takes the lease again once its own lapses, as a newer epoch, and publishes newer
+    // versions from the claimed snapshot on.
+    loop {
+        let newer = history
+            .lock()
+            .unwrap()
+            .last()
+            .is_some_and(|v| epoch_of(v) > epoch && version_of(v) > version_of(&claimed));
+        if newer {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no newer trainer after the fence:\n{}",
+            trainer.logs()
+        );
+        driver.play(20, 0, &client).await;
+    }
+    wait_trained_once(&nats.url(), driver.acked.len(), &trainer).await;
+    watching.abort();
+    let history = history.lock().unwrap().clone();
+    let at = history
+        .iter()
+        .position(|v| epoch_of(v) == epoch)
+        .expect("the claim is in the history");
+    assert!(
+        history[at..].iter().all(|v| epoch_of(v) >= epoch),
+        "an older trainer wrote the version after the claim: {history:?}"
+    );
+    assert!(
+        history
+            .windows(2)
+            .all(|w| version_of(&w[0]) <= version_of(&w[1]) && epoch_of(&w[0]) <= epoch_of(&w[1])),
+        "the version key went backwards: {history:?}"
+    );
+}
+
+/// A 3-node NATS cluster (routes between the nodes, one JetStream meta group), each node
+/// killed (-9) on drop.
+fn nats_cluster(dir: &Path) -> Vec<NatsServer> {
+    let routes: Vec<u16> = (0..3).map(|_| free_addr().port()).collect();
+    let nodes: Vec<NatsServer> = (0..3)
+        .map(|i| {
+            let others: Vec<String> = (0..3)
+                .filter(|&j| j != i)
+                .map(|j| format!("nats://127.0.0.1:{}", routes[j]))
+                .collect();
+            let node = dir.join(format!("n{i}"));
+            fs::create_dir_all(&node).unwrap();
+            NatsServer::start_with(
+                &node,
+                free_addr().port(),
+                vec![
+                    "--server_name".into(),
+                    format!("n{i}"),
+                    "--cluster_name".into(),
+                    "banditd-test".into(),
+                    "--cluster".into(),
+                    format!("nats://127.0.0.1:{}", routes[i]),
+                    "--routes".into(),
+                    others.join(","),
+                ],
+            )
+        })
+        .collect();
+    nodes
+}
+
+/// Waits until the JetStream cluster has elected its meta leader (it answers account info).
+async fn wait_jetstream(url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(client) = async_nats::connect(url).await
+            && async_nats::jetstream::new(client)
+                .query_account()
+                .await
+                .is_ok()
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "JetStream cluster not ready");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `replicas = 3` on a 3-node NATS cluster: kill -9 of one node mid-run (the stream, buckets
+/// and consumer keep a quorum on the other two); replicas keep serving after at most a
+/// short UNAVAILABLE spell (they reconnect to another node by themselves), and every
+/// acknowledged reward is trained exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_node_nats_survives_losing_a_node() {
+    let _serial = SERIAL.lock().await;
+    if !nats_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = nats_cluster(dir.path());
+    let urls: Vec<String> = nodes.iter().map(NatsServer::url).collect();
+    wait_jetstream(&urls[0]).await;
+    let config = config(&urls.join(","), dir.path());
+    let mut text = fs::read_to_string(&config).unwrap();
+    text.push_str("replicas = 3\n");
+    fs::write(&config, text).unwrap();
+    let replicas = [
+        Replica::start(dir.path(), "a", &config, &[]).await,
+        Replica::start(dir.path(), "b", &config, &["--no-trainer"]).await,
+    ];
+    let mut clients = [replicas[0].client().await, replicas[1].client().await];
+    let js = async_nats::jetstream::new(async_nats::connect(urls[1].as_str()).await.unwrap());
+    let stream = js.get_stream("BANDITD").await.unwrap();
+    let info = stream.get_info().await.unwrap();
+    assert_eq!(info.config.num_replicas, 3, "{info:?}");
+    let mut driver = Driver::new(17);
+    for i in 0..150usize {
+        let (d, r) = (i % 2, (i + 1) % 2);
+        let mut report = clients[r].clone();
+        assert!(driver.round((d, &mut clients[d]), &mut report).await);
+    }
+    // The node leading the stream is the one to lose (the worst case: a new leader must be
+    // elected before anything is stored again).
+    let leader = stream
+        .get_info()
+        .await
+        .unwrap()
+        .cluster
+        .and_then(|c| c.leader);
+    let victim = leader
+        .as_deref()
+        .and_then(|name| name.strip_prefix('n'))
+        .and_then(|i| i.parse::<usize>().ok())
+        .unwrap_or(0);
+    nodes[victim].kill();
+    let killed = Instant::now();
+    let (mut played, mut refused, mut outage) = (0, 0, Duration::ZERO);
+    while played < 150 {
+        assert!(
+            killed.elapsed() < Duration::from_secs(60),
+            "rounds keep failing after losing one of three nodes ({refused} refused):\n{}",
+            replicas[0].logs()
+        );
+        let (d, r) = (played % 2, (played + 1) % 2);
+        let mut report = clients[r].clone();
+        if driver.round((d, &mut clients[d]), &mut report).await {
+            played += 1;
+        } else {
+            refused += 1;
+            outage = killed.elapsed();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let live = (victim + 1) % 3;
+    driver.settle(&mut clients[0].clone()).await;
+    eprintln!(
+        "node n{victim} (stream leader {leader:?}) killed: {refused} rounds refused, the \
+         last {outage:?} after the kill; lease takeovers: {}",
+        series(
+            &scrape(replicas[0].metrics),
+            "banditd_cluster_lease_acquired_total{model=\"m\"}"
+        )
+        .unwrap_or(0.0)
+    );
+    wait_trained_once(&nodes[live].url(), driver.acked.len(), &replicas[0]).await;
+}
+
+/// `serve_when_disconnected = true`: while NATS is down a replica keeps deciding from its
+/// last snapshot (not the seeded initial network), unstored and counted in
+/// `banditd_decisions_unlogged_total`; rewards are refused (UNAVAILABLE); health is
+/// NOT_SERVING. Once NATS is back, such a decision's reward is NOT_FOUND (it was never
+/// stored) and its id is not remembered, as README says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_when_disconnected_decides_unstored_from_the_last_snapshot() {
+    let Some((_serial, dir, mut nats, config)) = start_with_nats().await else {
+        return;
+    };
+    let mut text = fs::read_to_string(&config).unwrap();
+    text.push_str("serve_when_disconnected = true\n");
+    fs::write(&config, text).unwrap();
+    let replica = Replica::start(dir.path(), "a", &config, &[]).await;
+    let client = replica.client().await;
+    let mut driver = Driver::new(19);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while driver
+        .versions
+        .get(&0)
+        .and_then(|v| v.last())
+        .copied()
+        .unwrap_or(0)
+        == 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no snapshot served:\n{}",
+            replica.logs()
+        );
+        driver.play(20, 0, &client).await;
+    }
+    let served = *driver.versions[&0].last().unwrap();
+    nats.kill();
+    let unlogged = "banditd_decisions_unlogged_total{model=\"m\"}";
+    let down = Instant::now();
+    while replica.health().await != Some(ServingStatus::NotServing) {
+        assert!(
+            down.elapsed() < Duration::from_secs(10),
+            "health still SERVING"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before = series(&scrape(replica.metrics), unlogged).unwrap_or(0.0);
+    let mut decide = client.clone();
+    for i in 0..10 {
+        let choice = decide
+            .choose_arm(choose_request(format!("offline-{i}"), vec![0.5, 0.5]))
+            .await
+            .expect("decided while NATS is down")
+            .into_inner();
+        assert!(
+            choice.model_version >= served,
+            "{choice:?} older than {served}"
+        );
+    }
+    let after = series(&scrape(replica.metrics), unlogged).unwrap_or(0.0);
+    assert_eq!(after - before, 10.0, "unstored decisions not counted");
+    let refused = decide
+        .report_reward(reward_request("offline-0", 1.0))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert!(refused.get_details_retry_info().is_some(), "{refused:?}");
+
+    nats.restart();
+    let mut replica = replica;
+    replica.wait_serving(Duration::from_secs(30)).await;
+    let gone = decide
+        .report_reward(reward_request("offline-0", 1.0))
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound, "{gone:?}");
+    decide
+        .choose_arm(choose_request("offline-0", vec![0.1, 0.9]))
+        .await
+        .expect("an unstored decision's id is not remembered");
 }

@@ -367,6 +367,141 @@ async fn errors_have_status_code_and_field() {
     server.stop().await.unwrap();
 }
 
+/// A model spec in the proto3 JSON mapping: two arms, 2-d context, one hidden layer of 8.
+fn spec(name: &str) -> Value {
+    json!({
+        "name": name,
+        "kind": "MODEL_KIND_FIXED_ARMS",
+        "contextDim": 2,
+        "arms": ["a", "b"],
+        "hiddenLayers": [8],
+        "settings": ["policy=\"greedy\""],
+    })
+}
+
+/// The admin calls over HTTP/JSON, through the same API as gRPC: create (a retry answers the
+/// model; another spec under the name is 409), update (a bad value names the field, a shape
+/// change is FAILED_PRECONDITION naming it, a body naming another model is refused), list
+/// checkpoints and roll back (an unknown version is 404), delete (404 from then on); each
+/// needs an admin token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_calls_over_http() {
+    let mut config = test_config();
+    config.auth.tokens = vec![Secret("user-t".into())];
+    config.auth.admin_tokens = vec![Secret("admin-t".into())];
+    let (server, http) = start(config).await;
+    let admin = |method: &'static str, path: &'static str, body: Value| {
+        let http = &http;
+        async move {
+            let body = if body.is_null() {
+                Vec::new()
+            } else {
+                body.to_string().into_bytes()
+            };
+            http.call(method, path, Some("admin-t"), &body).await
+        }
+    };
+    let create = json!({"spec": spec("ads")});
+    let created = admin("POST", "/v1/models", create.clone()).await;
+    assert_eq!(created.status, 200, "{created:?}");
+    assert_eq!(created.body["name"], "ads");
+    assert_eq!(created.body["policy"], "greedy");
+    assert_eq!(
+        admin("POST", "/v1/models", create.clone()).await.status,
+        200
+    );
+    let mut other = spec("ads");
+    other["contextDim"] = json!(3);
+    admin("POST", "/v1/models", json!({"spec": other}))
+        .await
+        .assert_error(409, "ALREADY_EXISTS", None);
+    let mut bad = spec("bad");
+    bad["settings"] = json!(["learning_rate=-1"]);
+    admin("POST", "/v1/models", json!({"spec": bad}))
+        .await
+        .assert_error(400, "INVALID_ARGUMENT", Some("learning_rate"));
+    for (method, path) in [
+        ("POST", "/v1/models"),
+        ("PATCH", "/v1/models/ads"),
+        ("DELETE", "/v1/models/ads"),
+        ("GET", "/v1/models/ads/checkpoints"),
+        ("POST", "/v1/models/ads:rollback"),
+    ] {
+        http.call(method, path, Some("user-t"), b"{}")
+            .await
+            .assert_error(403, "PERMISSION_DENIED", None);
+    }
+
+    let updated = admin(
+        "PATCH",
+        "/v1/models/ads",
+        json!({"settings": ["learning_rate=0.01"]}),
+    )
+    .await;
+    assert_eq!(updated.status, 200, "{updated:?}");
+    assert_eq!(updated.body["learningRate"], 0.01);
+    admin(
+        "PATCH",
+        "/v1/models/ads",
+        json!({"settings": ["learning_rate=0"]}),
+    )
+    .await
+    .assert_error(400, "INVALID_ARGUMENT", Some("learning_rate"));
+    let shape = admin(
+        "PATCH",
+        "/v1/models/ads",
+        json!({"settings": ["context_dim=3"]}),
+    )
+    .await;
+    shape.assert_error(400, "FAILED_PRECONDITION", None);
+    assert!(
+        shape.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("context_dim"),
+        "{shape:?}"
+    );
+    admin(
+        "PATCH",
+        "/v1/models/ads",
+        json!({"model": "wheel", "settings": []}),
+    )
+    .await
+    .assert_error(400, "INVALID_ARGUMENT", Some("model"));
+    admin("PATCH", "/v1/models/nope", json!({"settings": []}))
+        .await
+        .assert_error(404, "NOT_FOUND", None);
+
+    let listed = admin("GET", "/v1/models/ads/checkpoints", Value::Null).await;
+    assert_eq!(listed.status, 200, "{listed:?}");
+    let version = listed.body["checkpoints"][0]["version"].clone();
+    assert!(version.is_string(), "{listed:?}");
+    let rolled = admin(
+        "POST",
+        "/v1/models/ads:rollback",
+        json!({"version": version}),
+    )
+    .await;
+    assert_eq!(rolled.status, 200, "{rolled:?}");
+    admin(
+        "POST",
+        "/v1/models/ads:rollback",
+        json!({"version": "999999"}),
+    )
+    .await
+    .assert_error(404, "NOT_FOUND", None);
+
+    let deleted = admin("DELETE", "/v1/models/ads", Value::Null).await;
+    assert_eq!((deleted.status, &deleted.body), (200, &json!({})));
+    admin("GET", "/v1/models/ads", Value::Null)
+        .await
+        .assert_error(404, "NOT_FOUND", None);
+    admin("DELETE", "/v1/models/ads", json!({"dropCheckpoints": true}))
+        .await
+        .assert_error(404, "NOT_FOUND", None);
+    server.stop().await.unwrap();
+}
+
 /// With tokens, the HTTP face asks what gRPC asks: a user token for decisions and rewards,
 /// an admin token for the model descriptions; 401 carries WWW-Authenticate.
 #[tokio::test]
@@ -661,17 +796,35 @@ async fn openapi_matches_routes_and_proto_json() {
     routes.sort();
     assert_eq!(documented, routes);
 
-    // Each documented route is served: with a real model it answers 200.
+    // Each documented route is served: with a real model it answers 200 (DELETE deletes a
+    // model of its own, CreateModel creates another, RollbackModel goes back to the newest
+    // checkpoint of "wheel").
     let (server, http) = start(test_config()).await;
     let decision = http
         .post("/v1/models/wheel:choose", &json!({"context": [0, 0]}))
         .await;
     let id = decision.body["decisionId"].clone();
+    assert_eq!(
+        http.post("/v1/models", &json!({"spec": spec("doomed")}))
+            .await
+            .status,
+        200
+    );
+    let checkpoint =
+        http.get("/v1/models/wheel/checkpoints").await.body["checkpoints"][0]["version"].clone();
     for (method, path) in &documented {
-        let path = path.replace("{model}", "wheel");
-        let body = match path.rsplit(':').next() {
-            Some("choose") => json!({"context": [0, 0]}),
-            Some("reward") => json!({"decisionId": id, "reward": 1}),
+        let model = if method == "DELETE" {
+            "doomed"
+        } else {
+            "wheel"
+        };
+        let path = path.replace("{model}", model);
+        let body = match (method.as_str(), path.rsplit(':').next()) {
+            (_, Some("choose")) => json!({"context": [0, 0]}),
+            (_, Some("reward")) => json!({"decisionId": id, "reward": 1}),
+            (_, Some("rollback")) => json!({"version": checkpoint}),
+            ("POST", Some("/v1/models")) => json!({"spec": spec("made")}),
+            ("PATCH", _) => json!({"settings": ["learning_rate=0.01"]}),
             _ => Value::Null,
         };
         let body = if body.is_null() {
@@ -796,6 +949,71 @@ async fn openapi_matches_routes_and_proto_json() {
         ),
         ("ModelInfo", serde_json::to_value(&info).unwrap()),
         ("GroupStats", serde_json::to_value(group).unwrap()),
+        (
+            "ModelSpec",
+            serde_json::to_value(pb::ModelSpec {
+                name: "m".into(),
+                kind: 1,
+                context_dim: 1,
+                arms: vec![],
+                arm_feature_dim: 1,
+                hidden_layers: vec![],
+                settings: vec![],
+            })
+            .unwrap(),
+        ),
+        (
+            "CreateModelRequest",
+            serde_json::to_value(pb::CreateModelRequest {
+                spec: Some(pb::ModelSpec::default()),
+            })
+            .unwrap(),
+        ),
+        (
+            "UpdateModelRequest",
+            serde_json::to_value(pb::UpdateModelRequest {
+                model: "m".into(),
+                settings: vec![],
+            })
+            .unwrap(),
+        ),
+        (
+            "DeleteModelRequest",
+            serde_json::to_value(pb::DeleteModelRequest {
+                model: "m".into(),
+                drop_checkpoints: true,
+            })
+            .unwrap(),
+        ),
+        (
+            "DeleteModelResponse",
+            serde_json::to_value(pb::DeleteModelResponse {}).unwrap(),
+        ),
+        (
+            "CheckpointInfo",
+            serde_json::to_value(pb::CheckpointInfo {
+                version: 1,
+                created_ms: 1,
+                training_steps: 1,
+                rewards: 1,
+            })
+            .unwrap(),
+        ),
+        (
+            "ListCheckpointsResponse",
+            serde_json::to_value(pb::ListCheckpointsResponse {
+                checkpoints: vec![],
+            })
+            .unwrap(),
+        ),
+        (
+            "RollbackModelRequest",
+            serde_json::to_value(pb::RollbackModelRequest {
+                model: "m".into(),
+                version: 1,
+            })
+            .unwrap(),
+        ),
     ];
     let schemas = doc["components"]["schemas"].as_object().unwrap();
     for (name, value) in messages {

@@ -41,15 +41,15 @@ pub enum Method {
     GetModel,
     /// `ListModels`, `GET /v1/models`.
     ListModels,
-    /// `CreateModel` (gRPC only).
+    /// `CreateModel`, `POST /v1/models`.
     CreateModel,
-    /// `UpdateModel` (gRPC only).
+    /// `UpdateModel`, `PATCH /v1/models/{model}`.
     UpdateModel,
-    /// `DeleteModel` (gRPC only).
+    /// `DeleteModel`, `DELETE /v1/models/{model}`.
     DeleteModel,
-    /// `ListCheckpoints` (gRPC only).
+    /// `ListCheckpoints`, `GET /v1/models/{model}/checkpoints`.
     ListCheckpoints,
-    /// `RollbackModel` (gRPC only).
+    /// `RollbackModel`, `POST /v1/models/{model}:rollback`.
     RollbackModel,
 }
 

@@ -407,7 +407,7 @@ pub(super) async fn run(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::{config::ModelKind, storage::Candidate};
 
@@ -418,7 +418,8 @@ mod tests {
         m
     }
 
-    fn decision(id: &str) -> Vec<u8> {
+    /// A decision event of model "m" (context `[1.0]`, one arm "a").
+    pub(in crate::cluster) fn decision(id: &str) -> Vec<u8> {
         DecisionRecord {
             model: "m".into(),
             decision_id: id.into(),
@@ -435,7 +436,8 @@ mod tests {
         .encode_to_vec()
     }
 
-    fn reward(id: &str, value: f64) -> Vec<u8> {
+    /// A reward event of model "m" for `id`.
+    pub(in crate::cluster) fn reward(id: &str, value: f64) -> Vec<u8> {
         RewardRecord {
             model: "m".into(),
             decision_id: id.into(),

@@ -17,9 +17,11 @@
 //! - [`join`]: the trainer's join of the stream into training examples (an `ExampleSource`).
 //! - [`trainer`]: the lease, one trainer session, the snapshot upload.
 //! - [`watcher`]: the replica's version watch and hot swap.
+//! - [`export`]: `banditd export --cluster`, the stream's decisions as JSON lines.
 //! - [`telemetry`]: the cluster metrics.
 
 mod bus;
+mod export;
 mod join;
 mod nats;
 pub mod snapshot;
@@ -31,6 +33,7 @@ use std::sync::Arc;
 
 use tokio::{sync::watch, task::JoinHandle};
 
+pub use export::export;
 pub use nats::Nats;
 
 use crate::{

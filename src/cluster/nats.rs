@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use async_nats::{
-    Client,
+    Client, ServerAddr,
     connection::State,
     jetstream::{self, kv, object_store, stream},
 };
@@ -36,6 +36,22 @@ impl std::fmt::Debug for Nats {
     }
 }
 
+/// The servers of a comma-separated `cluster.url` (the client takes a list, not a string
+/// with commas).
+///
+/// # Errors
+/// A server address that does not parse, named.
+pub(super) fn servers(url: &str) -> Result<Vec<ServerAddr>, Error> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<ServerAddr>()
+                .map_err(|e| Error::invalid("cluster.url", format!("{s:?}: {e}")))
+        })
+        .collect()
+}
+
 fn unavailable(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Unavailable(format!("NATS: {what}: {e}"))
 }
@@ -51,7 +67,7 @@ impl Nats {
             .name("banditd")
             .retry_on_initial_connect()
             .connection_timeout(Duration::from_millis(config.publish_timeout_ms))
-            .connect(config.url.as_str())
+            .connect(servers(&config.url)?)
             .await
             .map_err(|e| unavailable("connect", e))?;
         let mut js = jetstream::new(client.clone());
@@ -244,4 +260,20 @@ pub(super) fn version_key(model: &str) -> String {
 /// The KV key of `model`'s trainer epoch (bumped by every takeover).
 pub(super) fn epoch_key(model: &str) -> String {
     format!("{model}.epoch")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::servers;
+
+    /// `cluster.url` is a comma-separated list; a bad address is named with the field.
+    #[test]
+    fn url_lists_split_and_bad_addresses_are_named() {
+        assert_eq!(servers("nats://a:1, nats://b:2,").unwrap().len(), 2);
+        let err = servers("nats://a:1,nats://b:port").unwrap_err().to_string();
+        assert!(
+            err.contains("cluster.url") && err.contains("nats://b:port"),
+            "{err}"
+        );
+    }
 }

@@ -6,6 +6,7 @@
 //! shutdown (final snapshot, lease released so a standby takes over at once).
 
 use std::{
+    collections::VecDeque,
     path::PathBuf,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -35,9 +36,9 @@ fn nats_err(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Unavailable(format!("NATS: {what}: {e}"))
 }
 
-/// The newest snapshot object of `model`, if one was uploaded.
-pub(super) async fn fetch(nats: &Nats, model: &str) -> Result<Option<Vec<u8>>, Error> {
-    match nats.snapshots().get(model).await {
+/// A snapshot object by name, if it is stored.
+async fn get_object(nats: &Nats, name: &str) -> Result<Option<Vec<u8>>, Error> {
+    match nats.snapshots().get(name).await {
         Ok(mut object) => {
             let mut bytes = Vec::new();
             object
@@ -51,12 +52,89 @@ pub(super) async fn fetch(nats: &Nats, model: &str) -> Result<Option<Vec<u8>>, E
     }
 }
 
-/// The version key's value.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+/// The version key of `model` and its KV revision, if set.
+pub(super) async fn read_version(
+    nats: &Nats,
+    model: &str,
+) -> Result<Option<(VersionValue, u64)>, Error> {
+    let entry = nats
+        .state()
+        .entry(version_key(model))
+        .await
+        .map_err(|e| nats_err("version", e))?;
+    match entry {
+        Some(e) if e.operation == Operation::Put => {
+            let value = serde_json::from_slice::<VersionValue>(&e.value).map_err(|err| {
+                Error::Internal(format!(
+                    "the version key of {model} is not a version: {err}"
+                ))
+            })?;
+            Ok(Some((value, e.revision)))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// How often a reader re-reads the version key when the object it names is gone (a trainer
+/// deletes an object two uploads after it, so a reader can lose that race only if it is
+/// that slow).
+const FETCH_ATTEMPTS: usize = 3;
+
+/// The newest snapshot object of `model` (the one its version key names), if one was
+/// uploaded.
+pub(super) async fn fetch(nats: &Nats, model: &str) -> Result<Option<Vec<u8>>, Error> {
+    for _ in 0..FETCH_ATTEMPTS {
+        let Some((value, _)) = read_version(nats, model).await? else {
+            return Ok(None);
+        };
+        let Some(object) = value.object else {
+            return Ok(None);
+        };
+        if let Some(bytes) = get_object(nats, &object).await? {
+            return Ok(Some(bytes));
+        }
+    }
+    Err(Error::Unavailable(format!(
+        "the snapshot object of {model} was replaced {FETCH_ATTEMPTS} times while reading it"
+    )))
+}
+
+/// The version key's value: the version the cluster serves, the snapshot object holding it,
+/// and the epoch of the trainer that wrote it (the fencing token: a trainer writes only by
+/// compare-and-set on the revision it last wrote, and a new trainer's first write claims the
+/// key, so a trainer that lost its lease cannot overwrite a newer one's version).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(super) struct VersionValue {
     pub(super) version: u64,
     pub(super) published_ms: u64,
+    /// The trainer epoch that wrote it.
+    #[serde(default)]
+    pub(super) epoch: u64,
+    /// The object-store name of the snapshot (none before the first upload).
+    #[serde(default)]
+    pub(super) object: Option<String>,
 }
+
+/// A session's right to write the version key: the revision it wrote last, and the snapshot
+/// objects it still keeps (the current one and the one before, for slow readers).
+#[derive(Debug)]
+struct Fence {
+    epoch: u64,
+    revision: u64,
+    objects: VecDeque<String>,
+}
+
+/// What an upload did.
+#[derive(Debug, PartialEq, Eq)]
+enum Published {
+    /// The version key names the new snapshot.
+    Yes,
+    /// A trainer of a newer epoch wrote the version key: this session must end.
+    Fenced,
+}
+
+/// Snapshot objects a trainer keeps: the one the version key names and the one before.
+const OBJECTS_KEPT: usize = 2;
 
 /// A held lease: renewed by compare-and-set on its KV revision.
 #[derive(Debug)]
@@ -190,17 +268,47 @@ impl Candidate {
         }
     }
 
-    /// The version the cluster serves now (0 before any snapshot).
-    async fn served_version(&self) -> Result<u64, Error> {
-        let value = self
-            .nats
-            .state()
-            .get(version_key(&self.model.name))
-            .await
-            .map_err(|e| nats_err("version", e))?;
-        Ok(value
-            .and_then(|v| serde_json::from_slice::<VersionValue>(&v).ok())
-            .map_or(0, |v| v.version))
+    /// Claims the version key for this session's `epoch` (rewrites it with the epoch, by
+    /// compare-and-set), so that a trainer of an older epoch that still believes it holds
+    /// the lease fails its next write. `None` if a newer epoch claimed it first.
+    async fn claim(&self, epoch: u64) -> Result<Option<(VersionValue, Fence)>, Error> {
+        let key = version_key(&self.model.name);
+        let state = self.nats.state();
+        loop {
+            let written = match read_version(&self.nats, &self.model.name).await? {
+                Some((value, _)) if value.epoch > epoch => return Ok(None),
+                Some((mut value, revision)) => {
+                    value.epoch = epoch;
+                    let bytes = version_bytes(&value)?;
+                    match state.update(&key, bytes.into(), revision).await {
+                        Ok(revision) => Some((value, revision)),
+                        Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => None,
+                        Err(e) => return Err(nats_err("claim version", e)),
+                    }
+                }
+                None => {
+                    let value = VersionValue {
+                        version: 0,
+                        published_ms: 0,
+                        epoch,
+                        object: None,
+                    };
+                    match state.create(&key, version_bytes(&value)?.into()).await {
+                        Ok(revision) => Some((value, revision)),
+                        Err(e) if e.kind() == CreateErrorKind::AlreadyExists => None,
+                        Err(e) => return Err(nats_err("claim version", e)),
+                    }
+                }
+            };
+            if let Some((value, revision)) = written {
+                let fence = Fence {
+                    epoch,
+                    revision,
+                    objects: value.object.iter().cloned().collect(),
+                };
+                return Ok(Some((value, fence)));
+            }
+        }
     }
 
     /// Trains while the lease holds. Returns whether the lease was lost (rather than given
@@ -213,8 +321,20 @@ impl Candidate {
         let name = self.model.name.clone();
         let config = self.nats.config().clone();
         let epoch = self.bump_epoch().await?;
-        let object = match fetch(&self.nats, &name).await? {
-            Some(bytes) => Some(snapshot::decode(&bytes)?),
+        let Some((served, mut fence)) = self.claim(epoch).await? else {
+            tracing::warn!(model = %name, epoch, "a newer trainer claimed the model; standing by");
+            return Ok(true);
+        };
+        let object = match &served.object {
+            Some(object) => match get_object(&self.nats, object).await? {
+                Some(bytes) => Some(snapshot::decode(&bytes)?),
+                // Claimed, so no other trainer deletes it: this is a store that lost it.
+                None => {
+                    return Err(Error::Internal(format!(
+                        "the snapshot object {object} of {name} is missing"
+                    )));
+                }
+            },
             None => None,
         };
         let checkpoint = match &object {
@@ -276,7 +396,7 @@ impl Candidate {
         let resume = Resume {
             checkpoint,
             catch_up_to: last.saturating_add(1),
-            max_served_version: self.served_version().await?,
+            max_served_version: served.version,
             version_floor: epoch << 32,
             data_dir: Some(self.dir.clone()),
             checkpoint_interval_secs: config.snapshot_interval_secs,
@@ -325,8 +445,12 @@ impl Candidate {
                         }
                     }
                     Some(_) = uploads.recv() => {
-                        if let Err(e) = self.upload(&state, &lease).await {
-                            tracing::warn!(model = %name, error = %e, "snapshot upload failed");
+                        match self.upload(&state, &lease, &mut fence).await {
+                            Ok(Published::Yes) => {}
+                            Ok(Published::Fenced) => break true,
+                            Err(e) => {
+                                tracing::warn!(model = %name, error = %e, "snapshot upload failed");
+                            }
                         }
                     }
                     _ = stop.changed() => break false,
@@ -337,11 +461,13 @@ impl Candidate {
         let _ = join.await;
         let _ = tokio::task::spawn_blocking(move || learner.shutdown()).await;
         if !lost {
-            if uploads.try_recv().is_ok()
-                && lease.renew(&self.nats).await
-                && let Err(e) = self.upload(&state, &lease).await
-            {
-                tracing::warn!(model = %name, error = %e, "final snapshot upload failed");
+            if uploads.try_recv().is_ok() && lease.renew(&self.nats).await {
+                match self.upload(&state, &lease, &mut fence).await {
+                    Ok(Published::Yes | Published::Fenced) => {}
+                    Err(e) => {
+                        tracing::warn!(model = %name, error = %e, "final snapshot upload failed");
+                    }
+                }
             }
             // Given up on purpose: a standby need not wait for the TTL.
             let _ = self
@@ -354,8 +480,14 @@ impl Candidate {
     }
 
     /// Uploads the learner's newest checkpoint with the replay window and the stream
-    /// position a new trainer starts from, then sets the version key.
-    async fn upload(&self, state: &Mutex<JoinState>, lease: &Lease) -> Result<(), Error> {
+    /// position a new trainer starts from, as a new object, then points the version key at
+    /// it by compare-and-set on the revision this session wrote last (the fence).
+    async fn upload(
+        &self,
+        state: &Mutex<JoinState>,
+        lease: &Lease,
+        fence: &mut Fence,
+    ) -> Result<Published, Error> {
         let started = Instant::now();
         let name = &self.model.name;
         let (meta, meta_json, weights) = snapshot::newest_files(&self.dir, name)?;
@@ -383,27 +515,84 @@ impl Candidate {
                 "the lease may have lapsed: not uploading".into(),
             ));
         }
+        // A new name per version: an upload never replaces the object the key names, so a
+        // fenced trainer's upload harms nothing (it deletes it again).
+        let object = format!("{name}.v{}", header.version);
         self.nats
             .snapshots()
-            .put(name.as_str(), &mut bytes.as_slice())
+            .put(object.as_str(), &mut bytes.as_slice())
             .await
             .map_err(|e| nats_err("put snapshot", e))?;
-        let value = serde_json::to_vec(&VersionValue {
+        let value = VersionValue {
             version: header.version,
             published_ms: header.published_ms,
-        })
-        .map_err(|e| Error::Internal(format!("version value: {e}")))?;
-        self.nats
-            .state()
-            .put(version_key(name), value.into())
-            .await
-            .map_err(|e| nats_err("put version", e))?;
+            epoch: fence.epoch,
+            object: Some(object.clone()),
+        };
+        if !self.point_version(&value, fence).await? {
+            tracing::warn!(
+                model = %name,
+                epoch = fence.epoch,
+                "a newer trainer wrote the version: this one was fenced off and stops"
+            );
+            if fence.objects.back() != Some(&object) {
+                let _ = self.nats.snapshots().delete(object.as_str()).await;
+            }
+            return Ok(Published::Fenced);
+        }
+        if fence.objects.back() != Some(&object) {
+            fence.objects.push_back(object);
+        }
+        while fence.objects.len() > OBJECTS_KEPT {
+            if let Some(old) = fence.objects.pop_front()
+                && let Err(e) = self.nats.snapshots().delete(old.as_str()).await
+            {
+                tracing::warn!(model = %name, object = %old, error = %e, "cannot delete an old snapshot");
+            }
+        }
         state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .uploaded(meta.last_seq);
         telemetry::snapshot_published(name, header.version, bytes.len(), started.elapsed());
         tracing::debug!(model = %name, version = header.version, bytes = bytes.len(), "snapshot published");
-        Ok(())
+        Ok(Published::Yes)
     }
+
+    /// Writes `value` to the version key if this session wrote it last; `false` if a trainer
+    /// of another epoch wrote it since (this session is fenced off).
+    async fn point_version(&self, value: &VersionValue, fence: &mut Fence) -> Result<bool, Error> {
+        let key = version_key(&self.model.name);
+        let bytes = version_bytes(value)?;
+        loop {
+            match self
+                .nats
+                .state()
+                .update(&key, bytes.clone().into(), fence.revision)
+                .await
+            {
+                Ok(revision) => {
+                    fence.revision = revision;
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {
+                    // Our own earlier write whose answer was lost (a timeout) moved the
+                    // revision too: same epoch, so adopt it and write again.
+                    match read_version(&self.nats, &self.model.name).await? {
+                        Some((current, revision))
+                            if current.epoch == fence.epoch && revision != fence.revision =>
+                        {
+                            fence.revision = revision;
+                        }
+                        _ => return Ok(false),
+                    }
+                }
+                Err(e) => return Err(nats_err("put version", e)),
+            }
+        }
+    }
+}
+
+fn version_bytes(value: &VersionValue) -> Result<Vec<u8>, Error> {
+    serde_json::to_vec(value).map_err(|e| Error::Internal(format!("version value: {e}")))
 }

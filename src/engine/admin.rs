@@ -23,7 +23,7 @@ use crate::{
     learner::{Learner, Resume},
     registry::{Entry, Registry},
     storage::{
-        Tail,
+        Tail, VersionMark,
         checkpoint::{self, Checkpoint, CheckpointMeta},
     },
 };
@@ -113,8 +113,6 @@ pub(super) struct Admin {
     /// One learner per registered model, by name.
     pub(super) learners: HashMap<String, Learner>,
     pub(super) data_dir: PathBuf,
-    /// This process's restart epoch: its versions start at `epoch << 32`.
-    pub(super) epoch: u64,
     pub(super) checkpoint_interval_secs: u64,
     pub(super) checkpoint_every_examples: u64,
     /// `storage.checkpoints_kept`.
@@ -127,7 +125,6 @@ pub(super) struct Admin {
 #[derive(Debug, Clone)]
 struct LearnerCtx {
     data_dir: PathBuf,
-    epoch: u64,
     checkpoint_interval_secs: u64,
     checkpoint_every_examples: u64,
     checkpoints_kept: usize,
@@ -146,19 +143,24 @@ impl LearnerCtx {
         // Examples up to the checkpoint's last go back into replay only; later ones are
         // trained on: read up to the log's end now.
         let catch_up_to = tail.committed();
-        Learner::resume(
+        // The mark as the stopped learner (or a deleted model of this name) left it: the
+        // version is checkpointed and sealed before this call returns, so the acknowledgement
+        // names a version a kill -9 brings back.
+        let mark = VersionMark::open(&self.data_dir, &config.name)?;
+        Learner::resume_marked(
             config,
             Box::new(tail),
             Resume {
                 checkpoint,
                 catch_up_to,
                 max_served_version,
-                version_floor: self.epoch << 32,
+                version_floor: 0,
                 data_dir: Some(self.data_dir.clone()),
                 checkpoint_interval_secs: self.checkpoint_interval_secs,
                 checkpoint_every_examples: self.checkpoint_every_examples,
                 checkpoints_kept: self.checkpoints_kept,
             },
+            Some(mark),
         )
     }
 }
@@ -167,7 +169,6 @@ impl Admin {
     fn ctx(&self) -> LearnerCtx {
         LearnerCtx {
             data_dir: self.data_dir.clone(),
-            epoch: self.epoch,
             checkpoint_interval_secs: self.checkpoint_interval_secs,
             checkpoint_every_examples: self.checkpoint_every_examples,
             checkpoints_kept: self.checkpoints_kept,

@@ -17,7 +17,9 @@ use crate::{
 };
 
 /// The decision stored under `id` by any replica, if there is one: a retry gets it back (or
-/// FAILED_PRECONDITION when its request differs).
+/// FAILED_PRECONDITION when its request differs, or when its reward window has passed: the
+/// id is used, as in single-process mode). The stream is the cluster's used-id set: an id is
+/// remembered as long as JetStream keeps its decision (`cluster.retention_secs`).
 pub(super) async fn find(
     bus: &dyn EventBus,
     model: &ModelRuntime,
@@ -30,6 +32,10 @@ pub(super) async fn find(
     let Some(record) = bus.find_decision(&model.config.name, id).await? else {
         return Ok(None);
     };
+    let window = model.config.reward_window().as_millis() as u64;
+    if now_ms() > record.decided_ms.saturating_add(window) {
+        return Err(Error::DecisionIdUsed { id: id.to_owned() });
+    }
     if record.request_hash != request_hash {
         return Err(Error::RetryMismatch { id: id.to_owned() });
     }
@@ -58,10 +64,10 @@ pub(super) async fn publish_decision(
     let name = &model.config.name;
     if !bus.connected() {
         if bus.serve_when_disconnected() {
-            metrics::decision_unlogged(name);
+            metrics::decision_unstored(name);
             return Ok(Arc::new(decision));
         }
-        metrics::decision_refused(name);
+        metrics::decision_refused_unstored(name);
         return Err(Error::Unavailable(
             "the cluster's event store (NATS) is unreachable; retry later".into(),
         ));
@@ -94,7 +100,7 @@ pub(super) async fn publish_decision(
             }
         }
         Err(e) => {
-            metrics::decision_refused(name);
+            metrics::decision_refused_unstored(name);
             return Err(e);
         }
     };
@@ -115,7 +121,7 @@ pub(super) async fn report_reward(
 ) -> Result<RewardOutcome, Error> {
     let name = &model.config.name;
     if !bus.connected() {
-        metrics::reward_dropped(name);
+        metrics::reward_refused_unstored(name);
         return Err(Error::Unavailable(
             "the cluster's event store (NATS) is unreachable; retry later".into(),
         ));

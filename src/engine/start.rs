@@ -18,7 +18,7 @@ use crate::{
     metrics,
     policy::holdout::GroupStats,
     registry::Registry,
-    storage::{LogWriter, OpenDecision, Storage, checkpoint},
+    storage::{LogWriter, OpenDecision, Storage, VersionMark, checkpoint},
 };
 
 /// The engine's threads: the log writer (here) and one learner per model (held by the
@@ -118,21 +118,14 @@ impl Engine {
     /// configuration.
     pub fn start(config: &Config) -> Result<(Arc<Self>, Background), Error> {
         let storage = Storage::open(&config.storage)?;
-        // Each start is a new epoch, recorded durably before anything is served: versions of
-        // this run start above every version an earlier run could have published.
-        let epoch = storage.begin_epoch()?;
-        let scan_started = std::time::Instant::now();
-        let mut recovered = storage.recover()?;
-        let summary = recovered.summary;
-        tracing::info!(
-            segments = summary.segments,
-            bytes = summary.bytes,
-            records = summary.records,
-            corrupt_segments = summary.corrupt_segments,
-            torn_bytes = summary.torn_bytes,
-            elapsed_ms = scan_started.elapsed().as_millis() as u64,
-            "log scanned"
-        );
+        // Versions are kept per model by durable marks (`storage::VersionMark`); a data
+        // directory of the earlier start-counter scheme is migrated first.
+        if let Some(epoch) = storage.migrate_epoch()? {
+            tracing::info!(
+                epoch,
+                "model versions migrated from the start counter to per-model marks"
+            );
+        }
         let (registry, seeded) =
             Registry::open(storage.data_dir(), &config.models, &config.limits)?;
         let entries = registry.entries().to_vec();
@@ -143,6 +136,25 @@ impl Engine {
                  wins (delete it while stopped to go back to the file)"
             );
         }
+        let scan_started = std::time::Instant::now();
+        // A model's counts and holdout groups start at its creation (records before it
+        // belong to a deleted model of the same name).
+        let mut recovered = storage.recover_models(
+            &entries
+                .iter()
+                .map(|e| (e.config.name.clone(), e.created_lsn))
+                .collect(),
+        )?;
+        let summary = recovered.summary;
+        tracing::info!(
+            segments = summary.segments,
+            bytes = summary.bytes,
+            records = summary.records,
+            corrupt_segments = summary.corrupt_segments,
+            torn_bytes = summary.torn_bytes,
+            elapsed_ms = scan_started.elapsed().as_millis() as u64,
+            "log scanned"
+        );
         let mut checkpoints = HashMap::new();
         // Examples after the log's end that a checkpoint claims (a crash lost the log's
         // newest records after the learner had read them): new LSNs must start above them,
@@ -179,19 +191,20 @@ impl Engine {
                 .map_or(0, |c| c.meta.replay_from)
                 .max(entry.created_lsn);
             let checkpoint_version = ck.as_ref().map(|c| c.meta.version);
-            let learner = Learner::resume(
+            let learner = Learner::resume_marked(
                 model,
                 Box::new(log.tail(&model.name, from)),
                 Resume {
                     checkpoint: ck,
                     catch_up_to: summary.next_lsn,
                     max_served_version: logged.max_version,
-                    version_floor: epoch << 32,
+                    version_floor: 0,
                     data_dir: Some(storage.data_dir().to_owned()),
                     checkpoint_interval_secs: config.storage.checkpoint_interval_secs,
                     checkpoint_every_examples: config.storage.checkpoint_every_examples,
                     checkpoints_kept: config.storage.checkpoints_kept,
                 },
+                Some(VersionMark::open(storage.data_dir(), &model.name)?),
             )?;
             tracing::info!(
                 model = %model.name,
@@ -248,7 +261,6 @@ impl Engine {
             registry,
             learners,
             data_dir: storage.data_dir().to_owned(),
-            epoch,
             checkpoint_interval_secs: config.storage.checkpoint_interval_secs,
             checkpoint_every_examples: config.storage.checkpoint_every_examples,
             checkpoints_kept: config.storage.checkpoints_kept,

@@ -8,6 +8,11 @@
 //! - `POST /v1/models/{model}:reward`: ReportReward; body a `ReportRewardRequest`.
 //! - `GET /v1/models/{model}`: GetModel.
 //! - `GET /v1/models`: ListModels.
+//! - `POST /v1/models`: CreateModel; body a `CreateModelRequest`.
+//! - `PATCH /v1/models/{model}`: UpdateModel; body an `UpdateModelRequest`.
+//! - `DELETE /v1/models/{model}`: DeleteModel; body a `DeleteModelRequest`, or none.
+//! - `GET /v1/models/{model}/checkpoints`: ListCheckpoints.
+//! - `POST /v1/models/{model}:rollback`: RollbackModel; body a `RollbackModelRequest`.
 //! - `GET /v1/health`: 200 `{"status":"SERVING"}` or 503 `{"status":"NOT_SERVING"}`, what
 //!   gRPC health says (one shared state, [`crate::api::Serving`]); no token, as for gRPC
 //!   health, so that load balancers and probes can call it.
@@ -46,11 +51,20 @@ use crate::{
 /// Every route, as `(HTTP method, path template in the OpenAPI document, bandit method)`.
 /// The router below serves exactly these (tests/http_api.rs checks the OpenAPI document
 /// against this list and the server against both).
-pub const ROUTES: [(&str, &str, Method); 4] = [
+pub const ROUTES: [(&str, &str, Method); 9] = [
     ("POST", "/v1/models/{model}:choose", Method::ChooseArm),
     ("POST", "/v1/models/{model}:reward", Method::ReportReward),
     ("GET", "/v1/models/{model}", Method::GetModel),
     ("GET", "/v1/models", Method::ListModels),
+    ("POST", "/v1/models", Method::CreateModel),
+    ("PATCH", "/v1/models/{model}", Method::UpdateModel),
+    ("DELETE", "/v1/models/{model}", Method::DeleteModel),
+    (
+        "GET",
+        "/v1/models/{model}/checkpoints",
+        Method::ListCheckpoints,
+    ),
+    ("POST", "/v1/models/{model}:rollback", Method::RollbackModel),
 ];
 
 /// The routes that need no token, as `(HTTP method, path)`: health, for probes and load
@@ -83,8 +97,15 @@ pub fn router(api: Api, config: &Config) -> Result<Router, Error> {
     // the segment whole and `post_model` splits at the last ':'.
     Ok(Router::new()
         .route(OPEN_ROUTES[0].1, get(health))
-        .route("/v1/models", get(list_models))
-        .route("/v1/models/{target}", get(get_model).post(post_model))
+        .route("/v1/models", get(list_models).post(create_model))
+        .route(
+            "/v1/models/{target}",
+            get(get_model)
+                .post(post_model)
+                .patch(update_model)
+                .delete(delete_model),
+        )
+        .route("/v1/models/{model}/checkpoints", get(list_checkpoints))
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)
         .with_state(face))
@@ -266,7 +287,80 @@ async fn get_model(
     .await
 }
 
-/// `POST /v1/models/{model}:choose` and `:reward`: the verb after the segment's last ':'.
+/// `POST /v1/models`: CreateModel (the model is named in the spec).
+async fn create_model(State(face): State<Face>, headers: HeaderMap, body: Body) -> Response {
+    let method = Method::CreateModel;
+    let bytes = match face.admit(method, &headers, body).await {
+        Ok(bytes) => bytes,
+        Err(response) => return response,
+    };
+    match parse::<pb::CreateModelRequest>(&bytes) {
+        Ok(request) => {
+            let api = face.api.clone();
+            face.finish(method, async move { api.create_model(request).await })
+                .await
+        }
+        Err(status) => failed(method.name(), &status, None),
+    }
+}
+
+/// `PATCH /v1/models/{model}`: UpdateModel.
+async fn update_model(
+    State(face): State<Face>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let model_of: fn(&mut pb::UpdateModelRequest) -> &mut String = |r| &mut r.model;
+    let call = |api: Api, r| async move { api.update_model(r).await };
+    let post = Post {
+        face: &face,
+        method: Method::UpdateModel,
+        model: &model,
+        headers: &headers,
+    };
+    post.run(body, model_of, call).await
+}
+
+/// `DELETE /v1/models/{model}`: DeleteModel; no body is `drop_checkpoints = false`.
+async fn delete_model(
+    State(face): State<Face>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let model_of: fn(&mut pb::DeleteModelRequest) -> &mut String = |r| &mut r.model;
+    let call = |api: Api, r| async move { api.delete_model(r).await };
+    let post = Post {
+        face: &face,
+        method: Method::DeleteModel,
+        model: &model,
+        headers: &headers,
+    };
+    post.run(body, model_of, call).await
+}
+
+/// `GET /v1/models/{model}/checkpoints`: ListCheckpoints.
+async fn list_checkpoints(
+    State(face): State<Face>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let method = Method::ListCheckpoints;
+    if let Err(response) = face.admit(method, &headers, body).await {
+        return response;
+    }
+    let api = face.api.clone();
+    face.finish(method, async move {
+        api.list_checkpoints(pb::ListCheckpointsRequest { model })
+            .await
+    })
+    .await
+}
+
+/// `POST /v1/models/{model}:choose`, `:reward` and `:rollback`: the verb after the segment's
+/// last ':'.
 async fn post_model(
     State(face): State<Face>,
     Path(target): Path<String>,
@@ -296,11 +390,22 @@ async fn post_model(
             };
             post.run(body, model_of, call).await
         }
+        Some((model, "rollback")) => {
+            let model_of: fn(&mut pb::RollbackModelRequest) -> &mut String = |r| &mut r.model;
+            let call = |api: Api, r| async move { api.rollback_model(r).await };
+            let post = Post {
+                face: &face,
+                method: Method::RollbackModel,
+                model,
+                headers: &headers,
+            };
+            post.run(body, model_of, call).await
+        }
         _ => unknown_route(State(face), headers).await,
     }
 }
 
-/// One POST call on a model.
+/// One call on a model with a body (POST, PATCH, DELETE).
 struct Post<'a> {
     face: &'a Face,
     method: Method,
@@ -332,7 +437,13 @@ impl Post<'_> {
             Ok(bytes) => bytes,
             Err(response) => return response,
         };
-        let request = parse::<Req>(&bytes).and_then(|mut request| {
+        // DELETE may come without a body: every field at its default.
+        let bytes: &[u8] = if bytes.is_empty() && method == Method::DeleteModel {
+            b"{}"
+        } else {
+            &bytes
+        };
+        let request = parse::<Req>(bytes).and_then(|mut request| {
             same_model(model, model_of(&mut request))?;
             Ok(request)
         });

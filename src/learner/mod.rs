@@ -32,7 +32,7 @@ use crate::{
     metrics,
     policy::Snapshot,
     storage::{
-        Tail,
+        Tail, VersionMark,
         checkpoint::{self, Checkpoint},
     },
 };
@@ -199,8 +199,27 @@ impl Learner {
     /// read, or the thread cannot be spawned.
     pub fn resume(
         config: &ModelConfig,
+        source: Box<dyn ExampleSource>,
+        resume: Resume,
+    ) -> Result<Self, Error> {
+        Self::resume_marked(config, source, resume, None)
+    }
+
+    /// [`Learner::resume`] with the model's durable version mark (the service's local
+    /// mode): the version it serves comes back exactly as it was when the newest checkpoint
+    /// is sealed to it and no example after that checkpoint needs training; otherwise it is a
+    /// new version above every one that may have been published. Either way that version is
+    /// checkpointed and sealed before the learner serves it, so a `kill -9` before anything
+    /// is learned brings the same version back. Every later publish reserves its version
+    /// first, and a checkpoint of the published weights seals it again.
+    ///
+    /// # Errors
+    /// As [`Learner::resume`], or the mark or that checkpoint cannot be written.
+    pub fn resume_marked(
+        config: &ModelConfig,
         mut source: Box<dyn ExampleSource>,
         resume: Resume,
+        mut mark: Option<VersionMark>,
     ) -> Result<Self, Error> {
         let mut trainer = Trainer::new(config)?;
         let checkpoint_version = match &resume.checkpoint {
@@ -213,6 +232,8 @@ impl Learner {
         let covered = resume.checkpoint.as_ref().map(|ck| ck.meta.last_seq);
         let mut owed = 0usize;
         let mut read = 0u64;
+        // Examples the checkpoint does not cover: the weights and reward scale move past it.
+        let mut added = 0u64;
         let started = Instant::now();
         let mut last_report = Instant::now();
         while !source.reached(resume.catch_up_to) {
@@ -228,6 +249,7 @@ impl Learner {
                 if covered.is_some_and(|c| example.seq <= c) {
                     trainer.push_replay(example);
                 } else {
+                    added += 1;
                     owed += trainer.add(example);
                 }
             }
@@ -253,18 +275,55 @@ impl Learner {
                 "recovery: log read and trained on"
             );
         }
-        // Versions never go backwards: past the checkpoint's, every version that served a
-        // logged decision, and the floor of this process's epoch (above anything an earlier
-        // process published, logged or not); a new number whenever the weights may differ.
-        let base = checkpoint_version
-            .unwrap_or(0)
-            .max(resume.max_served_version)
-            .max(resume.version_floor);
-        let version = if trained || base > checkpoint_version.unwrap_or(0) {
-            base + 1
-        } else {
-            base
+        let version = match &mark {
+            None => {
+                // Versions never go backwards: past the checkpoint's, every version that
+                // served a logged decision, and the caller's floor (the cluster trainer's
+                // epoch, above anything an earlier trainer published, logged or not); a new
+                // number whenever the weights may differ.
+                let base = checkpoint_version
+                    .unwrap_or(0)
+                    .max(resume.max_served_version)
+                    .max(resume.version_floor);
+                if trained || base > checkpoint_version.unwrap_or(0) {
+                    base + 1
+                } else {
+                    base
+                }
+            }
+            Some(mark) => choose_version(
+                checkpoint_version,
+                added,
+                resume.max_served_version.max(resume.version_floor),
+                mark,
+            ),
         };
+        let mut written = checkpoint_version;
+        if let Some(mark) = &mut mark {
+            // Durable before it serves: a checkpoint holding exactly these weights under
+            // `version`, then the seal (a crash in between recovers the same: a checkpoint
+            // above the mark was never published). Without a data directory: the
+            // reservation only.
+            match &resume.data_dir {
+                Some(dir) => {
+                    if written != Some(version) {
+                        let (tensors, meta) = trainer.checkpoint(version)?;
+                        let replay_from = meta.replay_from;
+                        checkpoint::save(
+                            dir,
+                            &config.name,
+                            &tensors,
+                            meta,
+                            resume.checkpoints_kept,
+                        )?;
+                        source.release_below(replay_from);
+                        written = Some(version);
+                    }
+                    mark.seal(version)?;
+                }
+                None => mark.reserve(version)?,
+            }
+        }
         let snapshot = trainer.snapshot(version)?;
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
@@ -290,8 +349,11 @@ impl Learner {
                 kept: resume.checkpoints_kept,
                 since: 0,
                 last: Instant::now(),
-                last_version: checkpoint_version,
+                last_version: written,
+                // The checkpoint holds what serves now (restored or just written).
+                exact: written == Some(version),
             }),
+            mark,
         };
         let thread = std::thread::Builder::new()
             .name(format!("learner-{}", config.name))
@@ -336,7 +398,8 @@ pub struct Resume {
     pub catch_up_to: u64,
     /// The highest version that served a logged decision.
     pub max_served_version: u64,
-    /// The lowest version this process may publish (its restart epoch × 2^32).
+    /// Versions this learner publishes are above it (the cluster trainer's session epoch ×
+    /// 2^32; 0 where a [`VersionMark`] keeps the versions).
     pub version_floor: u64,
     /// Where to write checkpoints; none = never.
     pub data_dir: Option<PathBuf>,
@@ -346,6 +409,23 @@ pub struct Resume {
     pub checkpoint_every_examples: u64,
     /// Keep this many of the newest (at least 1).
     pub checkpoints_kept: usize,
+}
+
+/// The version a learner with a durable mark serves at start. The newest checkpoint's own
+/// version `c` when nothing after it is trained on and `c` names exactly its weights: the mark
+/// is sealed to `c`, or `c` lies above every version that may have been published (a
+/// checkpoint written for a version not yet served: a rollback's, or one a start wrote
+/// before a crash stopped it sealing). Otherwise a new version above `c`, the mark and
+/// `floor` (the highest version a logged decision names, and the caller's floor).
+fn choose_version(checkpoint: Option<u64>, added: u64, floor: u64, mark: &VersionMark) -> u64 {
+    match checkpoint {
+        Some(c)
+            if added == 0 && c >= floor && (mark.sealed() == Some(c) || c > mark.reserved()) =>
+        {
+            c
+        }
+        c => c.unwrap_or(0).max(mark.reserved()).max(floor) + 1,
+    }
 }
 
 /// Checkpoint bookkeeping of a learner with a data directory.
@@ -359,6 +439,9 @@ struct Checkpoints {
     since: u64,
     last: Instant,
     last_version: Option<u64>,
+    /// The checkpoint of `last_version` holds exactly what that version served (nothing
+    /// was read or trained between its publish and the checkpoint): it may be sealed.
+    exact: bool,
 }
 
 /// The learner thread's state: a [`Trainer`] plus its source and publishing cadence.
@@ -371,9 +454,12 @@ struct Worker {
     source: Box<dyn ExampleSource>,
     shared: Arc<Shared>,
     version: u64,
-    /// Trained since the last publish.
+    /// Read or trained since the last publish: the trainer's state is not the published one.
     dirty: bool,
     checkpoints: Option<Checkpoints>,
+    /// The model's durable version mark (local mode): reserved before each publish, sealed
+    /// after an exact checkpoint.
+    mark: Option<VersionMark>,
 }
 
 /// A NeuralLinear refresh waits at least this many times its own duration after the last
@@ -487,6 +573,8 @@ impl Worker {
     /// Folds one example in; returns the number of steps it buys.
     fn take(&mut self, example: Example) -> usize {
         self.shared.stats.examples.fetch_add(1, Ordering::Relaxed);
+        // The reward scale (and a NeuralLinear posterior) moves even before a step is taken.
+        self.dirty = true;
         if let Some(ck) = &mut self.checkpoints {
             ck.since += 1;
         }
@@ -501,35 +589,50 @@ impl Worker {
     }
 
     /// Writes a checkpoint of the published version if it is newer than the last one, then
-    /// tells the source what the log must keep for a restart from it.
+    /// tells the source what the log must keep for a restart from it; and seals the version
+    /// mark to it if the checkpoint holds exactly what that version serves.
     fn checkpoint(&mut self) {
         let Some(ck) = &mut self.checkpoints else {
             return;
         };
         ck.last = Instant::now();
         ck.since = 0;
-        if ck.last_version == Some(self.version) {
-            return;
-        }
-        let result = self
-            .trainer
-            .checkpoint(self.version)
-            .and_then(|(tensors, meta)| {
-                let from = meta.replay_from;
-                checkpoint::save(&ck.data_dir, &self.model, &tensors, meta, ck.kept).map(|()| from)
-            });
-        match result {
-            Ok(replay_from) => {
-                ck.last_version = Some(self.version);
-                self.source.release_below(replay_from);
-                tracing::debug!(model = %self.model, version = self.version, "checkpoint written");
+        if ck.last_version != Some(self.version) {
+            let result = self
+                .trainer
+                .checkpoint(self.version)
+                .and_then(|(tensors, meta)| {
+                    let from = meta.replay_from;
+                    checkpoint::save(&ck.data_dir, &self.model, &tensors, meta, ck.kept)
+                        .map(|()| from)
+                });
+            match result {
+                Ok(replay_from) => {
+                    ck.last_version = Some(self.version);
+                    ck.exact = !self.dirty;
+                    self.source.release_below(replay_from);
+                    tracing::debug!(model = %self.model, version = self.version, "checkpoint written");
+                }
+                Err(e) => {
+                    tracing::error!(model = %self.model, error = %e, "checkpoint failed");
+                    return;
+                }
             }
-            Err(e) => tracing::error!(model = %self.model, error = %e, "checkpoint failed"),
+        }
+        if ck.exact
+            && let Some(mark) = &mut self.mark
+            && let Err(e) = mark.seal(self.version)
+        {
+            tracing::error!(model = %self.model, error = %e, "cannot seal the version mark");
         }
     }
 
     /// Copies the weights into a new snapshot and swaps it in for serving.
     fn publish(&mut self) -> Result<(), Error> {
+        // Durable before anyone can see it: after a crash, recovery starts above it.
+        if let Some(mark) = &mut self.mark {
+            mark.reserve(self.version + 1)?;
+        }
         self.version += 1;
         self.dirty = false;
         let snapshot = self.trainer.snapshot(self.version)?;
@@ -669,5 +772,135 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A log that holds `0` and nothing more: read at the start's catch-up.
+    struct Backlog(Vec<Example>);
+
+    impl ExampleSource for Backlog {
+        fn poll(&mut self, max: usize, _: Duration) -> Result<Option<Vec<Example>>, Error> {
+            if self.0.is_empty() {
+                return Ok(None);
+            }
+            Ok(Some(self.0.drain(..self.0.len().min(max)).collect()))
+        }
+
+        fn reached(&self, _lsn: u64) -> bool {
+            self.0.is_empty()
+        }
+    }
+
+    /// The start version with a mark: the checkpoint's own when sealed to it (or above
+    /// everything published) and nothing new is trained; otherwise above every version the
+    /// mark, the log and the checkpoint know of.
+    #[test]
+    fn version_choice_with_a_mark() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sealed = VersionMark::open(dir.path(), "sealed").unwrap();
+        sealed.seal(40).unwrap();
+        let mut reserved = VersionMark::open(dir.path(), "reserved").unwrap();
+        reserved.reserve(41).unwrap();
+        let top = 41 + crate::storage::RESERVE_BLOCK - 1;
+        let cases = [
+            // (mark, checkpoint, examples after it, logged floor, version)
+            (&sealed, Some(40), 0, 40, 40),
+            (&sealed, Some(40), 1, 40, 41),
+            (&sealed, Some(40), 0, 45, 46),
+            (&sealed, Some(39), 0, 0, 41),
+            (&sealed, None, 0, 0, 41),
+            (&reserved, Some(40), 0, 40, top + 1),
+            (&reserved, Some(top + 5), 0, 41, top + 5),
+            (&reserved, Some(top + 5), 3, 41, top + 6),
+        ];
+        for (mark, checkpoint, added, floor, want) in cases {
+            assert_eq!(
+                choose_version(checkpoint, added, floor, mark),
+                want,
+                "{mark:?} {checkpoint:?} {added} {floor}"
+            );
+        }
+    }
+
+    /// With a mark and a data directory: the start version is checkpointed and sealed
+    /// before serving; a publish reserves ahead on disk; a clean stop seals the last
+    /// version, and a start without new examples serves it again (same weights); one with
+    /// new examples serves a higher one.
+    #[test]
+    fn marked_learner_comes_back_as_it_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config();
+        let start = |source: Box<dyn ExampleSource>| {
+            let (ck, _) = checkpoint::load_latest(dir.path(), "t", &config.layer_widths()).unwrap();
+            Learner::resume_marked(
+                &config,
+                source,
+                Resume {
+                    checkpoint: ck,
+                    data_dir: Some(dir.path().to_owned()),
+                    checkpoints_kept: 3,
+                    checkpoint_interval_secs: 3600,
+                    checkpoint_every_examples: 1_000_000,
+                    ..Resume::default()
+                },
+                Some(VersionMark::open(dir.path(), "t").unwrap()),
+            )
+            .unwrap()
+        };
+        let mark = || {
+            let m = VersionMark::open(dir.path(), "t").unwrap();
+            (m.reserved(), m.sealed())
+        };
+        let first_weights = |l: &Learner| -> Vec<f32> {
+            l.handle().snapshot().weights.layers()[0]
+                .0
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        };
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let mut learner = start(Box::new(rx));
+        assert_eq!(learner.handle().snapshot().version, 1);
+        assert_eq!(mark(), (1, Some(1)));
+        for i in 0..50u32 {
+            tx.send(Example {
+                input: vec![0.5, f32::from(u8::try_from(i % 2).unwrap())],
+                head: i % 2,
+                reward: 1.0,
+                seq: u64::from(i) + 1,
+            })
+            .unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while learner.handle().snapshot().version == 1 {
+            assert!(Instant::now() < deadline, "nothing published");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let published = learner.handle().snapshot().version;
+        let (reserved, sealed) = mark();
+        assert!(
+            reserved >= published && sealed.is_none(),
+            "{reserved} {sealed:?}"
+        );
+        drop(tx);
+        learner.shutdown();
+        let last = learner.handle().snapshot().version;
+        let weights = first_weights(&learner);
+        assert_eq!(mark(), (last, Some(last)));
+
+        let again = start(Box::new(Backlog(Vec::new())));
+        assert_eq!(again.handle().snapshot().version, last);
+        assert_eq!(first_weights(&again), weights);
+        drop(again);
+
+        // New examples after the checkpoint: a new version above the old.
+        let moved = start(Box::new(Backlog(vec![Example {
+            input: vec![0.5, 1.0],
+            head: 0,
+            reward: 0.0,
+            seq: 1_000,
+        }])));
+        assert_eq!(moved.handle().snapshot().version, last + 1);
+        assert_eq!(mark(), (last + 1, Some(last + 1)));
     }
 }

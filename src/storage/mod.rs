@@ -39,6 +39,7 @@ mod recovery;
 mod scan;
 mod segment;
 mod tail;
+mod versions;
 mod writer;
 
 use std::{
@@ -51,6 +52,7 @@ pub use record::{Candidate, ClosedRecord, DecisionRecord, ExampleRecord, How, Re
 pub use recovery::{ModelLog, OpenDecision, Recovered, RewardSums, examples};
 pub use scan::ScanSummary;
 pub use tail::Tail;
+pub use versions::{RESERVE_BLOCK, VersionMark};
 pub use writer::{Ack, Log, LogWriter, Watermark};
 
 use crate::{config::StorageConfig, error::Error};
@@ -108,29 +110,15 @@ impl Storage {
         })
     }
 
-    /// Starts a new epoch: increments the durable start counter and returns it (1 on the
-    /// first start). Model versions are `epoch × 2^32 + publishes`, so they never go
-    /// backwards across restarts, even after a crash lost the newest log entries.
+    /// Migrates a data directory whose model versions came from a start counter (the
+    /// `epoch` file of earlier versions) to per-model version marks ([`VersionMark`]): the
+    /// counter becomes a floor under every mark, so versions go on above every one it
+    /// allowed. Returns the epoch migrated, if any.
     ///
     /// # Errors
-    /// The counter cannot be read or written.
-    pub fn begin_epoch(&self) -> Result<u64, Error> {
-        let path = self.config.data_dir.join("epoch");
-        let epoch = match fs::read_to_string(&path) {
-            Ok(text) => text.trim().parse::<u64>().map_err(|e| {
-                Error::Internal(format!("{} does not hold a number: {e}", path.display()))
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-            Err(e) => {
-                return Err(Error::Internal(format!(
-                    "cannot read {}: {e}",
-                    path.display()
-                )));
-            }
-        } + 1;
-        checkpoint::write_atomic(&path, format!("{epoch}\n").as_bytes())?;
-        checkpoint::sync_dir(&self.config.data_dir)?;
-        Ok(epoch)
+    /// The files cannot be read, written or removed.
+    pub fn migrate_epoch(&self) -> Result<Option<u64>, Error> {
+        versions::migrate_epoch(&self.config.data_dir)
     }
 
     /// Scans the log, cutting off a tail that a crash left half-written, and joins it per
@@ -139,7 +127,19 @@ impl Storage {
     /// # Errors
     /// A segment cannot be read (I/O or permissions; corruption is skipped and counted).
     pub fn recover(&self) -> Result<Recovered, Error> {
-        recovery::recover(&self.config.data_dir, true)
+        self.recover_models(&std::collections::HashMap::new())
+    }
+
+    /// [`Storage::recover`], leaving out of each model's counts and holdout groups the
+    /// decisions older than its creation LSN in `created` (a deleted model's of that name).
+    ///
+    /// # Errors
+    /// As [`Storage::recover`].
+    pub fn recover_models(
+        &self,
+        created: &std::collections::HashMap<String, u64>,
+    ) -> Result<Recovered, Error> {
+        recovery::recover(&self.config.data_dir, true, created)
     }
 
     /// Starts the writer on a new segment whose first LSN is `first_lsn` (past everything

@@ -80,10 +80,18 @@ pub struct Recovered {
 }
 
 /// Scans the log under `data_dir` (cutting a torn tail off when `repair`) and joins it.
+/// `created` holds each model's creation LSN: the counts and holdout groups of a model leave
+/// out decisions (and their rewards) older than it, which belong to a deleted model of the
+/// same name. (Its highest version and used ids are kept: they guard the new model too.)
 ///
 /// # Errors
 /// A segment cannot be read.
-pub(super) fn recover(data_dir: &Path, repair: bool) -> Result<Recovered, Error> {
+pub(super) fn recover(
+    data_dir: &Path,
+    repair: bool,
+    created: &HashMap<String, u64>,
+) -> Result<Recovered, Error> {
+    let created_lsn = |model: &str| created.get(model).copied().unwrap_or(0);
     // Open decisions by (model, id); closed ones are dropped as soon as their Closed record
     // is read, so memory is bounded by the pending stores' capacity.
     let mut open: HashMap<(String, String), OpenDecision> = HashMap::new();
@@ -91,7 +99,9 @@ pub(super) fn recover(data_dir: &Path, repair: bool) -> Result<Recovered, Error>
     let summary = scan(data_dir, repair, |lsn, record| match record {
         Record::Decision(d) => {
             let model = models.entry(d.model.clone()).or_default();
-            model.decisions += 1;
+            if lsn >= created_lsn(&d.model) {
+                model.decisions += 1;
+            }
             model.max_version = model.max_version.max(d.model_version);
             model.used_ids.push((d.decided_ms, id_hash(&d.decision_id)));
             open.insert(
@@ -104,13 +114,18 @@ pub(super) fn recover(data_dir: &Path, repair: bool) -> Result<Recovered, Error>
             );
         }
         Record::Reward(r) => {
+            let since = created_lsn(&r.model);
             let model = models.entry(r.model.clone()).or_default();
-            model.rewards += 1;
+            if lsn >= since {
+                model.rewards += 1;
+            }
             // A reward is logged before its decision's Closed record, so the decision (and
             // its group) is still in `open` here.
             if let Some(d) = open.get_mut(&(r.model, r.decision_id)) {
                 d.reward = r.example.map(|e| e.reward);
-                if let Some(reward) = d.reward {
+                if let Some(reward) = d.reward
+                    && d.lsn >= since
+                {
                     model.groups[usize::from(d.record.holdout)].add(reward);
                 }
             }
@@ -118,7 +133,9 @@ pub(super) fn recover(data_dir: &Path, repair: bool) -> Result<Recovered, Error>
         Record::Closed(c) => {
             let how = c.how();
             let decision = open.remove(&(c.model.clone(), c.decision_id));
-            if let (Some(d), How::Defaulted, Some(e)) = (decision, how, c.example) {
+            if let (Some(d), How::Defaulted, Some(e)) = (decision, how, c.example)
+                && d.lsn >= created_lsn(&c.model)
+            {
                 models.entry(c.model).or_default().groups[usize::from(d.record.holdout)]
                     .add(e.reward);
             }
