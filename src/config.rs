@@ -1675,6 +1675,54 @@ mod tests {
         assert!(err.contains("learnig_rate"), "{err}");
     }
 
+    /// Issue 14's options: falling drop rates default to N₀ = 100 under `mc_dropout` with
+    /// `bayesian_last_layer` only, 0 turns them off, and Concrete Dropout turns them off;
+    /// bad values of the new settings are refused naming the field.
+    #[test]
+    fn issue_14_options_defaults_and_errors() {
+        let base = r#"
+            [[models]]
+            name = "m"
+            kind = "fixed_arms"
+            context_dim = 3
+            arms = ["a", "b"]
+        "#;
+        let model = |extra: &str| Config::from_toml(&format!("{base}\n{extra}"));
+        let m = model("").unwrap().models.remove(0);
+        assert_eq!(m.effective_shrink_after(), Some(LINEAR_HEAD_SHRINK_AFTER));
+        assert_eq!((m.refit, m.neural_linear.initial_pulls), (None, 0));
+        assert!(!m.neural_linear.fit_masked);
+        let off = model("drop_rates_shrink_after = 0").unwrap().models.remove(0);
+        assert_eq!(off.effective_shrink_after(), None);
+        for other in ["policy = \"neural_linear\"", "bayesian_last_layer = false"] {
+            let m = model(other).unwrap().models.remove(0);
+            assert_eq!(m.effective_shrink_after(), None, "{other}");
+        }
+        let concrete = model("concrete_dropout = true\ndrop_rates = [0.02, 0.05, 0.05]")
+            .unwrap()
+            .models
+            .remove(0);
+        assert_eq!(concrete.effective_shrink_after(), None);
+        let refit = model("refit = { every = 50, steps = 100, lr_decay = 0.5 }")
+            .unwrap()
+            .models
+            .remove(0);
+        assert_eq!(refit.refit.unwrap().steps, 100);
+        for (extra, field) in [
+            ("drop_rates_shrink_after = 0.5", "drop_rates_shrink_after"),
+            (
+                "concrete_dropout = true\ndrop_rates = [0.02, 0.05, 0.05]\ndrop_rates_shrink_after = 10",
+                "drop_rates_shrink_after",
+            ),
+            ("refit = { every = 0, steps = 100 }", "refit"),
+            ("refit = { every = 50, steps = 100, lr_decay = -1 }", "refit.lr_decay"),
+            ("refit = { every = 50 }", "steps"),
+        ] {
+            let err = model(extra).unwrap_err().to_string();
+            assert!(err.contains(field), "{extra}: {err}");
+        }
+    }
+
     /// `storage.checkpoints_kept` defaults to 3, takes a larger value, and 0 is refused
     /// naming the field.
     #[test]
