@@ -195,6 +195,8 @@ impl From<ModelStatus> for pb::ModelInfo {
             publish_interval_ms: _,
             holdout,
             decay_half_life,
+            refit: _,
+            drop_rates_shrink_after: _,
         } = config;
         Self {
             name,

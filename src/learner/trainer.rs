@@ -14,7 +14,7 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 
 use super::replay::{Example, Replay};
 use crate::{
-    config::{ModelConfig, OptimizerKind},
+    config::{ModelConfig, OptimizerKind, RefitConfig},
     error::Error,
     model::{
         NetShape, TrainableNet, Weights,
@@ -96,6 +96,10 @@ impl RunningStats {
 struct LinearState {
     prior: LinearPrior,
     refresh_every: usize,
+    /// `neural_linear.fit_masked`: features under fresh dropout masks.
+    fit_masked: bool,
+    /// `neural_linear.initial_pulls`, passed to the snapshots.
+    initial_pulls: u64,
     /// The frozen feature network.
     features: Weights,
     /// The reward standardisation frozen with it.
@@ -151,6 +155,16 @@ pub struct Trainer {
     policy: Policy,
     /// The `neural_linear` policy's regressions.
     linear: Option<LinearState>,
+    /// Periodic refits (`refit`), if any, and where the current one stands.
+    refit: Option<RefitConfig>,
+    /// Rewards since the last refit began.
+    since_refit: usize,
+    /// Steps taken in the current refit (the step size falls with it).
+    refit_step: usize,
+    /// Steps the current refit still owes; the linear posterior is refitted when it ends.
+    refit_left: usize,
+    /// `drop_rates_shrink_after` as it applies ([`ModelConfig::effective_shrink_after`]).
+    shrink_after: Option<f64>,
 }
 
 impl Trainer {
@@ -218,6 +232,11 @@ impl Trainer {
                 epsilon: config.epsilon,
             },
             linear: None,
+            refit: config.refit,
+            since_refit: 0,
+            refit_step: 0,
+            refit_left: 0,
+            shrink_after: config.effective_shrink_after(),
         }
         .with_linear(config)
     }
@@ -237,6 +256,8 @@ impl Trainer {
         self.linear = Some(LinearState {
             prior,
             refresh_every: nl.refresh_every,
+            fit_masked: nl.fit_masked,
+            initial_pulls: nl.initial_pulls,
             features: self.net.snapshot()?,
             reward_mean: 0.0,
             reward_std: 1.0,
@@ -251,6 +272,24 @@ impl Trainer {
             last_cost: Duration::ZERO,
         });
         Ok(self)
+    }
+
+    /// The network's shape at the rates that serve now: the learned or fixed rates, times
+    /// `sqrt(shrink_after / N)` once `N` (examples seen) exceeds `drop_rates_shrink_after`,
+    /// the rate at which a posterior's spread narrows.
+    ///
+    /// # Errors
+    /// candle cannot read a learned rate.
+    fn shape_now(&self) -> Result<NetShape, Error> {
+        let mut shape = self.net.current_shape()?;
+        if let Some(n0) = self.shrink_after {
+            let n = self.rewards.n as f64;
+            if n > n0 {
+                let factor = (n0 / n).sqrt();
+                shape.drop_rates.iter_mut().for_each(|p| *p *= factor);
+            }
+        }
+        Ok(shape)
     }
 
     /// Throttles NeuralLinear refreshes to at most about `1/(1+factor)` of the time (see
@@ -274,6 +313,10 @@ impl Trainer {
     /// # Errors
     /// candle cannot copy the weights or compute the features.
     pub fn refresh_linear(&mut self) -> Result<(), Error> {
+        let mask_shape = match &self.linear {
+            Some(lin) if lin.fit_masked => Some(self.shape_now()?),
+            _ => None,
+        };
         let Some(lin) = &mut self.linear else {
             return Ok(());
         };
@@ -304,7 +347,12 @@ impl Trainer {
                 inputs.extend_from_slice(&example.input);
             }
             let xs = matrix(inputs, chunk.len(), input_dim)?;
-            let (phi, width) = neural_linear_features(&features, &xs, None)?;
+            // `fit_masked`: one fresh mask set per example, as each decision draws one.
+            let masks = mask_shape
+                .as_ref()
+                .map(|shape| shape.draw_masks(&mut self.rng, chunk.len()))
+                .transpose()?;
+            let (phi, width) = neural_linear_features(&features, &xs, masks.as_ref())?;
             // Group the rows by head, one batched update per head.
             let mut by_head: Vec<(Vec<f32>, Vec<f64>)> =
                 vec![(Vec::new(), Vec::new()); stats.len()];
@@ -334,11 +382,18 @@ impl Trainer {
     /// updates its head's regression on the frozen features, or returns true when a refresh
     /// is due instead.
     fn add_linear(&mut self, example: &Example) -> Result<bool, Error> {
+        let mask_shape = match &self.linear {
+            Some(lin) if lin.fit_masked => Some(self.shape_now()?),
+            _ => None,
+        };
+        let refits = self.refit.is_some();
         let Some(lin) = &mut self.linear else {
             return Ok(false);
         };
         lin.since_refresh += 1;
-        let due = lin.since_refresh >= lin.refresh_every
+        // With periodic refits the posterior is refitted after each refit instead.
+        let due = !refits
+            && lin.since_refresh >= lin.refresh_every
             && lin
                 .throttle
                 .is_none_or(|factor| lin.last_refresh.elapsed() >= lin.last_cost * factor);
@@ -351,7 +406,10 @@ impl Trainer {
             return Err(Error::Internal(format!("example for head {head}")));
         }
         let xs = matrix(example.input.clone(), 1, self.net.shape().input_dim)?;
-        let (phi, _) = neural_linear_features(&lin.features, &xs, None)?;
+        let masks = mask_shape
+            .map(|shape| shape.draw_masks(&mut self.rng, 1))
+            .transpose()?;
+        let (phi, _) = neural_linear_features(&lin.features, &xs, masks.as_ref())?;
         let y = (example.reward - lin.reward_mean) / lin.reward_std;
         lin.stats[head].add(&phi, y);
         lin.posteriors[head] = None;
@@ -449,7 +507,30 @@ impl Trainer {
         if refresh && let Err(e) = self.refresh_linear() {
             tracing::error!(error = %e, "neural_linear refresh failed");
         }
-        self.updates_per_reward
+        let Some(refit) = self.refit else {
+            return self.updates_per_reward;
+        };
+        self.since_refit += 1;
+        if self.since_refit < refit.every {
+            return 0;
+        }
+        // A refit whose steps were skipped (a learner's backlog cap) still refreshes.
+        if self.refit_left > 0 {
+            self.end_refit();
+        }
+        self.since_refit = 0;
+        self.refit_step = 0;
+        self.refit_left = refit.steps;
+        refit.steps
+    }
+
+    /// The end of a periodic refit: the linear posterior (if any) is refitted on the new
+    /// network's features.
+    fn end_refit(&mut self) {
+        self.refit_left = 0;
+        if let Err(e) = self.refresh_linear() {
+            tracing::error!(error = %e, "neural_linear refresh failed");
+        }
     }
 
     /// Takes `steps` minibatch steps; returns the last minibatch loss (NaN for 0 steps).
@@ -507,7 +588,14 @@ impl Trainer {
         let ys = Tensor::from_vec(targets, (m, 1), &Device::Cpu)?;
         let masks = match self.net.concrete_masks(&mut self.rng, m)? {
             Some(relaxed) => relaxed,
-            None => self.net.shape().draw_masks(&mut self.rng, m)?,
+            None => self.shape_now()?.draw_masks(&mut self.rng, m)?,
+        };
+        // Periodic refits restart the step size and let it fall within each refit.
+        let lr = match self.refit {
+            Some(refit) if self.refit_left > 0 => {
+                self.learning_rate / (1.0 + refit.lr_decay * self.refit_step as f64)
+            }
+            _ => self.learning_rate,
         };
         // The rates the masks were drawn at, for the weights' decay below.
         let rates = self.net.drop_rates()?;
@@ -544,6 +632,7 @@ impl Trainer {
             Opt::Adam(adam) => {
                 let params = ParamsAdamW {
                     weight_decay: decay,
+                    lr,
                     ..adam.params().clone()
                 };
                 adam.set_params(params);
@@ -552,16 +641,17 @@ impl Trainer {
                     // Adam decayed every variable by lr·decay; layer l's weights owe
                     // lr·decay·(1/(1-p) - 1) = lr·decay·p/(1-p) more.
                     for (w, p) in self.net.weight_vars().iter().zip(&rates) {
-                        let keep = 1.0 - self.learning_rate * decay * p / (1.0 - p);
+                        let keep = 1.0 - lr * decay * p / (1.0 - p);
                         w.set(&(w.as_tensor() * keep)?)?;
                     }
                 }
             }
             Opt::Sgd(sgd) => {
+                sgd.set_learning_rate(lr);
                 sgd.step(&grads)?;
                 for (w, p) in self.net.weight_vars().iter().zip(&rates) {
                     let scale = if concrete { 1.0 / (1.0 - p) } else { 1.0 };
-                    let keep = 1.0 - self.learning_rate * decay * scale;
+                    let keep = 1.0 - lr * decay * scale;
                     w.set(&(w.as_tensor() * keep)?)?;
                 }
             }
@@ -571,6 +661,13 @@ impl Trainer {
             self.net.clamp_drop_logits()?;
         }
         self.steps += 1;
+        if self.refit_left > 0 {
+            self.refit_step += 1;
+            self.refit_left -= 1;
+            if self.refit_left == 0 {
+                self.end_refit();
+            }
+        }
         Ok(f64::from(loss.to_dtype(DType::F32)?.to_scalar::<f32>()?))
     }
 
@@ -599,12 +696,14 @@ impl Trainer {
                     reward_mean: lin.reward_mean,
                     reward_std: lin.reward_std,
                     heads,
+                    pulls: lin.stats.iter().map(LinearStats::count).collect(),
+                    initial_pulls: lin.initial_pulls,
                 }))
             }
         };
         Ok(Snapshot {
             version,
-            shape: self.net.current_shape()?,
+            shape: self.shape_now()?,
             weights: self.net.snapshot()?,
             reward_mean: self.rewards.mean,
             reward_std: self.rewards.std(),
@@ -953,6 +1052,120 @@ mod tests {
         old.restore(&ck).unwrap();
         let start = old.snapshot(8).unwrap().shape.drop_rates;
         assert!((start[0] - 0.2).abs() < 1e-6 && (start[1] - 0.3).abs() < 1e-6);
+    }
+
+    /// The default model (mc_dropout, Bayesian last layer) on the two-arm problem.
+    fn linear_config() -> ModelConfig {
+        let mut config = concrete_config();
+        config.concrete_dropout = false;
+        config.hidden_layers = vec![16, 16];
+        config.drop_rates = Some(vec![0.0, 0.3, 0.3]);
+        config
+    }
+
+    /// `refit = { every = 5, steps = 7 }`: rewards owe no steps except every fifth, which
+    /// owes 7; the linear posterior is refitted when the seventh step ends (not on
+    /// `refresh_every`), and not before.
+    #[test]
+    fn periodic_refits_owe_steps_every_few_rewards_and_refresh_after() {
+        let mut config = linear_config();
+        config.neural_linear.refresh_every = 2;
+        config.refit = Some(RefitConfig {
+            every: 5,
+            steps: 7,
+            lr_decay: 0.5,
+        });
+        let mut trainer = Trainer::new(&config).unwrap();
+        let example = |seq| Example {
+            input: vec![0.5, -0.5],
+            head: (seq % 2) as u32,
+            reward: seq as f64,
+            seq,
+        };
+        let owed: Vec<usize> = (0..10).map(|seq| trainer.add(example(seq))).collect();
+        assert_eq!(owed, [0, 0, 0, 0, 7, 0, 0, 0, 0, 7]);
+        assert_eq!(trainer.linear_refreshes().unwrap().0, 1, "the skipped refit");
+        trainer.train(6).unwrap();
+        assert_eq!(trainer.linear_refreshes().unwrap().0, 1);
+        trainer.train(1).unwrap();
+        assert_eq!(trainer.linear_refreshes().unwrap().0, 2);
+        trainer.train(3).unwrap();
+        assert_eq!(trainer.linear_refreshes().unwrap().0, 2);
+    }
+
+    /// `drop_rates_shrink_after = 100`: the rates serve (and train) unchanged up to 100
+    /// examples, then fall as `sqrt(100 / N)`: a quarter at N = 1600.
+    #[test]
+    fn drop_rates_shrink_as_the_square_root_of_the_evidence() {
+        let mut config = linear_config();
+        config.drop_rates_shrink_after = Some(100.0);
+        let mut trainer = trained(&config, 100, 0);
+        assert_eq!(trainer.snapshot(1).unwrap().shape.drop_rates, [0.0, 0.3, 0.3]);
+        let mut trainer = trained(&config, 1600, 0);
+        let rates = trainer.snapshot(1).unwrap().shape.drop_rates;
+        for (p, want) in rates.iter().zip([0.0, 0.075, 0.075]) {
+            assert!((p - want).abs() < 1e-12, "{rates:?}");
+        }
+    }
+
+    /// `neural_linear.fit_masked`: with drop rates above 0, refitting the same network on
+    /// the same replay gives another posterior with masked features than without; with every
+    /// rate 0 there is nothing to mask and the two fits are identical.
+    #[test]
+    fn masked_fit_changes_the_posterior_only_with_masks() {
+        let means = |rates: Vec<f64>| {
+            let mut config = linear_config();
+            config.drop_rates = Some(rates);
+            config.neural_linear.fit_masked = true;
+            let mut trainer = trained(&config, 300, 50);
+            let mut mean = |masked: bool, version| {
+                trainer.linear.as_mut().unwrap().fit_masked = masked;
+                trainer.refresh_linear().unwrap();
+                let snap = trainer.snapshot(version).unwrap();
+                snap.linear.unwrap().heads[0].mean().clone()
+            };
+            (mean(false, 1), mean(true, 2))
+        };
+        let (plain, masked) = means(vec![0.0, 0.3, 0.3]);
+        assert!((&plain - &masked).amax() > 1e-3, "{plain} vs {masked}");
+        let (plain, masked) = means(vec![0.0; 3]);
+        assert_eq!(plain, masked);
+    }
+
+    /// `neural_linear.initial_pulls = 2`: while arm 0's regression has fewer than 2
+    /// examples, every decision offered arm 0 chooses it, with propensity exactly 1 (the
+    /// other arm's 0), and once it has 2 the posterior decides again.
+    #[test]
+    fn initial_pulls_choose_an_unpulled_arm_outright() {
+        use crate::policy::{Inputs, decide, propensity};
+        let mut config = linear_config();
+        config.neural_linear.initial_pulls = 2;
+        let mut trainer = Trainer::new(&config).unwrap();
+        let example = |seq, head| Example {
+            input: vec![0.5, -0.5],
+            head,
+            reward: 1.0,
+            seq,
+        };
+        for seq in 0..5 {
+            trainer.add(example(seq, 1));
+        }
+        trainer.add(example(5, 0));
+        let snap = trainer.snapshot(1).unwrap();
+        let inputs = Inputs::Heads {
+            context: &[0.5, -0.5],
+            heads: &[1, 0],
+        };
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(3);
+        for _ in 0..20 {
+            assert_eq!(decide(&snap, inputs, &mut rng).unwrap().best, 1);
+        }
+        assert_eq!(propensity(&snap, inputs, 1, 10, &mut rng).unwrap(), 1.0);
+        assert_eq!(propensity(&snap, inputs, 0, 10, &mut rng).unwrap(), 0.0);
+        trainer.add(example(6, 0));
+        let snap = trainer.snapshot(2).unwrap();
+        let p = propensity(&snap, inputs, 1, 200, &mut rng).unwrap();
+        assert!(p < 1.0, "{p}");
     }
 
     /// Welford's running statistics match the textbook formulas.

@@ -8,7 +8,7 @@
 use candle_core::Tensor;
 use rand::Rng;
 
-use super::{Inputs, argmax, linear_features, linear_of, network_scores};
+use super::{Inputs, argmax, initial_pull, linear_features, linear_of, network_scores};
 use crate::{
     config::PolicyKind,
     error::Error,
@@ -66,6 +66,9 @@ pub fn propensity<R: Rng>(
     if samples == 0 {
         return Err(Error::Internal("propensity: 0 samples".into()));
     }
+    if let Some(forced) = initial_pull(snapshot, inputs) {
+        return Ok(if forced == chosen { 1.0 } else { 0.0 });
+    }
     let draws = posterior_draws(snapshot, inputs, samples, rng)?;
     let wins = draws.iter().filter(|d| argmax(d) == chosen).count();
     Ok((1 + wins) as f64 / (samples + 1) as f64)
@@ -88,6 +91,10 @@ pub fn wins<R: Rng>(
         return Err(Error::Internal("wins: 0 samples".into()));
     }
     let mut wins = vec![0; inputs.len()];
+    if let Some(forced) = initial_pull(snapshot, inputs) {
+        wins[forced] = samples;
+        return Ok(wins);
+    }
     for draw in posterior_draws(snapshot, inputs, samples, rng)? {
         wins[argmax(&draw)] += 1;
     }

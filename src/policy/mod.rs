@@ -90,6 +90,10 @@ pub fn decide<R: Rng>(
     match snapshot.policy.kind {
         PolicyKind::McDropout if snapshot.linear.is_none() => thompson(snapshot, inputs, rng),
         PolicyKind::McDropout | PolicyKind::NeuralLinear => {
+            if let Some(best) = initial_pull(snapshot, inputs) {
+                let scores = network_scores(snapshot, inputs, None)?;
+                return Ok(Choice { best, scores });
+            }
             let scores =
                 draws::neural_linear_draws(linear_of(snapshot)?, snapshot, inputs, 1, rng)?
                     .pop()
@@ -180,6 +184,20 @@ fn network_scores(
         .iter()
         .map(|&y| f64::from(y) * snapshot.reward_std + snapshot.reward_mean)
         .collect())
+}
+
+/// The first fixed-arm candidate whose head has fewer examples than
+/// `neural_linear.initial_pulls` in the snapshot's regressions: chosen outright (Riquelme et
+/// al. 2018's initial pulls), with probability 1. None for per-arm models and without a
+/// linear posterior.
+fn initial_pull(snapshot: &Snapshot, inputs: Inputs<'_>) -> Option<usize> {
+    let lin = snapshot.linear.as_deref()?;
+    let Inputs::Heads { heads, .. } = inputs else {
+        return None;
+    };
+    heads
+        .iter()
+        .position(|&h| lin.pulls.get(h).is_some_and(|&n| n < lin.initial_pulls))
 }
 
 fn linear_of(snapshot: &Snapshot) -> Result<&NeuralLinear, Error> {
@@ -534,6 +552,8 @@ mod tests {
                 reward_mean: 0.5,
                 reward_std: 2.0,
                 heads: vec![Arc::new(LinearStats::new(33, prior).posterior().unwrap())],
+                pulls: vec![0],
+                initial_pulls: 0,
             }));
             snap
         };

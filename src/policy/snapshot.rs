@@ -63,6 +63,11 @@ pub struct NeuralLinear {
     pub reward_std: f64,
     /// One posterior per output head (fixed arms), or one (per-arm features).
     pub heads: Vec<Arc<linear::LinearPosterior>>,
+    /// Examples in each head's regression.
+    pub pulls: Vec<u64>,
+    /// `neural_linear.initial_pulls`: a fixed-arm candidate whose head has fewer examples is
+    /// chosen outright.
+    pub initial_pulls: u64,
 }
 
 impl NeuralLinear {
