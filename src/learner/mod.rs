@@ -7,7 +7,9 @@
 //! writer or another model; it only falls behind in the log. Serving reads the latest snapshot
 //! from an [`ArcSwap`] without taking any lock the learner holds.
 
+mod linear;
 mod replay;
+mod reward_stats;
 mod trainer;
 
 use std::{
@@ -24,7 +26,8 @@ use arc_swap::ArcSwap;
 use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 
 pub use replay::{Example, Replay};
-pub use trainer::{RunningStats, Trainer};
+pub use reward_stats::RunningStats;
+pub use trainer::Trainer;
 
 use crate::{
     config::ModelConfig,

@@ -1,128 +1,27 @@
-//! One model's training state without any thread: the network, its optimizer, the replay
-//! buffer and the reward statistics. The learner thread drives it; benchmarks and the
-//! in-process simulation harness drive it directly.
+//! One model's training state without any thread: the network and its SGD (optimizer,
+//! prior, Concrete Dropout's rates, periodic refits), the replay buffer and the reward
+//! statistics; NeuralLinear's regressions are `linear.rs`'s. The learner thread drives it;
+//! benchmarks and the in-process simulation harness drive it directly.
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::time::Duration;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, SGD};
 use rand::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
 
-use super::replay::{Example, Replay};
+use super::{
+    linear::LinearState,
+    replay::{Example, Replay},
+    reward_stats::RunningStats,
+};
 use crate::{
     config::{ModelConfig, OptimizerKind, RefitConfig},
     error::Error,
-    model::{
-        NetShape, TrainableNet, Weights,
-        linear::{LinearPosterior, LinearPrior, LinearStats},
-        matrix, neural_linear_features,
-    },
-    policy::{NeuralLinear, Policy, Snapshot},
+    model::{NetShape, TrainableNet, matrix},
+    policy::{Policy, Snapshot},
     storage::checkpoint::{Checkpoint, CheckpointMeta},
 };
-
-/// Online mean and variance (Welford), for standardising rewards so that reward scales of
-/// 0/1 and 0..50 train with the same learning rate.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct RunningStats {
-    n: u64,
-    mean: f64,
-    m2: f64,
-}
-
-impl RunningStats {
-    /// Folds in one value.
-    pub fn push(&mut self, x: f64) {
-        self.n += 1;
-        let delta = x - self.mean;
-        self.mean += delta / self.n as f64;
-        self.m2 += delta * (x - self.mean);
-    }
-
-    /// Folds in `x`, winsorised so that this one value multiplies the standard deviation by
-    /// at most `growth` (`growth` = 0, or fewer than two values so far: `x` itself); returns
-    /// the value folded in. A value at distance `d` from the mean turns the variance `v` of
-    /// `n` values into `(v (n-1) + d² n/(n+1)) / n`; the bound is the `d` that makes that
-    /// `growth² v`. A wild report (−1e6 among rewards of about 1) then at most doubles the
-    /// scale once (default `growth` 2) instead of dominating the statistics for thousands of
-    /// rewards, while a genuinely new reward scale (the wheel's first rewards of 50 after
-    /// rewards of about 1) is fully admitted after a few values, each doubling the scale.
-    pub fn push_bounded(&mut self, x: f64, growth: f64) -> f64 {
-        let admitted = self.bounded(x, growth);
-        self.push(admitted);
-        admitted
-    }
-
-    /// What [`RunningStats::push_bounded`] would fold in for `x`, without folding it in.
-    pub fn bounded(&self, x: f64, growth: f64) -> f64 {
-        if growth <= 0.0 || self.n < 2 {
-            return x;
-        }
-        let n = self.n as f64;
-        let v = self.std().powi(2);
-        let reach = (v * (growth * growth * n - n + 1.0) * (n + 1.0) / n).sqrt();
-        x.clamp(self.mean - reach, self.mean + reach)
-    }
-
-    /// The standard deviation, or 1 while it is undefined or degenerate (so a constant
-    /// reward does not divide by zero).
-    pub fn std(&self) -> f64 {
-        if self.n < 2 {
-            return 1.0;
-        }
-        let std = (self.m2 / (self.n - 1) as f64).sqrt();
-        if std > 1e-6 { std } else { 1.0 }
-    }
-
-    /// The mean of the values folded in (0 before any).
-    pub fn mean(&self) -> f64 {
-        self.mean
-    }
-
-    /// How many values were folded in.
-    pub fn count(&self) -> u64 {
-        self.n
-    }
-}
-
-/// NeuralLinear's training half: the regressions' sufficient statistics on the features of
-/// a frozen copy of the network, refreshed (features recomputed with the latest network,
-/// statistics refitted on the whole replay buffer) every `refresh_every` examples.
-#[derive(Debug)]
-struct LinearState {
-    prior: LinearPrior,
-    refresh_every: usize,
-    /// `neural_linear.fit_masked`: features under fresh dropout masks.
-    fit_masked: bool,
-    /// `neural_linear.initial_pulls`, passed to the snapshots.
-    initial_pulls: u64,
-    /// The frozen feature network.
-    features: Weights,
-    /// The reward standardisation frozen with it.
-    reward_mean: f64,
-    reward_std: f64,
-    /// One regression per output head.
-    stats: Vec<LinearStats>,
-    /// Factorised posteriors of `stats`; `None` = changed since the last snapshot.
-    posteriors: Vec<Option<Arc<LinearPosterior>>>,
-    since_refresh: usize,
-    /// Refreshes so far.
-    refreshes: u64,
-    /// With a throttle (the learner thread), a refresh waits until the time since the last
-    /// one is at least `throttle` times what that one took, so refreshing costs at most
-    /// about 1/(1+throttle) of the learner's time whatever the replay size. `None`
-    /// (simulations) refreshes exactly on schedule, deterministically.
-    throttle: Option<u32>,
-    last_refresh: Instant,
-    last_cost: Duration,
-}
-
-/// Examples per batched forward pass when the features are recomputed.
-const REFRESH_CHUNK: usize = 1024;
 
 #[derive(Debug)]
 enum Opt {
@@ -243,34 +142,9 @@ impl Trainer {
 
     /// Sets up NeuralLinear's regressions on the initial network when the policy needs them.
     fn with_linear(mut self, config: &ModelConfig) -> Result<Self, Error> {
-        if !config.uses_linear_posterior() {
-            return Ok(self);
+        if config.uses_linear_posterior() {
+            self.linear = Some(LinearState::new(config, self.net.snapshot()?));
         }
-        let nl = config.neural_linear;
-        let dim = config.hidden_layers.last().copied().unwrap_or(0) + 1;
-        let prior = LinearPrior {
-            precision: nl.prior_precision,
-            shape: nl.prior_shape,
-            scale: nl.prior_scale,
-        };
-        self.linear = Some(LinearState {
-            prior,
-            refresh_every: nl.refresh_every,
-            fit_masked: nl.fit_masked,
-            initial_pulls: nl.initial_pulls,
-            features: self.net.snapshot()?,
-            reward_mean: 0.0,
-            reward_std: 1.0,
-            stats: (0..config.output_dim())
-                .map(|_| LinearStats::new(dim, prior))
-                .collect(),
-            posteriors: vec![None; config.output_dim()],
-            since_refresh: 0,
-            refreshes: 0,
-            throttle: None,
-            last_refresh: Instant::now(),
-            last_cost: Duration::ZERO,
-        });
         Ok(self)
     }
 
@@ -297,13 +171,13 @@ impl Trainer {
     /// and rewards fast. Without it refreshes run exactly every `refresh_every` examples.
     pub fn throttle_refreshes(&mut self, factor: u32) {
         if let Some(lin) = &mut self.linear {
-            lin.throttle = Some(factor);
+            lin.throttle(factor);
         }
     }
 
     /// NeuralLinear refreshes so far and how long the latest took (none for other policies).
     pub fn linear_refreshes(&self) -> Option<(u64, Duration)> {
-        self.linear.as_ref().map(|l| (l.refreshes, l.last_cost))
+        self.linear.as_ref().map(LinearState::refreshes)
     }
 
     /// Recomputes NeuralLinear's features with the current network and refits every head's
@@ -320,14 +194,7 @@ impl Trainer {
         let Some(lin) = &mut self.linear else {
             return Ok(());
         };
-        let started = Instant::now();
         let features = self.net.snapshot()?;
-        let (mean, std) = (self.rewards.mean, self.rewards.std());
-        let dim = lin.stats.first().map_or(1, LinearStats::dim);
-        let mut stats: Vec<LinearStats> = (0..lin.stats.len())
-            .map(|_| LinearStats::new(dim, lin.prior))
-            .collect();
-        let input_dim = self.net.shape().input_dim;
         // With `decay_half_life`, the forgetting factor: an example `a` rewards old weighs
         // 2^(-a / half_life) in the regression (its row and target scaled by the root).
         let weight = |age: usize| {
@@ -341,41 +208,14 @@ impl Trainer {
             .zip(self.replay.ages())
             .map(|(e, age)| (e, weight(age)))
             .collect();
-        for chunk in items.chunks(REFRESH_CHUNK) {
-            let mut inputs = Vec::with_capacity(chunk.len() * input_dim);
-            for (example, _) in chunk {
-                inputs.extend_from_slice(&example.input);
-            }
-            let xs = matrix(inputs, chunk.len(), input_dim)?;
-            // `fit_masked`: one fresh mask set per example, as each decision draws one.
-            let masks = mask_shape
-                .as_ref()
-                .map(|shape| shape.draw_masks(&mut self.rng, chunk.len()))
-                .transpose()?;
-            let (phi, width) = neural_linear_features(&features, &xs, masks.as_ref())?;
-            // Group the rows by head, one batched update per head.
-            let mut by_head: Vec<(Vec<f32>, Vec<f64>)> =
-                vec![(Vec::new(), Vec::new()); stats.len()];
-            for ((example, w), row) in chunk.iter().zip(phi.chunks(width)) {
-                if let Some((rows, ys)) = by_head.get_mut(example.head as usize) {
-                    rows.extend(row.iter().map(|v| v * *w as f32));
-                    ys.push(w * (example.reward - mean) / std);
-                }
-            }
-            for (head, (rows, ys)) in by_head.iter().enumerate() {
-                stats[head].add_batch(rows, ys);
-            }
-        }
-        lin.features = features;
-        lin.reward_mean = mean;
-        lin.reward_std = std;
-        lin.stats = stats;
-        lin.posteriors.iter_mut().for_each(|p| *p = None);
-        lin.since_refresh = 0;
-        lin.refreshes += 1;
-        lin.last_refresh = Instant::now();
-        lin.last_cost = started.elapsed();
-        Ok(())
+        lin.refit(
+            features,
+            &items,
+            (self.rewards.mean, self.rewards.std()),
+            self.net.shape().input_dim,
+            mask_shape.as_ref(),
+            &mut self.rng,
+        )
     }
 
     /// NeuralLinear's share of [`Trainer::add`], before the example enters replay: it
@@ -387,33 +227,11 @@ impl Trainer {
             _ => None,
         };
         let refits = self.refit.is_some();
+        let input_dim = self.net.shape().input_dim;
         let Some(lin) = &mut self.linear else {
             return Ok(false);
         };
-        lin.since_refresh += 1;
-        // With periodic refits the posterior is refitted after each refit instead.
-        let due = !refits
-            && lin.since_refresh >= lin.refresh_every
-            && lin
-                .throttle
-                .is_none_or(|factor| lin.last_refresh.elapsed() >= lin.last_cost * factor);
-        if due {
-            // The caller refits once the example is in replay, so the refit covers it.
-            return Ok(true);
-        }
-        let head = example.head as usize;
-        if head >= lin.stats.len() {
-            return Err(Error::Internal(format!("example for head {head}")));
-        }
-        let xs = matrix(example.input.clone(), 1, self.net.shape().input_dim)?;
-        let masks = mask_shape
-            .map(|shape| shape.draw_masks(&mut self.rng, 1))
-            .transpose()?;
-        let (phi, _) = neural_linear_features(&lin.features, &xs, masks.as_ref())?;
-        let y = (example.reward - lin.reward_mean) / lin.reward_std;
-        lin.stats[head].add(&phi, y);
-        lin.posteriors[head] = None;
-        Ok(false)
+        lin.add(example, input_dim, refits, mask_shape.as_ref(), &mut self.rng)
     }
 
     /// Layer widths, input first: what a checkpoint must match (a heteroscedastic network's
@@ -676,31 +494,11 @@ impl Trainer {
     /// # Errors
     /// candle cannot copy a tensor.
     pub fn snapshot(&mut self, version: u64) -> Result<Snapshot, Error> {
-        let linear = match &mut self.linear {
-            None => None,
-            Some(lin) => {
-                let mut heads = Vec::with_capacity(lin.stats.len());
-                for (stats, cached) in lin.stats.iter().zip(lin.posteriors.iter_mut()) {
-                    let posterior = match cached {
-                        Some(p) => Arc::clone(p),
-                        None => {
-                            let p = Arc::new(stats.posterior().map_err(Error::Internal)?);
-                            *cached = Some(Arc::clone(&p));
-                            p
-                        }
-                    };
-                    heads.push(posterior);
-                }
-                Some(Arc::new(NeuralLinear {
-                    features: lin.features.clone(),
-                    reward_mean: lin.reward_mean,
-                    reward_std: lin.reward_std,
-                    heads,
-                    pulls: lin.stats.iter().map(LinearStats::count).collect(),
-                    initial_pulls: lin.initial_pulls,
-                }))
-            }
-        };
+        let linear = self
+            .linear
+            .as_mut()
+            .map(LinearState::published)
+            .transpose()?;
         Ok(Snapshot {
             version,
             shape: self.shape_now()?,
@@ -1166,47 +964,5 @@ mod tests {
         let snap = trainer.snapshot(2).unwrap();
         let p = propensity(&snap, inputs, 1, 200, &mut rng).unwrap();
         assert!(p < 1.0, "{p}");
-    }
-
-    /// Welford's running statistics match the textbook formulas.
-    #[test]
-    fn running_stats() {
-        let mut s = RunningStats::default();
-        assert_eq!(s.std(), 1.0);
-        for x in [2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0] {
-            s.push(x);
-        }
-        assert!((s.mean - 5.0).abs() < 1e-12);
-        assert!((s.std() - (32.0f64 / 7.0).sqrt()).abs() < 1e-12);
-    }
-
-    /// Robust standardisation: a wild value grows the standard deviation by exactly the
-    /// limit (2) and is admitted as the bound; an ordinary value passes unchanged; a new
-    /// scale (50 after rewards of about 1) is admitted in full after a few values; with the
-    /// limit off (0) the wild value is folded in as it is.
-    #[test]
-    fn one_value_at_most_doubles_the_reward_scale() {
-        let base = |growth| {
-            let mut s = RunningStats::default();
-            for i in 0..1000 {
-                s.push_bounded(1.0 + 0.1 * f64::from(i % 3), growth);
-            }
-            s
-        };
-        let mut s = base(2.0);
-        let std = s.std();
-        let admitted = s.push_bounded(-1e6, 2.0);
-        assert!(admitted > -1e6 && admitted < s.mean, "{admitted}");
-        assert!((s.std() / std - 2.0).abs() < 1e-9, "{} vs {std}", s.std());
-        let mut s = base(2.0);
-        assert_eq!(s.push_bounded(1.15, 2.0), 1.15);
-        let mut admitted = 0.0;
-        for _ in 0..12 {
-            admitted = s.push_bounded(50.0, 2.0);
-        }
-        assert_eq!(admitted, 50.0);
-        let mut off = base(0.0);
-        assert_eq!(off.push_bounded(-1e6, 0.0), -1e6);
-        assert!(off.std() > 1e4);
     }
 }
