@@ -1351,10 +1351,7 @@ impl ModelConfig {
         }
         if let Some(refit) = &self.refit {
             if refit.every == 0 || refit.steps == 0 {
-                return Err(bad(
-                    "refit",
-                    "every and steps must be at least 1".into(),
-                ));
+                return Err(bad("refit", "every and steps must be at least 1".into()));
             }
             if !(refit.lr_decay.is_finite() && refit.lr_decay >= 0.0) {
                 return Err(bad(
@@ -1703,7 +1700,10 @@ mod tests {
         assert_eq!(m.effective_shrink_after(), Some(LINEAR_HEAD_SHRINK_AFTER));
         assert_eq!((m.refit, m.neural_linear.initial_pulls), (None, 0));
         assert!(!m.neural_linear.fit_masked);
-        let off = model("drop_rates_shrink_after = 0").unwrap().models.remove(0);
+        let off = model("drop_rates_shrink_after = 0")
+            .unwrap()
+            .models
+            .remove(0);
         assert_eq!(off.effective_shrink_after(), None);
         for other in ["policy = \"neural_linear\"", "bayesian_last_layer = false"] {
             let m = model(other).unwrap().models.remove(0);
@@ -1726,7 +1726,10 @@ mod tests {
                 "drop_rates_shrink_after",
             ),
             ("refit = { every = 0, steps = 100 }", "refit"),
-            ("refit = { every = 50, steps = 100, lr_decay = -1 }", "refit.lr_decay"),
+            (
+                "refit = { every = 50, steps = 100, lr_decay = -1 }",
+                "refit.lr_decay",
+            ),
             ("refit = { every = 50 }", "steps"),
         ] {
             let err = model(extra).unwrap_err().to_string();

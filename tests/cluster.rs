@@ -155,10 +155,16 @@ struct Replica {
 impl Replica {
     /// Starts a replica (a trainer candidate unless `no_trainer`) with `config` and its own
     /// data directory under `dir`, and waits until it serves.
+    /// Retries (bounded) on new ports when one was taken between choosing and binding it:
+    /// nats-server and the other processes of the run bind ports too.
     async fn start(dir: &Path, name: &str, config: &Path, args: &[&str]) -> Self {
-        let mut replica = Self::spawn(dir, name, config, args);
-        replica.wait_serving(Duration::from_secs(60)).await;
-        replica
+        for _ in 0..4 {
+            let mut replica = Self::spawn(dir, name, config, args);
+            if replica.serving_or_port_taken(Duration::from_secs(60)).await {
+                return replica;
+            }
+        }
+        panic!("{name}: a port was taken on each of 4 attempts");
     }
 
     /// Starts a replica without waiting for it.
@@ -211,13 +217,27 @@ impl Replica {
     }
 
     async fn wait_serving(&mut self, limit: Duration) {
+        assert!(
+            self.serving_or_port_taken(limit).await,
+            "banditd exited: a port was taken:\n{}",
+            self.logs()
+        );
+    }
+
+    /// Waits until it serves (true), or until it exits because one of its ports was taken
+    /// (false); panics on any other exit and at `limit`.
+    async fn serving_or_port_taken(&mut self, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("banditd exited ({status}):\n{}", self.logs());
+                let logs = self.logs();
+                if logs.contains("Address already in use") {
+                    return false;
+                }
+                panic!("banditd exited ({status}):\n{logs}");
             }
             if self.health().await == Some(ServingStatus::Serving) {
-                return;
+                return true;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -231,7 +231,13 @@ impl Trainer {
         let Some(lin) = &mut self.linear else {
             return Ok(false);
         };
-        lin.add(example, input_dim, refits, mask_shape.as_ref(), &mut self.rng)
+        lin.add(
+            example,
+            input_dim,
+            refits,
+            mask_shape.as_ref(),
+            &mut self.rng,
+        )
     }
 
     /// Layer widths, input first: what a checkpoint must match (a heteroscedastic network's
@@ -882,7 +888,11 @@ mod tests {
         };
         let owed: Vec<usize> = (0..10).map(|seq| trainer.add(example(seq))).collect();
         assert_eq!(owed, [0, 0, 0, 0, 7, 0, 0, 0, 0, 7]);
-        assert_eq!(trainer.linear_refreshes().unwrap().0, 1, "the skipped refit");
+        assert_eq!(
+            trainer.linear_refreshes().unwrap().0,
+            1,
+            "the skipped refit"
+        );
         trainer.train(6).unwrap();
         assert_eq!(trainer.linear_refreshes().unwrap().0, 1);
         trainer.train(1).unwrap();
@@ -898,7 +908,10 @@ mod tests {
         let mut config = linear_config();
         config.drop_rates_shrink_after = Some(100.0);
         let mut trainer = trained(&config, 100, 0);
-        assert_eq!(trainer.snapshot(1).unwrap().shape.drop_rates, [0.0, 0.3, 0.3]);
+        assert_eq!(
+            trainer.snapshot(1).unwrap().shape.drop_rates,
+            [0.0, 0.3, 0.3]
+        );
         let mut trainer = trained(&config, 1600, 0);
         let rates = trainer.snapshot(1).unwrap().shape.drop_rates;
         for (p, want) in rates.iter().zip([0.0, 0.075, 0.075]) {
