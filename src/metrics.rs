@@ -35,7 +35,8 @@ pub const CHOOSE_ARM_SECONDS: &str = "banditd_choose_arm_duration_seconds";
 pub const REPORT_REWARD_SECONDS: &str = "banditd_report_reward_duration_seconds";
 /// Failed calls by transport, method and status code.
 pub const REQUEST_ERRORS: &str = "banditd_request_errors_total";
-/// Rewards refused because the learner queue was full, by model.
+/// Rewards refused because they could not be stored (the log writer's queue full; in
+/// cluster mode, NATS unreachable), by model.
 pub const REWARDS_DROPPED: &str = "banditd_rewards_dropped_total";
 /// SGD steps taken, by model.
 pub const LEARNER_STEPS: &str = "banditd_learner_steps_total";
@@ -51,7 +52,7 @@ pub const REPLAY_SIZE: &str = "banditd_replay_size";
 pub const PENDING_DECISIONS: &str = "banditd_pending_decisions";
 /// Decisions whose window closed with no reward, by model and outcome
 /// (`defaulted`: trained on the default reward; `dropped`: no default configured, or the
-/// learner queue was full).
+/// log writer's queue was full).
 pub const DECISIONS_EXPIRED: &str = "banditd_decisions_expired_total";
 /// Decisions evicted before their window closed because the store was full, by model.
 pub const DECISIONS_EVICTED: &str = "banditd_decisions_evicted_total";
@@ -164,7 +165,7 @@ pub fn describe() {
     describe_counter!(
         REWARDS_DROPPED,
         Unit::Count,
-        "Rewards refused with RESOURCE_EXHAUSTED because the learner queue was full."
+        "Rewards refused because they could not be stored (log writer queue full: RESOURCE_EXHAUSTED; cluster mode, NATS unreachable: UNAVAILABLE)."
     );
     describe_counter!(
         LEARNER_STEPS,
@@ -249,33 +250,12 @@ pub fn describe() {
     );
 }
 
-/// A decision was made. `arm` is `Some` only for fixed-arm models (bounded by config).
-pub fn decision_made(model: &str, arm: Option<&str>, elapsed: Duration) {
-    match arm {
-        Some(arm) => {
-            counter!(DECISIONS, "model" => model.to_owned(), "arm" => arm.to_owned()).increment(1)
-        }
-        None => counter!(DECISIONS, "model" => model.to_owned()).increment(1),
-    }
-    histogram!(CHOOSE_ARM_SECONDS, "model" => model.to_owned()).record(elapsed);
-}
-
-/// A reward was accepted for the first time.
-pub fn reward_accepted(model: &str, reward: f64, regret: Option<f64>, elapsed: Duration) {
-    counter!(REWARDS, "model" => model.to_owned()).increment(1);
-    gauge!(REWARD_SUM, "model" => model.to_owned()).increment(reward);
-    if let Some(regret) = regret {
-        gauge!(REGRET_SUM, "model" => model.to_owned()).increment(regret);
-    }
-    histogram!(REPORT_REWARD_SECONDS, "model" => model.to_owned()).record(elapsed);
-}
-
-/// A reward was refused because the learner queue was full.
+/// A reward was refused because the log writer's queue was full.
 pub fn reward_dropped(model: &str) {
     counter!(REWARDS_DROPPED, "model" => model.to_owned()).increment(1);
     tracing::warn!(
         model,
-        "learner queue full: reward refused with RESOURCE_EXHAUSTED"
+        "log writer queue full: reward refused with RESOURCE_EXHAUSTED"
     );
 }
 
@@ -666,8 +646,9 @@ pub const CLUSTER_SNAPSHOT_LOAD_FAILURES: &str = "banditd_cluster_snapshot_load_
 /// The series a model's ChooseArm and ReportReward record on every call, registered once per
 /// model (when its runtime is built) instead of looked up by name and labels per call: the
 /// lookup (label strings built, hashed, compared) cost the serving path more than the
-/// increments. Records exactly what [`decision_made`], [`decisions_evicted`],
-/// [`reward_accepted`] and [`group_reward`] record.
+/// increments. The only recorder of `banditd_decisions_total`, `banditd_rewards_total`, the
+/// reward and regret sums and the two duration histograms; eviction and group series as
+/// [`decisions_evicted`] and [`group_reward`] record them.
 #[derive(Debug, Clone)]
 pub struct ModelMetrics {
     model: String,
@@ -735,7 +716,7 @@ impl ModelMetrics {
         warn_evicted(&self.model, count);
     }
 
-    /// As [`reward_accepted`].
+    /// A reward was accepted for the first time.
     pub fn reward_accepted(&self, reward: f64, regret: Option<f64>, elapsed: Duration) {
         self.rewards.increment(1);
         self.reward_sum.increment(reward);

@@ -104,8 +104,8 @@ pub(super) async fn publish_decision(
             return Err(e);
         }
     };
-    let arm_label = (model.config.kind == ModelKind::FixedArms).then_some(decision.arm_id());
-    metrics::decision_made(name, arm_label, started.elapsed());
+    let head = (model.config.kind == ModelKind::FixedArms).then_some(decision.head as usize);
+    model.metrics.decision_made(head, started.elapsed());
     Ok(decision)
 }
 
@@ -152,7 +152,9 @@ pub(super) async fn report_reward(
     match bus.publish_reward(record).await? {
         Stored::New => {
             model.counters.rewards.fetch_add(1, Ordering::Relaxed);
-            metrics::reward_accepted(name, reward, regret, started.elapsed());
+            model
+                .metrics
+                .reward_accepted(reward, regret, started.elapsed());
             Ok(RewardOutcome::Accepted(()))
         }
         Stored::Duplicate => Ok(RewardOutcome::Duplicate(None)),
