@@ -376,9 +376,9 @@ impl PlainTrainer {
             .collect();
         Self {
             net,
-            learning_rate: config.learning_rate,
-            prior_strength: config.prior_strength,
-            batch_size: config.batch_size,
+            learning_rate: config.optimizer.learning_rate,
+            prior_strength: config.optimizer.prior_strength,
+            batch_size: config.optimizer.batch_size,
             replay: Vec::new(),
             rewards: RunningStats::default(),
             rng: Xoshiro256PlusPlus::seed_from_u64(rng_seed),
@@ -527,16 +527,16 @@ fn uniform(rng: &mut Xoshiro256PlusPlus, n: usize) -> Vec<f32> {
 fn fixed_config(context_dim: usize, arms: usize) -> ModelConfig {
     let mut config = ModelConfig::new("bench", ModelKind::FixedArms, context_dim);
     config.arms = (0..arms).map(|a| format!("arm{a}")).collect();
-    config.hidden_layers = HIDDEN.to_vec();
-    config.drop_rates = Some(DROP_RATES.to_vec());
+    config.network.hidden_layers = HIDDEN.to_vec();
+    config.network.drop_rates = Some(DROP_RATES.to_vec());
     config
 }
 
 fn per_arm_config(context_dim: usize, arm_feature_dim: usize) -> ModelConfig {
     let mut config = ModelConfig::new("bench", ModelKind::PerArmFeatures, context_dim);
     config.arm_feature_dim = arm_feature_dim;
-    config.hidden_layers = HIDDEN.to_vec();
-    config.drop_rates = Some(DROP_RATES.to_vec());
+    config.network.hidden_layers = HIDDEN.to_vec();
+    config.network.drop_rates = Some(DROP_RATES.to_vec());
     config
 }
 
@@ -704,16 +704,16 @@ fn check_sgd_step(config: &ModelConfig) {
         eprintln!(
             "WARNING sgd_step_batch_{}: the plain-Rust step differs from candle's SGD step \
              (loss {candle_loss} vs {plain_loss}, max weight difference {max_diff})",
-            config.batch_size
+            config.optimizer.batch_size
         );
     }
 }
 
 fn bench_sgd_step(c: &mut Criterion, batch_size: usize) {
     let mut config = fixed_config(2, 5);
-    config.batch_size = batch_size;
+    config.optimizer.batch_size = batch_size;
     let mut sgd_config = config.clone();
-    sgd_config.optimizer = OptimizerKind::Sgd;
+    sgd_config.optimizer.kind = OptimizerKind::Sgd;
     check_sgd_step(&sgd_config);
 
     let (mut adam, _) = trainers(&config);
@@ -762,7 +762,7 @@ fn bench_policies(c: &mut Criterion) {
     };
     let snapshot_for = |policy: PolicyKind| {
         let mut config = fixed_config(2, 5);
-        config.policy = policy;
+        config.policy.kind = policy;
         snapshot_of(&config)
     };
     let mut group = c.benchmark_group("policy_decide_2-100-100-5");
@@ -807,8 +807,8 @@ fn bench_policies(c: &mut Criterion) {
 /// replay buffer (features recomputed), and factorising the posteriors for a publish.
 fn bench_neural_linear_learner(c: &mut Criterion) {
     let mut config = fixed_config(2, 5);
-    config.policy = PolicyKind::NeuralLinear;
-    config.neural_linear.refresh_every = usize::MAX;
+    config.policy.kind = PolicyKind::NeuralLinear;
+    config.policy.neural_linear.refresh_every = usize::MAX;
     let mut group = c.benchmark_group("neural_linear_learner_2-100-100-5");
     for replay in [1_000usize, 20_000] {
         let mut trainer = Trainer::new(&config).expect("trainer");

@@ -683,8 +683,13 @@ pub struct HoldoutConfig {
 }
 
 /// One named model and its learner.
+///
+/// The model's table in the configuration file is flat (`learning_rate = 0.01` beside
+/// `hidden_layers = [50]`), as it always was; in Rust the settings are grouped in sections
+/// (`network`, `policy`, `optimizer`, `learner`, `rewards`, `pending`), each with its own
+/// defaults, so that a new option touches one section. The sections are flattened into the
+/// table, and a key that no section takes is refused by name.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     /// The name clients put in `model`.
     pub name: String,
@@ -698,32 +703,88 @@ pub struct ModelConfig {
     /// Length of each candidate's features (per-arm models; 0 for fixed-arm models).
     #[serde(default)]
     pub arm_feature_dim: usize,
-    /// Hidden layer widths (ReLU).
-    #[serde(default = "defaults::hidden_layers")]
-    pub hidden_layers: Vec<usize>,
+    /// Seed of the model's initial weights, its dropout masks and its replay sampling.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// The network's shape and its dropout.
+    #[serde(flatten, deserialize_with = "section")]
+    pub network: NetworkConfig,
     /// How decisions are made from the network.
-    #[serde(default)]
-    pub policy: PolicyKind,
-    /// Probability of a uniformly random choice (`epsilon_greedy` only).
-    #[serde(default = "defaults::epsilon")]
-    pub epsilon: f64,
-    /// Posterior samples estimating each decision's propensity when the request does not
-    /// ask (`propensity_samples` = 0); 0 = not estimated (Thompson policies only; the
-    /// baselines' propensity is exact and free).
-    #[serde(default)]
-    pub propensity_samples: usize,
-    /// Settings of the `neural_linear` policy.
-    #[serde(default)]
-    pub neural_linear: NeuralLinearConfig,
+    #[serde(flatten, deserialize_with = "section")]
+    pub policy: PolicyConfig,
+    /// How the network is trained.
+    #[serde(flatten, deserialize_with = "section")]
+    pub optimizer: OptimizerConfig,
+    /// The learner thread: its backlog, publishing and refits.
+    #[serde(flatten, deserialize_with = "section")]
+    pub learner: LearnerConfig,
+    /// Which rewards are accepted.
+    #[serde(flatten, deserialize_with = "section")]
+    pub rewards: RewardsConfig,
+    /// Decisions waiting for their reward.
+    #[serde(flatten, deserialize_with = "section")]
+    pub pending: PendingConfig,
+    /// Keys no section took: refused while parsing (see [`UnknownKeys`]).
+    #[serde(flatten)]
+    pub(crate) unknown: UnknownKeys,
+}
+
+fn default_seed() -> u64 {
+    42
+}
+
+/// The network: its hidden layers, heads and dropout.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkConfig {
+    /// Hidden layer widths (ReLU).
+    pub hidden_layers: Vec<usize>,
     /// Drop rate of the input units followed by one per hidden layer
     /// (`hidden_layers.len() + 1` values in `[0, 1)`).
-    #[serde(default)]
     pub drop_rates: Option<Vec<f64>>,
     /// Learn each layer's drop rate with Concrete Dropout (Gal, Hron & Kendall 2017),
     /// starting from `drop_rates`; decisions then draw masks at the learned rates. Every
     /// starting rate must be in `(0, 1)`.
-    #[serde(default)]
     pub concrete_dropout: bool,
+    /// Drop rates that fall with the evidence: after `N` examples, more than this many,
+    /// every rate is `drop_rates · sqrt(drop_rates_shrink_after / N)` (training and
+    /// decisions), so the masks' spread fades like a posterior's. 0 = fixed rates. None (the
+    /// default) = 100 under `mc_dropout` with `bayesian_last_layer` (see
+    /// [`LINEAR_HEAD_SHRINK_AFTER`]), fixed rates otherwise. Not with `concrete_dropout`
+    /// (that learns its own).
+    pub drop_rates_shrink_after: Option<f64>,
+    /// Give every output head a second output, its log noise variance, and train the pair
+    /// by the Gaussian negative log-likelihood instead of the squared error (README "The method" §2):
+    /// noisy arms are then fitted as noisy, not kept uncertain. Decisions score the means
+    /// only.
+    pub heteroscedastic: bool,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self {
+            hidden_layers: vec![100, 100],
+            drop_rates: None,
+            concrete_dropout: false,
+            drop_rates_shrink_after: None,
+            heteroscedastic: false,
+        }
+    }
+}
+
+/// How a decision is made.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// The policy (the table's `policy` key).
+    #[serde(rename = "policy")]
+    pub kind: PolicyKind,
+    /// Probability of a uniformly random choice (`epsilon_greedy` only).
+    pub epsilon: f64,
+    /// Posterior samples estimating each decision's propensity when the request does not
+    /// ask (`propensity_samples` = 0); 0 = not estimated (Thompson policies only; the
+    /// baselines' propensity is exact and free).
+    pub propensity_samples: usize,
     /// `mc_dropout` only (other policies ignore it): dropout on the body, an exact Bayesian
     /// last layer. A decision draws one dropout mask set for the input and hidden layers
     /// (shared by every candidate) and one sample of a Bayesian linear regression per head on
@@ -731,23 +792,81 @@ pub struct ModelConfig {
     /// settings), so a decision is still one sample of the whole network. On by default:
     /// fixed-rate dropout's spread does not shrink with data, the linear posterior's does
     /// (wheel δ = 0.95, 5 seeds: regret 24.7 with it, 67.9 without).
-    #[serde(default = "defaults::bayesian_last_layer")]
     pub bayesian_last_layer: bool,
-    /// Give every output head a second output, its log noise variance, and train the pair
-    /// by the Gaussian negative log-likelihood instead of the squared error (README "The method" §2):
-    /// noisy arms are then fitted as noisy, not kept uncertain. Decisions score the means
-    /// only.
-    #[serde(default)]
-    pub heteroscedastic: bool,
-    /// The rewards this model can receive, `[lo, hi]`; a reward outside is handled as
-    /// `on_reward_out_of_range` says. None: any finite reward within
-    /// `limits.max_abs_reward` (the trainer's robust standardisation,
-    /// `reward_std_growth_limit`, still bounds what one wild value can do).
-    #[serde(default)]
-    pub reward_range: Option<[f64; 2]>,
-    /// Refuse (`reject`) or clip (`clip`) a reward outside `reward_range`.
-    #[serde(default)]
-    pub on_reward_out_of_range: OnRewardOutOfRange,
+    /// Settings of the `neural_linear` policy (and of `bayesian_last_layer`).
+    pub neural_linear: NeuralLinearConfig,
+    /// A holdout experiment (none by default): `holdout = { fraction = 0.05, control =
+    /// "uniform" }`. Both groups' rewards train the model.
+    pub holdout: Option<HoldoutConfig>,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            kind: PolicyKind::default(),
+            epsilon: 0.05,
+            propensity_samples: 0,
+            bayesian_last_layer: true,
+            neural_linear: NeuralLinearConfig::default(),
+            holdout: None,
+        }
+    }
+}
+
+/// The optimizer and what it trains on.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimizerConfig {
+    /// The optimizer (the table's `optimizer` key).
+    #[serde(rename = "optimizer")]
+    pub kind: OptimizerKind,
+    /// Optimizer step size.
+    pub learning_rate: f64,
+    /// Examples per minibatch, sampled from the replay buffer.
+    pub batch_size: usize,
+    /// SGD steps taken per reward received.
+    pub updates_per_reward: usize,
+    /// Examples kept for replay (oldest replaced first).
+    pub replay_capacity: usize,
+    /// Strength of the Gaussian prior on the weights; it weighs `1/N` per example.
+    pub prior_strength: f64,
+    /// Forgetting for non-stationary rewards, in rewards: minibatches draw an example `a`
+    /// rewards old with weight 2^(-a / half-life), and the linear posterior (neural_linear,
+    /// bayesian_last_layer) weighs it so at each refit. None (the default) = stationary.
+    pub decay_half_life: Option<f64>,
+}
+
+impl Default for OptimizerConfig {
+    fn default() -> Self {
+        Self {
+            kind: OptimizerKind::Adam,
+            // Adam's usual step; rewards are standardised, so one value fits 0/1 and 0..50
+            // scales.
+            learning_rate: 0.003,
+            batch_size: 32,
+            updates_per_reward: 2,
+            replay_capacity: 20_000,
+            prior_strength: 1.0,
+            decay_half_life: None,
+        }
+    }
+}
+
+/// The learner thread: how much it may owe, when it publishes, how it standardises rewards.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LearnerConfig {
+    /// Most SGD steps the learner may owe; when rewards arrive faster than it can train,
+    /// the excess steps are skipped (counted) rather than rewards refused.
+    pub max_step_backlog: usize,
+    /// The learner publishes new weights after this many steps...
+    pub publish_every_steps: usize,
+    /// ...or this many milliseconds of training, whichever comes first (and whenever it
+    /// runs out of work).
+    pub publish_interval_ms: u64,
+    /// Periodic refits instead of steps after every reward (none = steps after every
+    /// reward, the default).
+    pub refit: Option<RefitConfig>,
     /// Robust reward standardisation: one reward may multiply the standard deviation of the
     /// rewards seen (which scales every training target) by at most this factor; a reward
     /// further out is winsorised to the value that does exactly that, in the statistics and
@@ -755,126 +874,148 @@ pub struct ModelConfig {
     /// rewards accumulate) instead of dominating it for thousands of rewards, while a
     /// genuinely new scale (the wheel's first rewards of 50 after rewards of about 1) is
     /// fully admitted after a few rewards. 0 = off; otherwise above 1.
-    #[serde(default = "defaults::reward_std_growth_limit")]
     pub reward_std_growth_limit: f64,
-    /// Optimizer step size.
-    #[serde(default = "defaults::learning_rate")]
-    pub learning_rate: f64,
-    /// Optimizer.
-    #[serde(default = "defaults::optimizer")]
-    pub optimizer: OptimizerKind,
-    /// Examples per minibatch, sampled from the replay buffer.
-    #[serde(default = "defaults::batch_size")]
-    pub batch_size: usize,
-    /// SGD steps taken per reward received.
-    #[serde(default = "defaults::updates_per_reward")]
-    pub updates_per_reward: usize,
-    /// Examples kept for replay (oldest replaced first).
-    #[serde(default = "defaults::replay_capacity")]
-    pub replay_capacity: usize,
-    /// Strength of the Gaussian prior on the weights; it weighs `1/N` per example.
-    #[serde(default = "defaults::prior_strength")]
-    pub prior_strength: f64,
-    /// How long a decision waits for its reward, in seconds.
-    #[serde(default = "defaults::reward_window_seconds")]
-    pub reward_window_seconds: f64,
-    /// Reward trained on when the window closes without one; none = the decision is dropped.
-    #[serde(default)]
-    pub default_reward: Option<f64>,
-    /// Seed of the model's initial weights, its dropout masks and its replay sampling.
-    #[serde(default = "defaults::seed")]
-    pub seed: u64,
-    /// Most decisions waiting for a reward; past it the oldest are evicted.
-    #[serde(default = "defaults::pending_capacity")]
-    pub pending_capacity: usize,
-    /// Most SGD steps the learner may owe; when rewards arrive faster than it can train,
-    /// the excess steps are skipped (counted) rather than rewards refused.
-    #[serde(default = "defaults::max_step_backlog")]
-    pub max_step_backlog: usize,
-    /// The learner publishes new weights after this many steps...
-    #[serde(default = "defaults::publish_every_steps")]
-    pub publish_every_steps: usize,
-    /// ...or this many milliseconds of training, whichever comes first (and whenever it
-    /// runs out of work).
-    #[serde(default = "defaults::publish_interval_ms")]
-    pub publish_interval_ms: u64,
-    /// A holdout experiment (none by default): `holdout = { fraction = 0.05, control =
-    /// "uniform" }`. Both groups' rewards train the model.
-    #[serde(default)]
-    pub holdout: Option<HoldoutConfig>,
-    /// Forgetting for non-stationary rewards, in rewards: minibatches draw an example `a`
-    /// rewards old with weight 2^(-a / half-life), and the linear posterior (neural_linear,
-    /// bayesian_last_layer) weighs it so at each refit. None (the default) = stationary.
-    #[serde(default)]
-    pub decay_half_life: Option<f64>,
-    /// Periodic refits instead of steps after every reward (none = steps after every
-    /// reward, the default).
-    #[serde(default)]
-    pub refit: Option<RefitConfig>,
-    /// Drop rates that fall with the evidence: after `N` examples, more than this many,
-    /// every rate is `drop_rates · sqrt(drop_rates_shrink_after / N)` (training and
-    /// decisions), so the masks' spread fades like a posterior's. 0 = fixed rates. None (the
-    /// default) = 100 under `mc_dropout` with `bayesian_last_layer` (see
-    /// [`LINEAR_HEAD_SHRINK_AFTER`]), fixed rates otherwise. Not with `concrete_dropout`
-    /// (that learns its own).
-    #[serde(default)]
-    pub drop_rates_shrink_after: Option<f64>,
 }
 
-mod defaults {
-    use super::OptimizerKind;
+impl Default for LearnerConfig {
+    fn default() -> Self {
+        Self {
+            // About a second of training at the default network size.
+            max_step_backlog: 4096,
+            publish_every_steps: 16,
+            publish_interval_ms: 20,
+            refit: None,
+            reward_std_growth_limit: 2.0,
+        }
+    }
+}
 
-    pub(super) fn hidden_layers() -> Vec<usize> {
-        vec![100, 100]
+/// Which rewards the model accepts.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RewardsConfig {
+    /// The rewards this model can receive, `[lo, hi]`; a reward outside is handled as
+    /// `on_reward_out_of_range` says. None: any finite reward within
+    /// `limits.max_abs_reward` (the trainer's robust standardisation,
+    /// `reward_std_growth_limit`, still bounds what one wild value can do).
+    pub reward_range: Option<[f64; 2]>,
+    /// Refuse (`reject`) or clip (`clip`) a reward outside `reward_range`.
+    pub on_reward_out_of_range: OnRewardOutOfRange,
+}
+
+/// Decisions waiting for their reward.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PendingConfig {
+    /// How long a decision waits for its reward, in seconds.
+    pub reward_window_seconds: f64,
+    /// Reward trained on when the window closes without one; none = the decision is dropped.
+    pub default_reward: Option<f64>,
+    /// Most decisions waiting for a reward; past it the oldest are evicted.
+    pub pending_capacity: usize,
+}
+
+impl Default for PendingConfig {
+    fn default() -> Self {
+        Self {
+            reward_window_seconds: 3600.0,
+            default_reward: None,
+            // About 1 KB each (more with per-arm features): a quarter of a GB per model at
+            // most.
+            pending_capacity: 250_000,
+        }
     }
-    pub(super) fn bayesian_last_layer() -> bool {
-        true
+}
+
+/// One section of a model's flat table: takes the section's own keys (and only those) and
+/// deserializes them through `toml`, so that a bad value's error names its key (serde's
+/// flattening alone reports "invalid type" without saying where).
+fn section<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    struct Keys<T>(std::marker::PhantomData<T>);
+    impl<'de, T: serde::de::DeserializeOwned> serde::de::Visitor<'de> for Keys<T> {
+        type Value = T;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a model table")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<T, A::Error> {
+            let mut table = toml::Table::new();
+            while let Some((key, value)) = map.next_entry::<String, toml::Value>()? {
+                table.insert(key, value);
+            }
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| {
+                    serde::de::Error::custom(e.to_string().trim_end().replace('\n', " "))
+                })
+        }
     }
-    pub(super) fn reward_std_growth_limit() -> f64 {
-        2.0
+    // The field list makes serde hand this section only its own keys and leave the rest to
+    // the other sections and to `UnknownKeys`.
+    let fields = serde_aux::serde_introspection::serde_introspect::<T>();
+    deserializer.deserialize_struct("section", fields, Keys(std::marker::PhantomData))
+}
+
+/// What is left of a model's table once every field and section took its keys: nothing, or
+/// the parse fails naming the first key left (what `deny_unknown_fields` does for a struct
+/// without flattened sections). Serializes as nothing.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct UnknownKeys;
+
+impl<'de> Deserialize<'de> for UnknownKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Rest;
+        impl<'de> serde::de::Visitor<'de> for Rest {
+            type Value = UnknownKeys;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a model table")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<UnknownKeys, A::Error> {
+                match map.next_key::<String>()? {
+                    Some(key) => Err(serde::de::Error::unknown_field(&key, model_keys())),
+                    None => Ok(UnknownKeys),
+                }
+            }
+        }
+        deserializer.deserialize_map(Rest)
     }
-    pub(super) fn learning_rate() -> f64 {
-        // Adam's usual step; rewards are standardised, so one value fits 0/1 and 0..50 scales.
-        0.003
+}
+
+impl Serialize for UnknownKeys {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        serializer.serialize_map(Some(0))?.end()
     }
-    pub(super) fn optimizer() -> OptimizerKind {
-        OptimizerKind::Adam
-    }
-    pub(super) fn epsilon() -> f64 {
-        0.05
-    }
-    pub(super) fn batch_size() -> usize {
-        32
-    }
-    pub(super) fn updates_per_reward() -> usize {
-        2
-    }
-    pub(super) fn replay_capacity() -> usize {
-        20_000
-    }
-    pub(super) fn prior_strength() -> f64 {
-        1.0
-    }
-    pub(super) fn reward_window_seconds() -> f64 {
-        3600.0
-    }
-    pub(super) fn seed() -> u64 {
-        42
-    }
-    pub(super) fn pending_capacity() -> usize {
-        // About 1 KB each (more with per-arm features): a quarter of a GB per model at most.
-        250_000
-    }
-    pub(super) fn max_step_backlog() -> usize {
-        // About a second of training at the default network size.
-        4096
-    }
-    pub(super) fn publish_every_steps() -> usize {
-        16
-    }
-    pub(super) fn publish_interval_ms() -> u64 {
-        20
-    }
+}
+
+/// Every key a model's table may have, for the unknown-key error.
+fn model_keys() -> &'static [&'static str] {
+    use serde_aux::serde_introspection::serde_introspect;
+    static KEYS: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| {
+        [
+            "name",
+            "kind",
+            "context_dim",
+            "arms",
+            "arm_feature_dim",
+            "seed",
+        ]
+        .into_iter()
+        .chain(serde_introspect::<NetworkConfig>().iter().copied())
+        .chain(serde_introspect::<PolicyConfig>().iter().copied())
+        .chain(serde_introspect::<OptimizerConfig>().iter().copied())
+        .chain(serde_introspect::<LearnerConfig>().iter().copied())
+        .chain(serde_introspect::<RewardsConfig>().iter().copied())
+        .chain(serde_introspect::<PendingConfig>().iter().copied())
+        .collect()
+    })
 }
 
 /// Default drop rate of hidden units, chosen by measurement (in-process harness, T = 5000,
@@ -906,35 +1047,14 @@ impl ModelConfig {
             context_dim,
             arms: Vec::new(),
             arm_feature_dim: 0,
-            hidden_layers: defaults::hidden_layers(),
-            policy: PolicyKind::default(),
-            epsilon: defaults::epsilon(),
-            neural_linear: NeuralLinearConfig::default(),
-            propensity_samples: 0,
-            drop_rates: None,
-            concrete_dropout: false,
-            bayesian_last_layer: defaults::bayesian_last_layer(),
-            heteroscedastic: false,
-            reward_range: None,
-            on_reward_out_of_range: OnRewardOutOfRange::default(),
-            reward_std_growth_limit: defaults::reward_std_growth_limit(),
-            learning_rate: defaults::learning_rate(),
-            optimizer: defaults::optimizer(),
-            batch_size: defaults::batch_size(),
-            updates_per_reward: defaults::updates_per_reward(),
-            replay_capacity: defaults::replay_capacity(),
-            prior_strength: defaults::prior_strength(),
-            reward_window_seconds: defaults::reward_window_seconds(),
-            default_reward: None,
-            seed: defaults::seed(),
-            pending_capacity: defaults::pending_capacity(),
-            max_step_backlog: defaults::max_step_backlog(),
-            publish_every_steps: defaults::publish_every_steps(),
-            publish_interval_ms: defaults::publish_interval_ms(),
-            holdout: None,
-            decay_half_life: None,
-            refit: None,
-            drop_rates_shrink_after: None,
+            seed: default_seed(),
+            network: NetworkConfig::default(),
+            policy: PolicyConfig::default(),
+            optimizer: OptimizerConfig::default(),
+            learner: LearnerConfig::default(),
+            rewards: RewardsConfig::default(),
+            pending: PendingConfig::default(),
+            unknown: UnknownKeys,
         }
     }
 
@@ -946,17 +1066,27 @@ impl ModelConfig {
     /// other policies (MC dropout's posterior; a regulariser and the explanation's spread for
     /// the baselines).
     pub fn effective_drop_rates(&self) -> Vec<f64> {
-        self.drop_rates.clone().unwrap_or_else(|| {
-            if self.policy == PolicyKind::NeuralLinear {
-                return vec![0.0; self.hidden_layers.len() + 1];
+        self.network.drop_rates.clone().unwrap_or_else(|| {
+            if self.policy.kind == PolicyKind::NeuralLinear {
+                return vec![0.0; self.network.hidden_layers.len() + 1];
             }
             if self.uses_linear_posterior() {
                 return std::iter::once(0.0)
-                    .chain(self.hidden_layers.iter().map(|_| LINEAR_HEAD_HIDDEN_DROP))
+                    .chain(
+                        self.network
+                            .hidden_layers
+                            .iter()
+                            .map(|_| LINEAR_HEAD_HIDDEN_DROP),
+                    )
                     .collect();
             }
             std::iter::once(DEFAULT_INPUT_DROP)
-                .chain(self.hidden_layers.iter().map(|_| DEFAULT_HIDDEN_DROP))
+                .chain(
+                    self.network
+                        .hidden_layers
+                        .iter()
+                        .map(|_| DEFAULT_HIDDEN_DROP),
+                )
                 .collect()
         })
     }
@@ -965,12 +1095,12 @@ impl ModelConfig {
     /// else [`LINEAR_HEAD_SHRINK_AFTER`] under `mc_dropout` with `bayesian_last_layer`; none
     /// with `concrete_dropout`, which learns its rates.
     pub fn effective_shrink_after(&self) -> Option<f64> {
-        if self.concrete_dropout {
+        if self.network.concrete_dropout {
             return None;
         }
-        match self.drop_rates_shrink_after {
+        match self.network.drop_rates_shrink_after {
             Some(n) => (n > 0.0).then_some(n),
-            None => (self.policy == PolicyKind::McDropout && self.bayesian_last_layer)
+            None => (self.policy.kind == PolicyKind::McDropout && self.policy.bayesian_last_layer)
                 .then_some(LINEAR_HEAD_SHRINK_AFTER),
         }
     }
@@ -986,13 +1116,13 @@ impl ModelConfig {
         if !reward.is_finite() {
             return Err(Error::invalid("reward", format!("{reward} is not finite")));
         }
-        let Some([lo, hi]) = self.reward_range else {
+        let Some([lo, hi]) = self.rewards.reward_range else {
             return Ok(reward);
         };
         if (lo..=hi).contains(&reward) {
             return Ok(reward);
         }
-        match self.on_reward_out_of_range {
+        match self.rewards.on_reward_out_of_range {
             OnRewardOutOfRange::Clip => Ok(reward.clamp(lo, hi)),
             OnRewardOutOfRange::Reject => Err(Error::invalid(
                 "reward",
@@ -1007,9 +1137,9 @@ impl ModelConfig {
     /// Whether the trainer keeps NeuralLinear's linear posteriors on the last hidden layer:
     /// for `neural_linear`, and for `mc_dropout` with `bayesian_last_layer`.
     pub fn uses_linear_posterior(&self) -> bool {
-        match self.policy {
+        match self.policy.kind {
             PolicyKind::NeuralLinear => true,
-            PolicyKind::McDropout => self.bayesian_last_layer,
+            PolicyKind::McDropout => self.policy.bayesian_last_layer,
             PolicyKind::Greedy | PolicyKind::EpsilonGreedy | PolicyKind::Uniform => false,
         }
     }
@@ -1033,7 +1163,7 @@ impl ModelConfig {
     /// Layer widths of the network, input first, output last.
     pub fn layer_widths(&self) -> Vec<usize> {
         std::iter::once(self.input_dim())
-            .chain(self.hidden_layers.iter().copied())
+            .chain(self.network.hidden_layers.iter().copied())
             .chain([self.output_dim()])
             .collect()
     }
@@ -1096,13 +1226,13 @@ impl ModelConfig {
     /// The first problem found, naming the field.
     pub fn validate_with(&self, limits: &LimitsConfig) -> Result<(), ConfigError> {
         self.validate()?;
-        if self.propensity_samples > limits.max_posterior_samples {
+        if self.policy.propensity_samples > limits.max_posterior_samples {
             return Err(ConfigError::Invalid {
                 model: self.name.clone(),
                 field: "propensity_samples".into(),
                 why: format!(
                     "{} is more than limits.max_posterior_samples ({})",
-                    self.propensity_samples, limits.max_posterior_samples
+                    self.policy.propensity_samples, limits.max_posterior_samples
                 ),
             });
         }
@@ -1116,6 +1246,8 @@ impl ModelConfig {
     /// checkpoint of the current weights when it must). The network's shape, its seed and
     /// the training set-up cannot: a new model (delete, create) takes those.
     pub fn live_change(&self, new: &ModelConfig) -> Result<(), (&'static str, &'static str)> {
+        const SHAPE: &str = "changes the network's shape; create a new model instead";
+        const SETUP: &str = "cannot change while the model serves; create a new model instead";
         // Destructured without `..`: a new setting must be classed here.
         let Self {
             name,
@@ -1123,38 +1255,48 @@ impl ModelConfig {
             context_dim,
             arms,
             arm_feature_dim,
-            hidden_layers,
+            seed,
+            network,
             policy: _,
-            epsilon: _,
-            propensity_samples: _,
-            neural_linear: _,
+            optimizer,
+            learner,
+            rewards,
+            pending,
+            unknown: _,
+        } = self;
+        let NetworkConfig {
+            hidden_layers,
             drop_rates: _,
             concrete_dropout,
-            bayesian_last_layer: _,
+            drop_rates_shrink_after,
             heteroscedastic,
-            reward_range,
-            on_reward_out_of_range,
-            reward_std_growth_limit,
+        } = network;
+        let OptimizerConfig {
+            kind: optimizer_kind,
             learning_rate: _,
-            optimizer,
             batch_size,
             updates_per_reward,
             replay_capacity,
             prior_strength,
-            reward_window_seconds: _,
-            default_reward: _,
-            seed,
-            pending_capacity,
+            decay_half_life: _,
+        } = optimizer;
+        let LearnerConfig {
             max_step_backlog,
             publish_every_steps,
             publish_interval_ms,
-            holdout: _,
-            decay_half_life: _,
             refit,
-            drop_rates_shrink_after,
-        } = self;
-        const SHAPE: &str = "changes the network's shape; create a new model instead";
-        const SETUP: &str = "cannot change while the model serves; create a new model instead";
+            reward_std_growth_limit,
+        } = learner;
+        let RewardsConfig {
+            reward_range,
+            on_reward_out_of_range,
+        } = rewards;
+        let PendingConfig {
+            reward_window_seconds: _,
+            default_reward: _,
+            pending_capacity,
+        } = pending;
+        let (n, o, l, r) = (&new.network, &new.optimizer, &new.learner, &new.rewards);
         let checks: [(&'static str, bool, &'static str); 23] = [
             ("name", *name != new.name, SETUP),
             ("kind", *kind != new.kind, SHAPE),
@@ -1165,70 +1307,70 @@ impl ModelConfig {
                 *arm_feature_dim != new.arm_feature_dim,
                 SHAPE,
             ),
-            ("hidden_layers", *hidden_layers != new.hidden_layers, SHAPE),
+            ("hidden_layers", *hidden_layers != n.hidden_layers, SHAPE),
             (
                 "heteroscedastic",
-                *heteroscedastic != new.heteroscedastic,
+                *heteroscedastic != n.heteroscedastic,
                 SHAPE,
             ),
             (
                 "concrete_dropout",
-                *concrete_dropout != new.concrete_dropout,
+                *concrete_dropout != n.concrete_dropout,
                 SETUP,
             ),
-            ("reward_range", *reward_range != new.reward_range, SETUP),
+            ("reward_range", *reward_range != r.reward_range, SETUP),
             (
                 "on_reward_out_of_range",
-                *on_reward_out_of_range != new.on_reward_out_of_range,
+                *on_reward_out_of_range != r.on_reward_out_of_range,
                 SETUP,
             ),
             (
                 "reward_std_growth_limit",
-                reward_std_growth_limit.to_bits() != new.reward_std_growth_limit.to_bits(),
+                reward_std_growth_limit.to_bits() != l.reward_std_growth_limit.to_bits(),
                 SETUP,
             ),
-            ("optimizer", *optimizer != new.optimizer, SETUP),
-            ("batch_size", *batch_size != new.batch_size, SETUP),
+            ("optimizer", *optimizer_kind != o.kind, SETUP),
+            ("batch_size", *batch_size != o.batch_size, SETUP),
             (
                 "updates_per_reward",
-                *updates_per_reward != new.updates_per_reward,
+                *updates_per_reward != o.updates_per_reward,
                 SETUP,
             ),
             (
                 "replay_capacity",
-                *replay_capacity != new.replay_capacity,
+                *replay_capacity != o.replay_capacity,
                 SETUP,
             ),
             (
                 "prior_strength",
-                prior_strength.to_bits() != new.prior_strength.to_bits(),
+                prior_strength.to_bits() != o.prior_strength.to_bits(),
                 SETUP,
             ),
             ("seed", *seed != new.seed, SETUP),
             (
                 "pending_capacity",
-                *pending_capacity != new.pending_capacity,
+                *pending_capacity != new.pending.pending_capacity,
                 SETUP,
             ),
             (
                 "max_step_backlog",
-                *max_step_backlog != new.max_step_backlog,
+                *max_step_backlog != l.max_step_backlog,
                 SETUP,
             ),
             (
                 "publish_every_steps",
-                *publish_every_steps != new.publish_every_steps,
+                *publish_every_steps != l.publish_every_steps,
                 SETUP,
             ),
             (
                 "publish_interval_ms",
-                *publish_interval_ms != new.publish_interval_ms,
+                *publish_interval_ms != l.publish_interval_ms,
                 SETUP,
             ),
-            ("refit", *refit != new.refit, SETUP),
+            ("refit", *refit != l.refit, SETUP),
             (
                 "drop_rates_shrink_after",
-                *drop_rates_shrink_after != new.drop_rates_shrink_after,
+                *drop_rates_shrink_after != n.drop_rates_shrink_after,
                 SETUP,
             ),
         ];
@@ -1240,7 +1382,7 @@ impl ModelConfig {
 
     /// The reward window.
     pub fn reward_window(&self) -> Duration {
-        Duration::from_secs_f64(self.reward_window_seconds)
+        Duration::from_secs_f64(self.pending.reward_window_seconds)
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -1302,16 +1444,16 @@ impl ModelConfig {
                 }
             }
         }
-        if self.hidden_layers.contains(&0) {
+        if self.network.hidden_layers.contains(&0) {
             return Err(bad("hidden_layers", "widths must be at least 1".into()));
         }
         let rates = self.effective_drop_rates();
-        if rates.len() != self.hidden_layers.len() + 1 {
+        if rates.len() != self.network.hidden_layers.len() + 1 {
             return Err(bad(
                 "drop_rates",
                 format!(
                     "expected {} values (input, then one per hidden layer), got {}",
-                    self.hidden_layers.len() + 1,
+                    self.network.hidden_layers.len() + 1,
                     rates.len()
                 ),
             ));
@@ -1319,7 +1461,7 @@ impl ModelConfig {
         if let Some(r) = rates.iter().find(|r| !(0.0..1.0).contains(*r)) {
             return Err(bad("drop_rates", format!("{r} is not in [0, 1)")));
         }
-        if self.concrete_dropout
+        if self.network.concrete_dropout
             && let Some(r) = rates.iter().find(|r| **r <= 0.0)
         {
             return Err(bad(
@@ -1330,10 +1472,13 @@ impl ModelConfig {
                 ),
             ));
         }
-        if !(0.0..=1.0).contains(&self.epsilon) {
-            return Err(bad("epsilon", format!("{} is not in [0, 1]", self.epsilon)));
+        if !(0.0..=1.0).contains(&self.policy.epsilon) {
+            return Err(bad(
+                "epsilon",
+                format!("{} is not in [0, 1]", self.policy.epsilon),
+            ));
         }
-        let nl = &self.neural_linear;
+        let nl = &self.policy.neural_linear;
         for (field, value) in [
             ("neural_linear.prior_precision", nl.prior_precision),
             ("neural_linear.prior_shape", nl.prior_shape),
@@ -1349,7 +1494,7 @@ impl ModelConfig {
                 "must be at least 1".into(),
             ));
         }
-        if let Some(refit) = &self.refit {
+        if let Some(refit) = &self.learner.refit {
             if refit.every == 0 || refit.steps == 0 {
                 return Err(bad("refit", "every and steps must be at least 1".into()));
             }
@@ -1360,21 +1505,21 @@ impl ModelConfig {
                 ));
             }
         }
-        if let Some(n) = self.drop_rates_shrink_after {
+        if let Some(n) = self.network.drop_rates_shrink_after {
             if !(n == 0.0 || (n.is_finite() && n >= 1.0)) {
                 return Err(bad(
                     "drop_rates_shrink_after",
                     format!("{n} is neither 0 (fixed rates) nor a number of examples (at least 1)"),
                 ));
             }
-            if self.concrete_dropout && n > 0.0 {
+            if self.network.concrete_dropout && n > 0.0 {
                 return Err(bad(
                     "drop_rates_shrink_after",
                     "concrete_dropout learns its own rates; use one or the other".into(),
                 ));
             }
         }
-        if self.uses_linear_posterior() && self.hidden_layers.is_empty() {
+        if self.uses_linear_posterior() && self.network.hidden_layers.is_empty() {
             return Err(bad(
                 "hidden_layers",
                 "a linear posterior on the last hidden layer (neural_linear, or mc_dropout with \
@@ -1382,32 +1527,34 @@ impl ModelConfig {
                     .into(),
             ));
         }
-        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
+        if !(self.optimizer.learning_rate.is_finite() && self.optimizer.learning_rate > 0.0) {
             return Err(bad("learning_rate", "must be a positive number".into()));
         }
-        if !(self.prior_strength.is_finite() && self.prior_strength >= 0.0) {
+        if !(self.optimizer.prior_strength.is_finite() && self.optimizer.prior_strength >= 0.0) {
             return Err(bad(
                 "prior_strength",
                 "must be a non-negative number".into(),
             ));
         }
-        if !(self.reward_window_seconds.is_finite() && self.reward_window_seconds > 0.0) {
+        if !(self.pending.reward_window_seconds.is_finite()
+            && self.pending.reward_window_seconds > 0.0)
+        {
             return Err(bad(
                 "reward_window_seconds",
                 "must be a positive number".into(),
             ));
         }
-        if self.default_reward.is_some_and(|r| !r.is_finite()) {
+        if self.pending.default_reward.is_some_and(|r| !r.is_finite()) {
             return Err(bad("default_reward", "must be finite".into()));
         }
-        if let Some([lo, hi]) = self.reward_range {
+        if let Some([lo, hi]) = self.rewards.reward_range {
             if !(lo.is_finite() && hi.is_finite() && lo < hi) {
                 return Err(bad(
                     "reward_range",
                     format!("[{lo}, {hi}] is not [lo, hi] with finite lo < hi"),
                 ));
             }
-            if let Some(r) = self.default_reward
+            if let Some(r) = self.pending.default_reward
                 && !(lo..=hi).contains(&r)
             {
                 return Err(bad(
@@ -1416,7 +1563,7 @@ impl ModelConfig {
                 ));
             }
         }
-        let growth = self.reward_std_growth_limit;
+        let growth = self.learner.reward_std_growth_limit;
         if !(growth == 0.0 || (growth.is_finite() && growth > 1.0)) {
             return Err(bad(
                 "reward_std_growth_limit",
@@ -1424,20 +1571,20 @@ impl ModelConfig {
             ));
         }
         for (field, value) in [
-            ("batch_size", self.batch_size),
-            ("replay_capacity", self.replay_capacity),
-            ("pending_capacity", self.pending_capacity),
-            ("publish_every_steps", self.publish_every_steps),
-            ("max_step_backlog", self.max_step_backlog),
+            ("batch_size", self.optimizer.batch_size),
+            ("replay_capacity", self.optimizer.replay_capacity),
+            ("pending_capacity", self.pending.pending_capacity),
+            ("publish_every_steps", self.learner.publish_every_steps),
+            ("max_step_backlog", self.learner.max_step_backlog),
         ] {
             if value == 0 {
                 return Err(bad(field, "must be at least 1".into()));
             }
         }
-        if self.publish_interval_ms == 0 {
+        if self.learner.publish_interval_ms == 0 {
             return Err(bad("publish_interval_ms", "must be at least 1".into()));
         }
-        if let Some(h) = self.decay_half_life
+        if let Some(h) = self.optimizer.decay_half_life
             && !(h.is_finite() && h >= 1.0)
         {
             return Err(bad(
@@ -1445,7 +1592,7 @@ impl ModelConfig {
                 format!("{h} is not a number of rewards of at least 1"),
             ));
         }
-        if let Some(h) = self.holdout
+        if let Some(h) = self.policy.holdout
             && !(0.0..1.0).contains(&h.fraction)
         {
             return Err(bad(
@@ -1654,17 +1801,17 @@ mod tests {
             arms = ["a", "b"]
         "#;
         let config = Config::from_toml(ok).unwrap();
-        assert_eq!(config.models[0].hidden_layers, vec![100, 100]);
-        assert_eq!(config.models[0].policy, PolicyKind::McDropout);
-        assert!(config.models[0].bayesian_last_layer);
+        assert_eq!(config.models[0].network.hidden_layers, vec![100, 100]);
+        assert_eq!(config.models[0].policy.kind, PolicyKind::McDropout);
+        assert!(config.models[0].policy.bayesian_last_layer);
         assert_eq!(
             config.models[0].effective_drop_rates(),
             vec![0.0, 0.05, 0.05]
         );
         let mut mc = config.models[0].clone();
-        mc.bayesian_last_layer = false;
+        mc.policy.bayesian_last_layer = false;
         assert_eq!(mc.effective_drop_rates(), vec![0.02, 0.3, 0.3]);
-        mc.policy = PolicyKind::NeuralLinear;
+        mc.policy.kind = PolicyKind::NeuralLinear;
         assert_eq!(mc.effective_drop_rates(), vec![0.0; 3]);
 
         let dup = ok.replace(r#"["a", "b"]"#, r#"["a", "a"]"#);
@@ -1683,6 +1830,68 @@ mod tests {
         assert!(err.contains("learnig_rate"), "{err}");
     }
 
+    /// The model's table stays flat while ModelConfig is grouped in sections: a flat file
+    /// parses into the sections and serializes back to the same flat keys; a bad value names
+    /// its key, an unknown key is refused by name, and no two sections claim one key.
+    #[test]
+    fn flat_table_fills_the_sections() {
+        let ok = r#"
+            [[models]]
+            name = "m"
+            kind = "fixed_arms"
+            context_dim = 3
+            arms = ["a", "b"]
+            policy = "neural_linear"
+            optimizer = "sgd"
+            learning_rate = 0.01
+            pending_capacity = 7
+            reward_range = [0.0, 1.0]
+            publish_every_steps = 3
+            neural_linear = { refresh_every = 9 }
+        "#;
+        let model = Config::from_toml(ok).unwrap().models.remove(0);
+        assert_eq!(model.policy.kind, PolicyKind::NeuralLinear);
+        assert_eq!(model.optimizer.kind, OptimizerKind::Sgd);
+        assert_eq!(model.optimizer.learning_rate, 0.01);
+        assert_eq!(model.pending.pending_capacity, 7);
+        assert_eq!(model.rewards.reward_range, Some([0.0, 1.0]));
+        assert_eq!(model.learner.publish_every_steps, 3);
+        assert_eq!(model.policy.neural_linear.refresh_every, 9);
+        assert_eq!(
+            model.optimizer.batch_size, 32,
+            "an absent key keeps its default"
+        );
+
+        let table = toml::Table::try_from(&model).unwrap();
+        for section in ["network", "learner", "rewards", "pending", "unknown"] {
+            assert!(
+                !table.contains_key(section),
+                "{section} serialized as a key"
+            );
+        }
+        assert_eq!(table["policy"].as_str(), Some("neural_linear"));
+        assert_eq!(table["learning_rate"].as_float(), Some(0.01));
+
+        let wrong_type = ok.replace("learning_rate = 0.01", "learning_rate = \"fast\"");
+        let err = Config::from_toml(&wrong_type).unwrap_err().to_string();
+        assert!(err.contains("learning_rate"), "{err}");
+        let nested = ok.replace("refresh_every = 9", "refresh_evry = 9");
+        let err = Config::from_toml(&nested).unwrap_err().to_string();
+        assert!(err.contains("refresh_evry"), "{err}");
+        let unknown = format!("{ok}\nnetwork = 1");
+        let err = Config::from_toml(&unknown).unwrap_err().to_string();
+        assert!(err.contains("unknown field `network`"), "{err}");
+        assert!(
+            err.contains("learning_rate"),
+            "the error lists the keys: {err}"
+        );
+
+        let keys = model_keys();
+        let unique: HashSet<_> = keys.iter().collect();
+        assert_eq!(unique.len(), keys.len(), "a key claimed twice: {keys:?}");
+        assert_eq!(keys.len(), 34, "{keys:?}");
+    }
+
     /// Issue 14's options: falling drop rates default to N₀ = 100 under `mc_dropout` with
     /// `bayesian_last_layer` only, 0 turns them off, and Concrete Dropout turns them off;
     /// bad values of the new settings are refused naming the field.
@@ -1698,8 +1907,11 @@ mod tests {
         let model = |extra: &str| Config::from_toml(&format!("{base}\n{extra}"));
         let m = model("").unwrap().models.remove(0);
         assert_eq!(m.effective_shrink_after(), Some(LINEAR_HEAD_SHRINK_AFTER));
-        assert_eq!((m.refit, m.neural_linear.initial_pulls), (None, 0));
-        assert!(!m.neural_linear.fit_masked);
+        assert_eq!(
+            (m.learner.refit, m.policy.neural_linear.initial_pulls),
+            (None, 0)
+        );
+        assert!(!m.policy.neural_linear.fit_masked);
         let off = model("drop_rates_shrink_after = 0")
             .unwrap()
             .models
@@ -1718,7 +1930,7 @@ mod tests {
             .unwrap()
             .models
             .remove(0);
-        assert_eq!(refit.refit.unwrap().steps, 100);
+        assert_eq!(refit.learner.refit.unwrap().steps, 100);
         for (extra, field) in [
             ("drop_rates_shrink_after = 0.5", "drop_rates_shrink_after"),
             (
@@ -1769,7 +1981,10 @@ mod tests {
         assert_eq!(base.check_reward(-1e9).unwrap(), -1e9);
         assert!(base.check_reward(f64::NAN).is_err());
         let reject = set(&["reward_range=[0.0, 50.5]"]).unwrap();
-        assert_eq!(reject.on_reward_out_of_range, OnRewardOutOfRange::Reject);
+        assert_eq!(
+            reject.rewards.on_reward_out_of_range,
+            OnRewardOutOfRange::Reject
+        );
         assert_eq!(reject.check_reward(50.5).unwrap(), 50.5);
         assert_eq!(reject.check_reward(0.0).unwrap(), 0.0);
         let err = reject.check_reward(-1e6).unwrap_err();
@@ -1816,13 +2031,13 @@ mod tests {
             "learning_rate=0.01",
         ])
         .unwrap();
-        assert_eq!(m.policy, PolicyKind::NeuralLinear);
-        assert_eq!(m.neural_linear.refresh_every, 7);
-        assert_eq!(m.neural_linear.prior_shape, 6.0);
-        assert_eq!(m.hidden_layers, vec![20, 10]);
-        assert_eq!(m.learning_rate, 0.01);
+        assert_eq!(m.policy.kind, PolicyKind::NeuralLinear);
+        assert_eq!(m.policy.neural_linear.refresh_every, 7);
+        assert_eq!(m.policy.neural_linear.prior_shape, 6.0);
+        assert_eq!(m.network.hidden_layers, vec![20, 10]);
+        assert_eq!(m.optimizer.learning_rate, 0.01);
         assert_eq!(
-            set(&["policy=\"greedy\""]).unwrap().policy,
+            set(&["policy=\"greedy\""]).unwrap().policy.kind,
             PolicyKind::Greedy
         );
         let concrete = set(&[
@@ -1831,7 +2046,7 @@ mod tests {
             "concrete_dropout=true",
         ])
         .unwrap();
-        assert!(concrete.concrete_dropout);
+        assert!(concrete.network.concrete_dropout);
         // The default rates (mc_dropout with a Bayesian last layer, and neural_linear) start
         // with 0 for the input units, which cannot be learned from.
         assert!(set(&["concrete_dropout=true"]).is_err());

@@ -295,7 +295,7 @@ pub fn run_inproc_reporting(
     let mut version = 0u64;
     let mut snapshot = trainer.snapshot(version)?;
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(model.seed);
-    let publish_every = model.publish_every_steps.max(1);
+    let publish_every = model.learner.publish_every_steps.max(1);
     let every = curve_every(rounds);
     let start = Instant::now();
 
@@ -380,7 +380,7 @@ pub fn run_inproc_reporting(
         let played = t + 1;
         if played.is_multiple_of(every) || played == rounds {
             curve.push(tally.point());
-            if model.concrete_dropout {
+            if model.network.concrete_dropout {
                 drop_rates.push(RatePoint {
                     decisions: played,
                     drop_rates: snapshot.shape.drop_rates.clone(),
@@ -415,19 +415,25 @@ pub fn model_info(config: &ModelConfig) -> proto::ModelInfo {
         context_dim: u32_of(config.context_dim),
         arm_feature_dim: u32_of(config.arm_feature_dim),
         arm_ids: config.arms.clone(),
-        hidden_layers: config.hidden_layers.iter().copied().map(u32_of).collect(),
+        hidden_layers: config
+            .network
+            .hidden_layers
+            .iter()
+            .copied()
+            .map(u32_of)
+            .collect(),
         drop_rates: config.effective_drop_rates(),
-        learning_rate: config.learning_rate,
-        batch_size: u32_of(config.batch_size),
-        updates_per_reward: u32_of(config.updates_per_reward),
-        replay_capacity: u32_of(config.replay_capacity),
-        prior_strength: config.prior_strength,
-        reward_window_seconds: config.reward_window_seconds,
-        default_reward: config.default_reward,
+        learning_rate: config.optimizer.learning_rate,
+        batch_size: u32_of(config.optimizer.batch_size),
+        updates_per_reward: u32_of(config.optimizer.updates_per_reward),
+        replay_capacity: u32_of(config.optimizer.replay_capacity),
+        prior_strength: config.optimizer.prior_strength,
+        reward_window_seconds: config.pending.reward_window_seconds,
+        default_reward: config.pending.default_reward,
         seed: config.seed,
-        policy: config.policy.as_str().to_owned(),
-        epsilon: config.epsilon,
-        propensity_samples: u32_of(config.propensity_samples),
+        policy: config.policy.kind.as_str().to_owned(),
+        epsilon: config.policy.epsilon,
+        propensity_samples: u32_of(config.policy.propensity_samples),
         ..Default::default()
     }
 }
@@ -629,8 +635,8 @@ mod tests {
         let play = || {
             let mut env = from_spec("per-arm:3,3,20,4", 5).unwrap();
             let mut model = model_for_env(&*env, None).unwrap();
-            model.hidden_layers = vec![16];
-            model.drop_rates = Some(vec![0.0, 0.2]);
+            model.network.hidden_layers = vec![16];
+            model.network.drop_rates = Some(vec![0.0, 0.2]);
             run_inproc(&mut *env, &model, 100, |_| {}).unwrap()
         };
         let (a, b) = (play(), play());

@@ -294,7 +294,7 @@ fn init_metrics(config: &Config) {
         .map(|m| metrics::ModelSeries {
             name: &m.name,
             arms: (m.kind == ModelKind::FixedArms).then_some(m.arms.as_slice()),
-            weight_layers: m.hidden_layers.len() + 1,
+            weight_layers: m.network.hidden_layers.len() + 1,
         })
         .collect();
     metrics::init_series(&models);

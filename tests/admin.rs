@@ -990,7 +990,7 @@ fn decay_lowers_regret_after_drift() {
     let after = |seed: u64, half_life: Option<f64>| {
         let mut env = sim::from_spec(&format!("drift@{CHANGE}:wheel:0.5"), seed).unwrap();
         let mut model = banditd::Config::embedded_default().models[0].clone();
-        model.decay_half_life = half_life;
+        model.optimizer.decay_half_life = half_life;
         model.seed = harness::mix_seed(model.seed, seed);
         let run = harness::run_inproc(&mut *env, &model, ROUNDS, |_| {}).unwrap();
         let at = |decisions: u64| *run.curve.iter().find(|p| p.decisions == decisions).unwrap();

@@ -431,9 +431,9 @@ async fn errors_name_the_field() {
 fn short_window_model(name: &str, default_reward: Option<f64>) -> ModelConfig {
     let mut model = ModelConfig::new(name, ModelKind::FixedArms, 2);
     model.arms = vec!["a".into(), "b".into()];
-    model.hidden_layers = vec![8];
-    model.reward_window_seconds = 0.2;
-    model.default_reward = default_reward;
+    model.network.hidden_layers = vec![8];
+    model.pending.reward_window_seconds = 0.2;
+    model.pending.default_reward = default_reward;
     model
 }
 
@@ -504,8 +504,8 @@ async fn window_expiry_and_default_reward() {
 async fn pending_store_is_bounded() {
     let mut config = test_config();
     let mut model = short_window_model("small", None);
-    model.reward_window_seconds = 3600.0;
-    model.pending_capacity = 3;
+    model.pending.reward_window_seconds = 3600.0;
+    model.pending.pending_capacity = 3;
     config.models = vec![model];
     let server = TestServer::start(config).await;
     let mut client = server.client().await;
@@ -552,13 +552,13 @@ async fn backpressure_fails_fast() {
     let mut config = test_config();
     config.storage.writer_queue_capacity = 1;
     let mut model = short_window_model("slow", None);
-    model.reward_window_seconds = 3600.0;
+    model.pending.reward_window_seconds = 3600.0;
     // Each reward buys 1000 steps (tens of ms at least) and none are skipped, so 40
     // concurrent reports (sent within a few ms) cannot all fit in queues of one. A small
     // network keeps the worst case (every report accepted) to a few seconds of training.
-    model.updates_per_reward = 1000;
-    model.max_step_backlog = usize::MAX;
-    model.hidden_layers = vec![32];
+    model.optimizer.updates_per_reward = 1000;
+    model.learner.max_step_backlog = usize::MAX;
+    model.network.hidden_layers = vec![32];
     config.models = vec![model];
     let server = TestServer::start(config).await;
     let mut client = server.client().await;
@@ -639,7 +639,7 @@ async fn decide_while_log_full(
     let faults = config.storage.faults.clone();
     let sync_interval_ms = config.storage.sync_interval_ms;
     let mut model = short_window_model("full", None);
-    model.reward_window_seconds = 3600.0;
+    model.pending.reward_window_seconds = 3600.0;
     config.models = vec![model];
     let server = TestServer::start(config).await;
     let mut client = server.client().await;

@@ -336,9 +336,9 @@ async fn reward_outside_the_range_is_refused_or_clipped() {
     for clip in [false, true] {
         let mut config = test_config();
         for model in &mut config.models {
-            model.reward_range = Some([-1.0, 1.0]);
+            model.rewards.reward_range = Some([-1.0, 1.0]);
             if clip {
-                model.on_reward_out_of_range = banditd::config::OnRewardOutOfRange::Clip;
+                model.rewards.on_reward_out_of_range = banditd::config::OnRewardOutOfRange::Clip;
             }
         }
         let server = TestServer::start(config).await;

@@ -575,7 +575,7 @@ async fn overload_timeout_and_unavailable() {
     let faults = config.storage.faults.clone();
     let mut model = ModelConfig::new("m", ModelKind::FixedArms, 2);
     model.arms = vec!["a".into(), "b".into()];
-    model.hidden_layers = vec![8];
+    model.network.hidden_layers = vec![8];
     config.models = vec![model];
     let (server, http) = start(config).await;
     let decision = http

@@ -105,8 +105,8 @@ async fn fixed_arms_beat_uniform_on_clusters() {
 fn default_policy_escapes_the_wheel_safe_arm() {
     use banditd::{config::PolicyKind, harness, sim::WheelBandit};
     let base = Config::embedded_default().models[0].clone();
-    assert_eq!(base.policy, PolicyKind::McDropout);
-    assert!(base.bayesian_last_layer);
+    assert_eq!(base.policy.kind, PolicyKind::McDropout);
+    assert!(base.policy.bayesian_last_layer);
     for seed in [1, 2, 3] {
         let mut model = base.clone();
         model.seed = harness::mix_seed(model.seed, seed);
@@ -174,7 +174,7 @@ fn one_outlier_reward_barely_changes_later_regret() {
         100.0 * (to.regret - from.regret) / (to.uniform_regret - from.uniform_regret)
     };
     let robust = Config::embedded_default().models[0].clone();
-    assert_eq!(robust.reward_std_growth_limit, 2.0);
+    assert_eq!(robust.learner.reward_std_growth_limit, 2.0);
     let clean = after(&robust, None);
     for outlier in [-1e6, 1e9] {
         let hit = after(&robust, Some(outlier));
@@ -190,7 +190,7 @@ fn one_outlier_reward_barely_changes_later_regret() {
         );
     }
     let mut plain = robust.clone();
-    plain.reward_std_growth_limit = 0.0;
+    plain.learner.reward_std_growth_limit = 0.0;
     let clean_plain = after(&plain, None);
     let hit_plain = after(&plain, Some(-1e6));
     eprintln!("without robust standardisation: {clean_plain:.2} clean, {hit_plain:.2} with -1e6");

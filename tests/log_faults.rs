@@ -214,7 +214,7 @@ async fn id_of_a_closed_decision_is_not_reused() {
     let data = tempfile::tempdir().unwrap();
     let mut config: Config = test_config();
     config.storage.data_dir = data.path().to_owned();
-    config.models[0].reward_window_seconds = 0.2;
+    config.models[0].pending.reward_window_seconds = 0.2;
     let request = ChooseArmRequest {
         decision_id: "campaign-7/user-1".into(),
         ..fixed("wheel", vec![0.1, 0.2])

@@ -25,10 +25,10 @@ const POLICIES: [PolicyKind; 5] = [
 fn small(policy: PolicyKind) -> ModelConfig {
     let mut m = ModelConfig::new(policy.as_str(), ModelKind::FixedArms, 2);
     m.arms = ["a", "b", "c", "d"].map(String::from).to_vec();
-    m.hidden_layers = vec![16, 16];
-    m.policy = policy;
-    m.epsilon = 0.2;
-    m.neural_linear.refresh_every = 20;
+    m.network.hidden_layers = vec![16, 16];
+    m.policy.kind = policy;
+    m.policy.epsilon = 0.2;
+    m.policy.neural_linear.refresh_every = 20;
     m
 }
 
@@ -42,9 +42,9 @@ async fn every_policy_decides_explains_and_learns() {
     config.models = POLICIES.iter().map(|&p| small(p)).collect();
     let mut per_arm = ModelConfig::new("per_arm_nl", ModelKind::PerArmFeatures, 2);
     per_arm.arm_feature_dim = 3;
-    per_arm.hidden_layers = vec![16];
-    per_arm.policy = PolicyKind::NeuralLinear;
-    per_arm.neural_linear.refresh_every = 10;
+    per_arm.network.hidden_layers = vec![16];
+    per_arm.policy.kind = PolicyKind::NeuralLinear;
+    per_arm.policy.neural_linear.refresh_every = 10;
     config.models.push(per_arm);
     let server = TestServer::start(config).await;
     let mut client = server.client().await;
@@ -185,7 +185,7 @@ async fn sample_limits_and_model_default() {
     config.limits.max_posterior_samples = 64;
     let mut model = small(PolicyKind::McDropout);
     model.name = "defaulted".into();
-    model.propensity_samples = 32;
+    model.policy.propensity_samples = 32;
     config.models.push(model);
     let server = TestServer::start(config).await;
     let mut client = server.client().await;

@@ -8,7 +8,10 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::{
-    config::{ModelConfig, ModelKind as ConfigKind},
+    config::{
+        LearnerConfig, ModelConfig, ModelKind as ConfigKind, NetworkConfig, OptimizerConfig,
+        PendingConfig, PolicyConfig, RewardsConfig,
+    },
     decisions::Decision,
     engine::{Candidate, CheckpointInfo, ChooseArm, ModelSpec, ModelStatus, ReportReward},
     error::Error,
@@ -162,41 +165,61 @@ impl From<ModelStatus> for pb::ModelInfo {
         } = s;
         let lift = holdout::lift(&treatment, &control);
         let drop_rates = config.effective_drop_rates();
+        // Destructured without `..` down to the fields: a new setting must be placed here.
         let ModelConfig {
             name,
             kind,
             context_dim,
             arms,
             arm_feature_dim,
-            hidden_layers,
-            drop_rates: _,
-            concrete_dropout: _,
-            heteroscedastic: _,
-            bayesian_last_layer: _,
-            reward_range: _,
-            on_reward_out_of_range: _,
-            reward_std_growth_limit: _,
-            policy,
-            epsilon,
-            neural_linear: _,
-            propensity_samples,
-            learning_rate,
-            optimizer: _,
-            batch_size,
-            updates_per_reward,
-            replay_capacity,
-            prior_strength,
-            reward_window_seconds,
-            default_reward,
             seed,
-            pending_capacity: _,
-            publish_every_steps: _,
-            max_step_backlog: _,
-            publish_interval_ms: _,
-            holdout,
-            decay_half_life,
-            refit: _,
-            drop_rates_shrink_after: _,
+            network:
+                NetworkConfig {
+                    hidden_layers,
+                    drop_rates: _,
+                    concrete_dropout: _,
+                    drop_rates_shrink_after: _,
+                    heteroscedastic: _,
+                },
+            policy:
+                PolicyConfig {
+                    kind: policy,
+                    epsilon,
+                    propensity_samples,
+                    bayesian_last_layer: _,
+                    neural_linear: _,
+                    holdout,
+                },
+            optimizer:
+                OptimizerConfig {
+                    kind: _,
+                    learning_rate,
+                    batch_size,
+                    updates_per_reward,
+                    replay_capacity,
+                    prior_strength,
+                    decay_half_life,
+                },
+            learner:
+                LearnerConfig {
+                    max_step_backlog: _,
+                    publish_every_steps: _,
+                    publish_interval_ms: _,
+                    refit: _,
+                    reward_std_growth_limit: _,
+                },
+            rewards:
+                RewardsConfig {
+                    reward_range: _,
+                    on_reward_out_of_range: _,
+                },
+            pending:
+                PendingConfig {
+                    reward_window_seconds,
+                    default_reward,
+                    pending_capacity: _,
+                },
+            unknown: _,
         } = config;
         Self {
             name,

@@ -74,20 +74,26 @@ pub(super) struct JoinState {
 impl JoinState {
     /// A join resuming after a snapshot that covers `covered` and hands over `preloaded`.
     pub(super) fn new(model: &ModelConfig, covered: u64, preloaded: &[Example]) -> Self {
-        let mut ring = VecDeque::with_capacity(model.replay_capacity.min(preloaded.len() + 1));
-        for e in preloaded.iter().rev().take(model.replay_capacity).rev() {
+        let mut ring =
+            VecDeque::with_capacity(model.optimizer.replay_capacity.min(preloaded.len() + 1));
+        for e in preloaded
+            .iter()
+            .rev()
+            .take(model.optimizer.replay_capacity)
+            .rev()
+        {
             ring.push_back(e.clone());
         }
         Self {
             model: model.name.clone(),
-            default_reward: model.default_reward,
+            default_reward: model.pending.default_reward,
             window_ms: model.reward_window().as_millis() as u64,
             covered,
             preloaded: preloaded.iter().map(|e| e.seq).collect(),
             open: HashMap::new(),
             settled: BTreeMap::new(),
             ring,
-            capacity: model.replay_capacity,
+            capacity: model.optimizer.replay_capacity,
         }
     }
 
@@ -414,7 +420,7 @@ pub(super) mod tests {
     fn model() -> ModelConfig {
         let mut m = ModelConfig::new("m", ModelKind::FixedArms, 1);
         m.arms = vec!["a".into(), "b".into()];
-        m.default_reward = Some(0.0);
+        m.pending.default_reward = Some(0.0);
         m
     }
 

@@ -332,7 +332,7 @@ impl Engine {
             learner.handle(),
             Arc::new(PendingStore::new(
                 config.reward_window(),
-                config.pending_capacity,
+                config.pending.pending_capacity,
             )),
             Arc::new(UsedIds::new(
                 admin.retention_ms,

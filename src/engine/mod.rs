@@ -182,7 +182,7 @@ fn holdout_choice(
     ids: &[&str],
     default_arm_id: &str,
 ) -> Result<Option<(usize, f64)>, Error> {
-    let Some(h) = config.holdout else {
+    let Some(h) = config.policy.holdout else {
         return Ok(None);
     };
     let default = match h.control {
@@ -747,7 +747,7 @@ impl Engine {
                         .closed(closed_record(name, &d.id, How::Rewarded, None));
                     continue;
                 }
-                let defaulted = match model.config.default_reward {
+                let defaulted = match model.config.pending.default_reward {
                     Some(reward) => {
                         let example = ExampleRecord {
                             input: d.input.to_vec(),

@@ -190,7 +190,7 @@ impl super::Engine {
                     crate::learner::LearnerHandle::detached(initial),
                     Arc::new(crate::decisions::PendingStore::new(
                         model.reward_window(),
-                        model.pending_capacity,
+                        model.pending.pending_capacity,
                     )),
                     // Off: a replica sees only its own ids; a retried id on any replica finds
                     // its decision in JetStream instead (see README "Cluster mode").

@@ -82,7 +82,7 @@ pub(super) fn init_metrics(model: &ModelConfig) {
     metrics::init_series(&[metrics::ModelSeries {
         name: &model.name,
         arms: (model.kind == ModelKind::FixedArms).then_some(model.arms.as_slice()),
-        weight_layers: model.hidden_layers.len() + 1,
+        weight_layers: model.network.hidden_layers.len() + 1,
     }]);
 }
 
@@ -215,7 +215,7 @@ impl Engine {
                 pending = logged.open.len(),
                 "recovered"
             );
-            let pending = PendingStore::new(model.reward_window(), model.pending_capacity);
+            let pending = PendingStore::new(model.reward_window(), model.pending.pending_capacity);
             for open in logged.open {
                 if open.lsn < entry.created_lsn {
                     continue;

@@ -59,7 +59,7 @@ pub(super) fn choose<'a>(
     }
     let propensity_samples =
         match check_samples(limits, "propensity_samples", req.propensity_samples)? {
-            0 => config.propensity_samples,
+            0 => config.policy.propensity_samples,
             n => n,
         };
     let explain_samples = check_samples(limits, "explain_samples", req.explain_samples)?;

@@ -61,8 +61,8 @@ impl LinearState {
     /// The regressions of `config`'s heads, empty, on the features of `features` (the
     /// initial network).
     pub(super) fn new(config: &ModelConfig, features: Weights) -> Self {
-        let nl = config.neural_linear;
-        let dim = config.hidden_layers.last().copied().unwrap_or(0) + 1;
+        let nl = config.policy.neural_linear;
+        let dim = config.network.hidden_layers.last().copied().unwrap_or(0) + 1;
         let prior = LinearPrior {
             precision: nl.prior_precision,
             shape: nl.prior_shape,

@@ -262,7 +262,7 @@ impl Learner {
             }
         }
         let trained = owed > 0;
-        let resumed_steps = owed.min(config.max_step_backlog);
+        let resumed_steps = owed.min(config.learner.max_step_backlog);
         trainer.train(resumed_steps)?;
         // NeuralLinear's regressions are not checkpointed: refit them on the replay buffer
         // with the resumed network. From here on refreshes are throttled to the learner's
@@ -338,9 +338,9 @@ impl Learner {
         let worker = Worker {
             model: config.name.clone(),
             trainer,
-            publish_every_steps: config.publish_every_steps,
-            publish_interval: Duration::from_millis(config.publish_interval_ms),
-            max_step_backlog: config.max_step_backlog,
+            publish_every_steps: config.learner.publish_every_steps,
+            publish_interval: Duration::from_millis(config.learner.publish_interval_ms),
+            max_step_backlog: config.learner.max_step_backlog,
             source,
             shared: Arc::clone(&shared),
             version,
@@ -656,8 +656,8 @@ mod tests {
     fn config() -> ModelConfig {
         let mut config = ModelConfig::new("t", ModelKind::FixedArms, 2);
         config.arms = vec!["a".into(), "b".into()];
-        config.hidden_layers = vec![16];
-        config.publish_every_steps = 4;
+        config.network.hidden_layers = vec![16];
+        config.learner.publish_every_steps = 4;
         config
     }
 
@@ -728,8 +728,8 @@ mod tests {
     #[test]
     fn learns_a_contextual_reward() {
         let mut config = config();
-        config.drop_rates = Some(vec![0.0, 0.0]);
-        config.updates_per_reward = 4;
+        config.network.drop_rates = Some(vec![0.0, 0.0]);
+        config.optimizer.updates_per_reward = 4;
         let (tx, rx) = crossbeam_channel::unbounded();
         let mut learner = Learner::start(&config, rx).unwrap();
         let handle = learner.handle();

@@ -74,16 +74,16 @@ impl Trainer {
     pub fn new(config: &ModelConfig) -> Result<Self, Error> {
         let shape = NetShape {
             input_dim: config.input_dim(),
-            hidden: config.hidden_layers.clone(),
+            hidden: config.network.hidden_layers.clone(),
             output_dim: config.output_dim(),
             drop_rates: config.effective_drop_rates(),
         };
-        let mut net = if config.heteroscedastic {
+        let mut net = if config.network.heteroscedastic {
             TrainableNet::new_heteroscedastic(shape, config.seed)?
         } else {
             TrainableNet::new(shape, config.seed)?
         };
-        if config.concrete_dropout {
+        if config.network.concrete_dropout {
             net = net.with_concrete_dropout()?;
         }
         // The rates' logits get an Adam of their own: the same step size, and no weight
@@ -93,45 +93,45 @@ impl Trainer {
             logits => Some(AdamW::new(
                 logits,
                 ParamsAdamW {
-                    lr: config.learning_rate,
+                    lr: config.optimizer.learning_rate,
                     weight_decay: 0.0,
                     ..ParamsAdamW::default()
                 },
             )?),
         };
-        let opt = match config.optimizer {
+        let opt = match config.optimizer.kind {
             OptimizerKind::Adam => Opt::Adam(AdamW::new(
                 net.vars(),
                 ParamsAdamW {
-                    lr: config.learning_rate,
+                    lr: config.optimizer.learning_rate,
                     weight_decay: 0.0,
                     ..ParamsAdamW::default()
                 },
             )?),
-            OptimizerKind::Sgd => Opt::Sgd(SGD::new(net.vars(), config.learning_rate)?),
+            OptimizerKind::Sgd => Opt::Sgd(SGD::new(net.vars(), config.optimizer.learning_rate)?),
         };
         Self {
             net,
             opt,
             rate_opt,
-            learning_rate: config.learning_rate,
-            prior_strength: config.prior_strength,
-            std_growth_limit: config.reward_std_growth_limit,
-            batch_size: config.batch_size,
-            updates_per_reward: config.updates_per_reward,
-            decay_half_life: config.decay_half_life,
-            replay: Replay::new(config.replay_capacity),
+            learning_rate: config.optimizer.learning_rate,
+            prior_strength: config.optimizer.prior_strength,
+            std_growth_limit: config.learner.reward_std_growth_limit,
+            batch_size: config.optimizer.batch_size,
+            updates_per_reward: config.optimizer.updates_per_reward,
+            decay_half_life: config.optimizer.decay_half_life,
+            replay: Replay::new(config.optimizer.replay_capacity),
             rewards: RunningStats::default(),
             // The decision path seeds from `seed`; a different stream for training.
             rng: Xoshiro256PlusPlus::seed_from_u64(config.seed ^ 0x5eed_1ea7_0000_0001),
             last_seq: None,
             steps: 0,
             policy: Policy {
-                kind: config.policy,
-                epsilon: config.epsilon,
+                kind: config.policy.kind,
+                epsilon: config.policy.epsilon,
             },
             linear: None,
-            refit: config.refit,
+            refit: config.learner.refit,
             since_refit: 0,
             refit_step: 0,
             refit_left: 0,
@@ -554,9 +554,9 @@ mod tests {
     fn concrete_config() -> ModelConfig {
         let mut config = ModelConfig::new("c", ModelKind::FixedArms, 2);
         config.arms = vec!["a".into(), "b".into()];
-        config.hidden_layers = vec![32];
-        config.drop_rates = Some(vec![0.2, 0.3]);
-        config.concrete_dropout = true;
+        config.network.hidden_layers = vec![32];
+        config.network.drop_rates = Some(vec![0.2, 0.3]);
+        config.network.concrete_dropout = true;
         config
     }
 
@@ -605,7 +605,7 @@ mod tests {
         assert_eq!(scarce.snapshot(1).unwrap().shape.drop_rates, few);
         // Fixed rates stay fixed.
         let mut fixed = config.clone();
-        fixed.concrete_dropout = false;
+        fixed.network.concrete_dropout = false;
         let mut fixed = trained(&fixed, 100, 50);
         assert_eq!(fixed.snapshot(1).unwrap().shape.drop_rates, vec![0.2, 0.3]);
     }
@@ -639,9 +639,9 @@ mod tests {
     fn heteroscedastic_config() -> ModelConfig {
         let mut config = ModelConfig::new("h", ModelKind::FixedArms, 2);
         config.arms = vec!["quiet".into(), "noisy".into()];
-        config.hidden_layers = vec![32];
-        config.drop_rates = Some(vec![0.05, 0.1]);
-        config.heteroscedastic = true;
+        config.network.hidden_layers = vec![32];
+        config.network.drop_rates = Some(vec![0.05, 0.1]);
+        config.network.heteroscedastic = true;
         config
     }
 
@@ -688,9 +688,9 @@ mod tests {
         // A per-arm network: one mean per candidate row, for single and batched draws.
         let mut per_arm = ModelConfig::new("p", ModelKind::PerArmFeatures, 1);
         per_arm.arm_feature_dim = 1;
-        per_arm.hidden_layers = vec![8];
-        per_arm.drop_rates = Some(vec![0.1, 0.2]);
-        per_arm.heteroscedastic = true;
+        per_arm.network.hidden_layers = vec![8];
+        per_arm.network.drop_rates = Some(vec![0.1, 0.2]);
+        per_arm.network.heteroscedastic = true;
         let snap = Trainer::new(&per_arm).unwrap().snapshot(0).unwrap();
         let values = [0.1f32, 0.2, -0.3, 0.4, 0.5, -0.6];
         let inputs = crate::policy::Inputs::Rows {
@@ -861,9 +861,9 @@ mod tests {
     /// The default model (mc_dropout, Bayesian last layer) on the two-arm problem.
     fn linear_config() -> ModelConfig {
         let mut config = concrete_config();
-        config.concrete_dropout = false;
-        config.hidden_layers = vec![16, 16];
-        config.drop_rates = Some(vec![0.0, 0.3, 0.3]);
+        config.network.concrete_dropout = false;
+        config.network.hidden_layers = vec![16, 16];
+        config.network.drop_rates = Some(vec![0.0, 0.3, 0.3]);
         config
     }
 
@@ -873,8 +873,8 @@ mod tests {
     #[test]
     fn periodic_refits_owe_steps_every_few_rewards_and_refresh_after() {
         let mut config = linear_config();
-        config.neural_linear.refresh_every = 2;
-        config.refit = Some(RefitConfig {
+        config.policy.neural_linear.refresh_every = 2;
+        config.learner.refit = Some(RefitConfig {
             every: 5,
             steps: 7,
             lr_decay: 0.5,
@@ -906,7 +906,7 @@ mod tests {
     #[test]
     fn drop_rates_shrink_as_the_square_root_of_the_evidence() {
         let mut config = linear_config();
-        config.drop_rates_shrink_after = Some(100.0);
+        config.network.drop_rates_shrink_after = Some(100.0);
         let mut trainer = trained(&config, 100, 0);
         assert_eq!(
             trainer.snapshot(1).unwrap().shape.drop_rates,
@@ -926,8 +926,8 @@ mod tests {
     fn masked_fit_changes_the_posterior_only_with_masks() {
         let means = |rates: Vec<f64>| {
             let mut config = linear_config();
-            config.drop_rates = Some(rates);
-            config.neural_linear.fit_masked = true;
+            config.network.drop_rates = Some(rates);
+            config.policy.neural_linear.fit_masked = true;
             let mut trainer = trained(&config, 300, 50);
             let mut mean = |masked: bool, version| {
                 trainer.linear.as_mut().unwrap().fit_masked = masked;
@@ -950,7 +950,7 @@ mod tests {
     fn initial_pulls_choose_an_unpulled_arm_outright() {
         use crate::policy::{Inputs, decide, propensity};
         let mut config = linear_config();
-        config.neural_linear.initial_pulls = 2;
+        config.policy.neural_linear.initial_pulls = 2;
         let mut trainer = Trainer::new(&config).unwrap();
         let example = |seq, head| Example {
             input: vec![0.5, -0.5],

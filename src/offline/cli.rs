@@ -209,7 +209,7 @@ pub fn evaluate(config: &Config, args: &EvaluateArgs) -> anyhow::Result<()> {
     let mut candidates = Vec::new();
     if log.model.is_some() || explicit {
         candidates.push(Candidate {
-            label: format!("as configured ({})", model.policy.as_str()),
+            label: format!("as configured ({})", model.policy.kind.as_str()),
             policy: CandidatePolicy::Replayed(Box::new(model.clone())),
         });
     }

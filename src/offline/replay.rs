@@ -56,7 +56,7 @@ impl Online {
             trainer,
             snapshot,
             version: 0,
-            publish_every: config.publish_every_steps.max(1),
+            publish_every: config.learner.publish_every_steps.max(1),
             since_publish: 0,
             rng: Xoshiro256PlusPlus::seed_from_u64(config.seed),
         })
@@ -279,7 +279,7 @@ pub fn replay(
     samples: usize,
 ) -> Result<Vec<Vec<f64>>, Error> {
     let mut online = Online::new(model)?;
-    let learns = model.policy != PolicyKind::Uniform;
+    let learns = model.policy.kind != PolicyKind::Uniform;
     let mut out = Vec::with_capacity(prepared.len());
     for p in prepared {
         out.push(online.probabilities(p.inputs(), samples)?);
@@ -315,7 +315,7 @@ pub fn predictions(
     match kind {
         RewardModel::Network => {
             let mut net = model.clone();
-            net.policy = PolicyKind::Greedy;
+            net.policy.kind = PolicyKind::Greedy;
             let mut online = Online::new(&net)?;
             let mut out = Vec::with_capacity(prepared.len());
             for p in prepared {

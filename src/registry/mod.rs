@@ -195,8 +195,8 @@ mod tests {
         assert_eq!(registry.entries().len(), 2);
         let mut created = ModelConfig::new("new", ModelKind::FixedArms, 3);
         created.arms = vec!["x".into(), "y".into()];
-        created.default_reward = Some(0.25);
-        created.reward_range = Some([-1.0, 1.0]);
+        created.pending.default_reward = Some(0.25);
+        created.rewards.reward_range = Some([-1.0, 1.0]);
         registry
             .put(Entry {
                 created_lsn: 17,
@@ -230,7 +230,7 @@ mod tests {
         let (mut registry, _) =
             Registry::open(dir.path(), &Config::embedded_default().models, &limits).unwrap();
         let mut bad = registry.entries()[0].clone();
-        bad.config.learning_rate = -1.0;
+        bad.config.optimizer.learning_rate = -1.0;
         registry.put(bad).unwrap();
         let err = Registry::open(dir.path(), &[], &limits)
             .unwrap_err()

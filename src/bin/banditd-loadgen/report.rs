@@ -288,7 +288,7 @@ pub(crate) struct InprocRunReport {
 impl InprocRunReport {
     pub(crate) fn new(spec: &str, seed: u64, model: &ModelConfig, run: &InprocRun) -> Self {
         let mut model = model.clone();
-        model.drop_rates = Some(model.effective_drop_rates());
+        model.network.drop_rates = Some(model.effective_drop_rates());
         Self {
             env: run.env.clone(),
             spec: spec.to_owned(),
@@ -301,7 +301,7 @@ impl InprocRunReport {
             steps: run.steps,
             model_version: run.version,
             elapsed_s: run.elapsed.as_secs_f64(),
-            policy: model.policy.as_str(),
+            policy: model.policy.kind.as_str(),
             model,
             curve: run.curve.clone(),
             drop_rates: run.drop_rates.clone(),
