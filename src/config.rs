@@ -79,7 +79,7 @@ pub struct ClusterConfig {
     /// the call answers UNAVAILABLE.
     pub publish_timeout_ms: u64,
     /// The idle heartbeat the trainer asks of its consumer while no events come, in
-    /// milliseconds: a consumer silent for two heartbeat periods (a NATS node died with it) is
+    /// milliseconds: a consumer silent for four heartbeats (a NATS node died with it) is
     /// re-created, and a reader that delivered nothing for four while the model's stream
     /// holds newer events is opened again.
     pub consumer_heartbeat_ms: u64,

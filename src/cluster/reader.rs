@@ -120,8 +120,8 @@ impl Reader {
                     start_sequence: from.max(1),
                 },
                 // The client's pull requests expire after this, and ask for an idle heartbeat
-                // every half of it: a consumer that stops answering is replaced after two
-                // missed heartbeat periods.
+                // every half of it: the client counts a heartbeat missed after two periods of
+                // silence, and the ordered consumer re-creates itself at the second miss.
                 max_expires: heartbeat * 2,
                 ..Default::default()
             })
