@@ -78,6 +78,11 @@ pub struct ClusterConfig {
     /// How long a publish may wait for JetStream's acknowledgement, in milliseconds; past it
     /// the call answers UNAVAILABLE.
     pub publish_timeout_ms: u64,
+    /// The idle heartbeat the trainer asks of its consumer while no events come, in
+    /// milliseconds: a consumer silent for four heartbeats (a NATS node died with it) is
+    /// re-created, and a reader that delivered nothing for four while the model's stream
+    /// holds newer events is opened again.
+    pub consumer_heartbeat_ms: u64,
     /// While NATS is unreachable: `false` (default) refuses decisions and rewards with
     /// UNAVAILABLE; `true` keeps deciding from the last snapshot without logging (counted in
     /// `banditd_cluster_unlogged_decisions_total`); rewards are refused either way.
@@ -104,6 +109,7 @@ impl Default for ClusterConfig {
             snapshot_interval_secs: 5,
             snapshot_every_examples: 2_000,
             publish_timeout_ms: 2_000,
+            consumer_heartbeat_ms: 2_000,
             serve_when_disconnected: false,
             trainer_dir: None,
         }
@@ -183,6 +189,16 @@ impl ClusterConfig {
             if value == 0 {
                 return Err(bad(field, "must be at least 1".into()));
             }
+        }
+        if self.consumer_heartbeat_ms < 100 {
+            return Err(bad(
+                "consumer_heartbeat_ms",
+                format!(
+                    "{} is below 100 ms: the trainer's pull requests would expire faster than \
+                     they can be answered",
+                    self.consumer_heartbeat_ms
+                ),
+            ));
         }
         if self.lease_ttl_ms < 300 {
             return Err(bad(

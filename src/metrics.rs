@@ -640,6 +640,12 @@ pub const CLUSTER_SERVING_VERSION: &str = "banditd_cluster_serving_version";
 pub const CLUSTER_SNAPSHOT_LAG_SECONDS: &str = "banditd_cluster_snapshot_lag_seconds";
 /// Snapshots this replica could not load (it kept serving the previous one).
 pub const CLUSTER_SNAPSHOT_LOAD_FAILURES: &str = "banditd_cluster_snapshot_load_failures_total";
+/// Times the trainer's reader of the stream was opened again after the last event it applied,
+/// by `why` (error: the consumer failed; stalled: nothing arrived while the model's stream
+/// held newer events).
+pub const CLUSTER_CONSUMER_RESTARTS: &str = "banditd_cluster_consumer_restarts_total";
+/// Snapshot uploads that failed (the trainer retries at its next lease renewal).
+pub const CLUSTER_SNAPSHOT_UPLOAD_FAILURES: &str = "banditd_cluster_snapshot_upload_failures_total";
 
 // --- A model's serving-path series, resolved once ----------------------------------------------
 

@@ -19,15 +19,14 @@ use std::{
     time::Duration,
 };
 
-use async_nats::jetstream::consumer::{Consumer, pull};
 use crossbeam_channel::{Receiver, Sender};
 use prost::Message;
 use tokio::sync::{mpsc, watch};
-use tokio_stream::StreamExt;
 
 use super::{
     bus::publish,
     nats::{EventKind, Nats, msg_id},
+    reader::{Reader, Restart},
     telemetry,
 };
 use crate::{
@@ -274,9 +273,12 @@ pub(super) struct Progress {
 }
 
 impl Progress {
-    pub(super) fn new(pending: u64) -> Arc<Self> {
+    /// Progress of a join reading from stream sequence `from` (what lies before it is the
+    /// snapshot's: a consumer that is opened again from the stream's start skips it), with
+    /// `pending` events of the model to read.
+    pub(super) fn new(from: u64, pending: u64) -> Arc<Self> {
         Arc::new(Self {
-            processed: AtomicU64::new(0),
+            processed: AtomicU64::new(from.saturating_sub(1)),
             pending: AtomicU64::new(pending),
         })
     }
@@ -321,12 +323,14 @@ fn sweep_period(model: &ModelConfig) -> Duration {
     (model.reward_window() / 10).clamp(Duration::from_millis(10), Duration::from_secs(1))
 }
 
-/// Reads the consumer until `stop`, applying each event and handing examples to `tx`, and
-/// publishes `Closed` events for windows that have passed.
+/// Reads the model's events until `stop`, applying each event and handing examples to `tx`,
+/// and publishes `Closed` events for windows that have passed. The reader is opened again
+/// right after the last event applied whenever it fails or stalls (see [`super::reader`]);
+/// events it delivers again are skipped by sequence, so each is applied once.
 pub(super) async fn run(
     nats: Arc<Nats>,
     model: ModelConfig,
-    consumer: Consumer<pull::Config>,
+    mut reader: Reader,
     state: Arc<Mutex<JoinState>>,
     tx: Sender<Example>,
     progress: Arc<Progress>,
@@ -335,26 +339,31 @@ pub(super) async fn run(
     let name = model.name.clone();
     let mut sweep = tokio::time::interval(sweep_period(&model));
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut messages = None;
+    let stall_after = reader.stall_after();
+    let mut stall_check = tokio::time::interval(stall_after);
+    stall_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_event = tokio::time::Instant::now();
     loop {
-        if messages.is_none() {
-            match consumer.messages().await {
-                Ok(m) => messages = Some(m),
-                Err(e) => {
-                    tracing::warn!(model = %name, error = %e, "cannot read the stream; retrying");
-                    tokio::select! {
-                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                        _ = stop.changed() => return,
-                    }
+        if !reader.is_open() {
+            let from = progress.processed.load(Ordering::Acquire).saturating_add(1);
+            let reopened = tokio::select! {
+                reopened = reader.reopen(from) => reopened,
+                _ = stop.changed() => return,
+            };
+            if let Err(e) = reopened {
+                tracing::warn!(model = %name, error = %e, "cannot read the stream; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    _ = stop.changed() => return,
                 }
             }
+            tracing::info!(model = %name, from, "reading the stream again");
+            last_event = tokio::time::Instant::now();
         }
-        let Some(stream) = messages.as_mut() else {
-            continue;
-        };
         tokio::select! {
-            next = stream.next() => match next {
+            next = reader.next() => match next {
                 Some(Ok(message)) => {
+                    last_event = tokio::time::Instant::now();
                     let Ok(info) = message.info() else { continue };
                     let (seq, pending) = (info.stream_sequence, info.pending);
                     if seq <= progress.processed.load(Ordering::Acquire) {
@@ -384,10 +393,13 @@ pub(super) async fn run(
                     telemetry::consumer_lag(&name, pending);
                 }
                 Some(Err(e)) => {
-                    tracing::warn!(model = %name, error = %e, "stream read failed; resuming");
-                    messages = None;
+                    tracing::warn!(model = %name, error = %e, "stream read failed; reading again");
+                    reader.close(Restart::Error);
                 }
-                None => messages = None,
+                None => {
+                    tracing::warn!(model = %name, "the stream's consumer ended; reading again");
+                    reader.close(Restart::Error);
+                }
             },
             _ = sweep.tick() => {
                 let due = state
@@ -405,6 +417,26 @@ pub(super) async fn run(
                             .unwrap_or_else(std::sync::PoisonError::into_inner)
                             .unsend(&id);
                     }
+                }
+            }
+            _ = stall_check.tick() => {
+                if last_event.elapsed() < stall_after {
+                    continue;
+                }
+                let processed = progress.processed.load(Ordering::Acquire);
+                match reader.model_last_seq().await {
+                    // Events the consumer should have delivered by now: lost in flight (a
+                    // node died) with none after them to show the gap, or a consumer whose
+                    // own re-creation is backing off (up to 10 s between attempts).
+                    Ok(last) if last > processed => {
+                        tracing::warn!(
+                            model = %name, processed, last,
+                            "the model's stream is ahead and nothing arrived: reading it again"
+                        );
+                        reader.close(Restart::Stalled);
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!(model = %name, error = %e, "cannot check for a stall"),
                 }
             }
             _ = stop.changed() => return,

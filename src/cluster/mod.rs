@@ -5,7 +5,7 @@
 //! own protobuf records, `proto/banditd/log/v1/log.proto`, one subject per model and kind);
 //! JetStream deduplicates retries by message id. One process per model holds that model's
 //! trainer lease (a KV entry with a TTL, renewed); it reads the model's events through a
-//! durable consumer, joins rewards to decisions within the reward window (closing windows by
+//! consumer, joins rewards to decisions within the reward window (closing windows by
 //! publishing a `Closed` event, so the stream alone decides every join), trains with the
 //! ordinary learner, and uploads snapshots (checkpoint bytes plus the replay window) to the
 //! object store, with the version in KV. Every replica watches the version key and swaps in
@@ -15,6 +15,8 @@
 //! - [`bus`]: the engine's [`EventBus`](crate::engine::bus::EventBus) over JetStream.
 //! - [`snapshot`]: the snapshot object's format, and turning one into a serving snapshot.
 //! - [`join`]: the trainer's join of the stream into training examples (an `ExampleSource`).
+//! - [`reader`]: the join's reader of a model's events (an ordered consumer, opened again
+//!   where the join stopped when it fails or stalls).
 //! - [`trainer`]: the lease, one trainer session, the snapshot upload.
 //! - [`watcher`]: the replica's version watch and hot swap.
 //! - [`export`]: `banditd export --cluster`, the stream's decisions as JSON lines.
@@ -24,6 +26,7 @@ mod bus;
 mod export;
 mod join;
 mod nats;
+mod reader;
 pub mod snapshot;
 mod telemetry;
 mod trainer;
@@ -148,6 +151,10 @@ mod tests {
             ("stream = \"a.b\"", "cluster.stream"),
             ("subject_prefix = \"a.*\"", "cluster.subject_prefix"),
             ("lease_ttl_ms = 10", "cluster.lease_ttl_ms"),
+            (
+                "consumer_heartbeat_ms = 50",
+                "cluster.consumer_heartbeat_ms",
+            ),
             (
                 "snapshot_interval_secs = 0",
                 "cluster.snapshot_interval_secs",

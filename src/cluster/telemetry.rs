@@ -6,11 +6,11 @@ use std::time::Duration;
 use metrics::{counter, gauge, histogram};
 
 use crate::metrics::{
-    CLUSTER_CONNECTED, CLUSTER_CONSUMER_PENDING, CLUSTER_EVENTS_NOT_JOINED,
-    CLUSTER_EXAMPLES_JOINED, CLUSTER_LEASE_ACQUIRED, CLUSTER_LEASE_HELD, CLUSTER_LEASE_LOST,
-    CLUSTER_PUBLISHED_VERSION, CLUSTER_SERVING_VERSION, CLUSTER_SNAPSHOT_BYTES,
-    CLUSTER_SNAPSHOT_LAG_SECONDS, CLUSTER_SNAPSHOT_LOAD_FAILURES, CLUSTER_SNAPSHOT_UPLOAD_SECONDS,
-    CLUSTER_SNAPSHOTS_PUBLISHED,
+    CLUSTER_CONNECTED, CLUSTER_CONSUMER_PENDING, CLUSTER_CONSUMER_RESTARTS,
+    CLUSTER_EVENTS_NOT_JOINED, CLUSTER_EXAMPLES_JOINED, CLUSTER_LEASE_ACQUIRED, CLUSTER_LEASE_HELD,
+    CLUSTER_LEASE_LOST, CLUSTER_PUBLISHED_VERSION, CLUSTER_SERVING_VERSION, CLUSTER_SNAPSHOT_BYTES,
+    CLUSTER_SNAPSHOT_LAG_SECONDS, CLUSTER_SNAPSHOT_LOAD_FAILURES, CLUSTER_SNAPSHOT_UPLOAD_FAILURES,
+    CLUSTER_SNAPSHOT_UPLOAD_SECONDS, CLUSTER_SNAPSHOTS_PUBLISHED,
 };
 
 /// Lease acquired by this process (a takeover when another held it before).
@@ -32,6 +32,12 @@ pub(super) fn consumer_lag(model: &str, pending: u64) {
     gauge!(CLUSTER_CONSUMER_PENDING, "model" => model.to_owned()).set(pending as f64);
 }
 
+/// The trainer's reader was opened again after the last event applied (`why`: error,
+/// stalled).
+pub(super) fn consumer_restarted(model: &str, why: &'static str) {
+    counter!(CLUSTER_CONSUMER_RESTARTS, "model" => model.to_owned(), "why" => why).increment(1);
+}
+
 /// A joined example went to the learner (`how`: reward, default).
 pub(super) fn joined(model: &str, how: &'static str) {
     counter!(CLUSTER_EXAMPLES_JOINED, "model" => model.to_owned(), "how" => how).increment(1);
@@ -49,6 +55,11 @@ pub(super) fn snapshot_published(model: &str, version: u64, bytes: usize, took: 
     gauge!(CLUSTER_PUBLISHED_VERSION, "model" => model.to_owned()).set(version as f64);
     histogram!(CLUSTER_SNAPSHOT_UPLOAD_SECONDS, "model" => model.to_owned())
         .record(took.as_secs_f64());
+}
+
+/// A snapshot upload failed (retried at the next lease renewal).
+pub(super) fn snapshot_upload_failed(model: &str) {
+    counter!(CLUSTER_SNAPSHOT_UPLOAD_FAILURES, "model" => model.to_owned()).increment(1);
 }
 
 /// This replica now serves `version`, `lag` after the trainer published it.

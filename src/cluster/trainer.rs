@@ -1,6 +1,6 @@
 //! One trainer per model: a candidate takes the model's lease (a KV entry that lapses after
 //! `lease_ttl_ms` unless renewed), then runs a session: bump the trainer epoch, load the last
-//! snapshot, re-create the durable consumer at the snapshot's start sequence, train with the
+//! snapshot, open a reader of the model's events at the snapshot's start sequence, train with the
 //! ordinary learner on the join's examples, and upload a snapshot after every checkpoint the
 //! learner writes. The session ends when the lease is lost (a standby then takes over) or at
 //! shutdown (final snapshot, lease released so a standby takes over at once).
@@ -13,7 +13,6 @@ use std::{
 };
 
 use async_nats::jetstream::{
-    consumer::{AckPolicy, DeliverPolicy, pull},
     kv::{CreateErrorKind, Operation, UpdateErrorKind},
     object_store::GetErrorKind,
 };
@@ -22,6 +21,7 @@ use tokio::{io::AsyncReadExt, sync::watch};
 use super::{
     join::{self, JoinState, Progress, StreamSource},
     nats::{Nats, epoch_key, lease_key, version_key},
+    reader::Reader,
     snapshot::{self, Header},
     telemetry,
 };
@@ -347,24 +347,13 @@ impl Candidate {
         let (covered, start, preloaded) = object.map_or((0, 1, Vec::new()), |o| {
             (o.header.last_seq, o.header.start_seq, o.examples)
         });
-        let durable = format!("trainer_{name}");
         let stream = self.nats.stream();
-        // The consumer restarts where the snapshot says: what the previous trainer read
-        // after its last snapshot is read (and trained) again, once, here.
-        let _ = stream.delete_consumer(&durable).await;
-        let consumer = stream
-            .create_consumer(pull::Config {
-                durable_name: Some(durable),
-                filter_subject: self.nats.model_filter(&name),
-                deliver_policy: DeliverPolicy::ByStartSequence {
-                    start_sequence: start.max(1),
-                },
-                ack_policy: AckPolicy::None,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| nats_err("consumer", e))?;
-        let pending = consumer.cached_info().num_pending;
+        // The durable consumer of earlier versions: unused now, and a leftover would keep
+        // its (replicated) state forever.
+        let _ = stream.delete_consumer(&format!("trainer_{name}")).await;
+        // The reader starts where the snapshot says: what the previous trainer read after its
+        // last snapshot is read (and trained) again, once, here.
+        let (reader, pending) = Reader::open(Arc::clone(&self.nats), &name, epoch, start).await?;
         let last = stream
             .get_info()
             .await
@@ -376,13 +365,13 @@ impl Candidate {
             let _ = tx.send(example.clone());
         }
         let state = Arc::new(Mutex::new(JoinState::new(&self.model, covered, &preloaded)));
-        let progress = Progress::new(pending);
+        let progress = Progress::new(start, pending);
         let (uploads_tx, mut uploads) = tokio::sync::mpsc::unbounded_channel();
         let (join_stop, join_stop_rx) = watch::channel(false);
         let join = tokio::spawn(join::run(
             Arc::clone(&self.nats),
             self.model.clone(),
-            consumer,
+            reader,
             Arc::clone(&state),
             tx,
             Arc::clone(&progress),
@@ -436,24 +425,35 @@ impl Candidate {
                 return Err(Error::Internal(format!("learner start panicked: {e}")));
             }
         };
+        // A checkpoint whose upload failed is uploaded again at every renewal until one
+        // succeeds: the learner writes no new checkpoint while no new events come, so without
+        // the retry the cluster would serve (and a new trainer resume from) an older snapshot
+        // for as long as the model is idle.
+        let mut owed = false;
         let lost = lost_early
             || loop {
-                tokio::select! {
+                let attempt = tokio::select! {
                     _ = tick.tick() => {
                         if !lease.renew(&self.nats).await {
                             break true;
                         }
+                        owed
                     }
                     Some(_) = uploads.recv() => {
-                        match self.upload(&state, &lease, &mut fence).await {
-                            Ok(Published::Yes) => {}
-                            Ok(Published::Fenced) => break true,
-                            Err(e) => {
-                                tracing::warn!(model = %name, error = %e, "snapshot upload failed");
-                            }
-                        }
+                        owed = true;
+                        true
                     }
                     _ = stop.changed() => break false,
+                };
+                if attempt {
+                    match self.upload(&state, &lease, &mut fence).await {
+                        Ok(Published::Yes) => owed = false,
+                        Ok(Published::Fenced) => break true,
+                        Err(e) => {
+                            telemetry::snapshot_upload_failed(&name);
+                            tracing::warn!(model = %name, error = %e, "snapshot upload failed; retrying");
+                        }
+                    }
                 }
             };
         // The join stops first, so that the learner's source ends and it can stop.
@@ -461,7 +461,7 @@ impl Candidate {
         let _ = join.await;
         let _ = tokio::task::spawn_blocking(move || learner.shutdown()).await;
         if !lost {
-            if uploads.try_recv().is_ok() && lease.renew(&self.nats).await {
+            if (uploads.try_recv().is_ok() || owed) && lease.renew(&self.nats).await {
                 match self.upload(&state, &lease, &mut fence).await {
                     Ok(Published::Yes | Published::Fenced) => {}
                     Err(e) => {
