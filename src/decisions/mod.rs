@@ -725,6 +725,90 @@ mod tests {
         assert_eq!((store.len(), store.awaiting_reward()), (0, 0));
     }
 
+    /// A wheel-shaped decision as the engine makes it (`benches/pending_memory.rs` builds the
+    /// same): a 36-byte id, the model's 5 arms, a 2-value context, 5 scores.
+    fn wheel(i: usize, arms: &Arc<[Arc<str>]>) -> Decision {
+        Decision {
+            id: format!("{:08x}-0000-4000-8000-{:012x}", i as u32, i),
+            arms: Arms::shared(Arc::clone(arms)),
+            chosen: (i % 5) as u32,
+            scores: vec![0.1, 0.2, 0.3, 0.4, 0.5].into(),
+            model_version: 7,
+            input: vec![0.5, -0.5].into(),
+            head: (i % 5) as u32,
+            propensity: None,
+            explanation: None,
+            request_hash: i as u64,
+            holdout: false,
+        }
+    }
+
+    /// The store's own count of its heap bytes for a full store of wheel decisions is at
+    /// most twice their payload (the bench's definition: id, arm ids, context, features,
+    /// scores), and it is made of what the layout says: a ring slot, the buffer and the
+    /// index's share per decision. (The bench checks the count against an allocator.)
+    #[test]
+    fn heap_bytes_within_twice_the_payload() {
+        const N: usize = 20_000;
+        let arms: Arc<[Arc<str>]> = (0..5).map(|a| Arc::from(a.to_string().as_str())).collect();
+        let store = PendingStore::new(Duration::from_secs(60), N);
+        let mut payload = 0;
+        for i in 0..N {
+            let d = wheel(i, &arms);
+            payload += d.id.len()
+                + d.arms.iter().map(str::len).sum::<usize>()
+                + 4 * d.input.len()
+                + 8 * d.scores.len();
+            store.insert(d);
+        }
+        let held = store.heap_bytes();
+        assert!(
+            held <= 2 * payload,
+            "{} bytes per decision for a payload of {}",
+            held / N,
+            payload / N
+        );
+        // 80-byte slots (the ring grown to the capacity exactly), 84-byte buffers (5 scores,
+        // 2 inputs, the id; no arm ids), and 32768 buckets of a 4-byte position and a control
+        // byte (plus hashbrown's trailing group of control bytes, 16 on x86-64).
+        assert_eq!(std::mem::size_of::<table::Slot<Entry>>(), 80);
+        let index = held - N * 80 - N * 84;
+        assert!((32768 * 5..=32768 * 5 + 64).contains(&index), "index {index} bytes");
+        // Rewards are counted while held.
+        store
+            .record_reward(&wheel(7, &arms).id, 1.0, |_| Ok::<(), Error>(()))
+            .unwrap();
+        assert_eq!(store.heap_bytes(), held + std::mem::size_of::<Recorded>());
+    }
+
+    /// Decisions over more arm lists than the store holds at once keep their ids
+    /// themselves; every one reads back with its own ids, and a list's entry is reused once
+    /// its decisions have left.
+    #[test]
+    fn arm_lists_shared_or_inline_read_back() {
+        let store = PendingStore::new(Duration::from_secs(60), 12);
+        let lists: Vec<Arc<[Arc<str>]>> = (0..12)
+            .map(|i| (0..=i).map(|a| Arc::from(format!("arm-{a}").as_str())).collect())
+            .collect();
+        let made: Vec<Decision> = (0..24).map(|i| wheel(i, &lists[i % 12])).collect();
+        for d in &made[..12] {
+            store.insert(d.clone());
+        }
+        for d in &made[..12] {
+            assert_eq!(*store.get(&d.id).unwrap(), *d);
+        }
+        // Each insert now evicts the oldest, freeing its list's entry for the next one.
+        for (i, d) in made[12..].iter().enumerate() {
+            let inserted = store.insert(d.clone());
+            assert_eq!(inserted.evicted.len(), 1);
+            assert_eq!(inserted.evicted[0].id(), made[i].id);
+            assert_eq!(*store.get(&d.id).unwrap(), *d);
+        }
+        for d in &made[12..] {
+            assert_eq!(*store.get(&d.id).unwrap(), *d);
+        }
+    }
+
     /// Inserting an id that is pending keeps the first decision.
     #[test]
     fn insert_is_idempotent() {

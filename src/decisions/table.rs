@@ -36,7 +36,7 @@ pub(super) const MAX_LEN: usize = 1 << 31;
 const COMPACT_MIN: usize = 64;
 
 #[derive(Debug)]
-struct Slot<T> {
+pub(super) struct Slot<T> {
     /// `None` once removed from the middle.
     value: Option<T>,
     /// When it was inserted, in the caller's units (the store's nanoseconds).
