@@ -123,7 +123,10 @@ fn time_store(make: impl Fn(usize) -> Decision) {
             if k >= LAG {
                 let id = &ids[k - LAG];
                 let outcome = store.record_reward(id, 1.0, |_| Ok::<(), Error>(()));
-                assert!(outcome.is_ok(), "a reward for a pending decision is accepted");
+                assert!(
+                    outcome.is_ok(),
+                    "a reward for a pending decision is accepted"
+                );
                 store.settle(id, 1.0, true);
             }
         }
@@ -170,8 +173,8 @@ fn main() {
         request_hash: i as u64,
         holdout: false,
     };
-    measure("wheel", 2, &wheel);
-    time_store(&wheel);
+    measure("wheel", 2, wheel);
+    time_store(wheel);
     measure("items", 8, |i| Decision {
         id: uuid_like(i),
         arms: Arms::packed(

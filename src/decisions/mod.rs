@@ -548,9 +548,7 @@ impl PendingStore {
     /// model's shared arm lists).
     pub fn heap_bytes(&self) -> usize {
         let state = self.lock();
-        state.table.heap_bytes()
-            + state.buffers
-            + state.rewarded * std::mem::size_of::<Recorded>()
+        state.table.heap_bytes() + state.buffers + state.rewarded * std::mem::size_of::<Recorded>()
     }
 
     /// The reward window.
@@ -773,7 +771,10 @@ mod tests {
         // byte (plus hashbrown's trailing group of control bytes, 16 on x86-64).
         assert_eq!(std::mem::size_of::<table::Slot<Entry>>(), 80);
         let index = held - N * 80 - N * 84;
-        assert!((32768 * 5..=32768 * 5 + 64).contains(&index), "index {index} bytes");
+        assert!(
+            (32768 * 5..=32768 * 5 + 64).contains(&index),
+            "index {index} bytes"
+        );
         // Rewards are counted while held.
         store
             .record_reward(&wheel(7, &arms).id, 1.0, |_| Ok::<(), Error>(()))
@@ -788,7 +789,11 @@ mod tests {
     fn arm_lists_shared_or_inline_read_back() {
         let store = PendingStore::new(Duration::from_secs(60), 12);
         let lists: Vec<Arc<[Arc<str>]>> = (0..12)
-            .map(|i| (0..=i).map(|a| Arc::from(format!("arm-{a}").as_str())).collect())
+            .map(|i| {
+                (0..=i)
+                    .map(|a| Arc::from(format!("arm-{a}").as_str()))
+                    .collect()
+            })
             .collect();
         let made: Vec<Decision> = (0..24).map(|i| wheel(i, &lists[i % 12])).collect();
         for d in &made[..12] {

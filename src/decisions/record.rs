@@ -148,8 +148,16 @@ impl Packed {
             }
         }
         let flags = if d.holdout { HOLDOUT } else { 0 }
-            | if d.propensity.is_some() { PROPENSITY } else { 0 }
-            | if explanation.is_some() { EXPLANATION } else { 0 };
+            | if d.propensity.is_some() {
+                PROPENSITY
+            } else {
+                0
+            }
+            | if explanation.is_some() {
+                EXPLANATION
+            } else {
+                0
+            };
         Self {
             bytes: bytes.into_boxed_slice(),
             model_version: d.model_version,
@@ -288,13 +296,17 @@ impl Packed {
 /// ids go into the decision's buffer. An entry is freed when its last decision leaves.
 #[derive(Debug, Default)]
 pub(super) struct ArmSets {
-    sets: Vec<Option<(Arc<[Arc<str>]>, usize)>>,
+    /// Each entry's list and how many held decisions use it.
+    sets: Vec<Option<(ArmList, usize)>>,
 }
+
+/// A fixed-arm model's arm ids, as [`Arms::shared`] takes them.
+type ArmList = Arc<[Arc<str>]>;
 
 impl ArmSets {
     /// The index holding `ids` for one more decision, or `None` when every entry holds
     /// other ids.
-    pub(super) fn acquire(&mut self, ids: &Arc<[Arc<str>]>) -> Option<u8> {
+    pub(super) fn acquire(&mut self, ids: &ArmList) -> Option<u8> {
         let held = self.sets.iter().position(|s| {
             s.as_ref()
                 .is_some_and(|(held, _)| Arc::ptr_eq(held, ids) || **held == **ids)
@@ -333,11 +345,8 @@ impl ArmSets {
     }
 
     /// The ids held at `at`.
-    pub(super) fn get(&self, at: u8) -> Option<&Arc<[Arc<str>]>> {
-        self.sets
-            .get(usize::from(at))?
-            .as_ref()
-            .map(|(ids, _)| ids)
+    pub(super) fn get(&self, at: u8) -> Option<&ArmList> {
+        self.sets.get(usize::from(at))?.as_ref().map(|(ids, _)| ids)
     }
 
     /// Entries in use.

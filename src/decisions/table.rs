@@ -260,7 +260,11 @@ mod tests {
     fn table(ids: impl IntoIterator<Item = u32>) -> Table<String> {
         let mut t = Table::new(1000, std::hash::RandomState::new());
         for i in ids {
-            t.push(t.hash(i.to_string().as_bytes()), i.to_string(), i64::from(i));
+            t.push(
+                t.hash(i.to_string().as_bytes()),
+                i.to_string(),
+                i64::from(i),
+            );
         }
         t
     }
@@ -335,7 +339,11 @@ mod tests {
         let mut t = Table::new(4, std::hash::RandomState::new());
         t.head = u32::MAX - 2;
         for i in 0..8u32 {
-            t.push(t.hash(i.to_string().as_bytes()), i.to_string(), i64::from(i));
+            t.push(
+                t.hash(i.to_string().as_bytes()),
+                i.to_string(),
+                i64::from(i),
+            );
             if i >= 4 {
                 let _ = t.pop_oldest();
             }

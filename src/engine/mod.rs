@@ -744,7 +744,7 @@ impl Engine {
                     // Queue full: it is closed again after a restart; nothing is lost.
                     let _ = self
                         .log
-                        .closed(closed_record(name, &d.id, How::Rewarded, None));
+                        .closed(closed_record(name, d.id, How::Rewarded, None));
                     continue;
                 }
                 let defaulted = match model.config.default_reward {
@@ -756,7 +756,7 @@ impl Engine {
                         };
                         let logged = self
                             .log
-                            .closed(closed_record(name, &d.id, How::Defaulted, Some(example)))
+                            .closed(closed_record(name, d.id, How::Defaulted, Some(example)))
                             .is_ok();
                         if logged {
                             model
@@ -768,7 +768,7 @@ impl Engine {
                     None => {
                         let _ = self
                             .log
-                            .closed(closed_record(name, &d.id, How::Dropped, None));
+                            .closed(closed_record(name, d.id, How::Dropped, None));
                         false
                     }
                 };
