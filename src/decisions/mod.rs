@@ -1,11 +1,17 @@
 //! Decisions waiting for their reward.
 //!
-//! Each model has a [`PendingStore`]: a map from decision id to what was decided, plus the
-//! ids in insertion order. Every model's window is fixed, so insertion order is expiry order
-//! and the oldest entry is always at the front: expiry and eviction both pop from there, and
-//! the map and the queue stay in step. A rewarded decision stays until its window closes so
-//! that a retried report is recognised. The store is bounded; past its capacity the oldest
-//! decisions are evicted, so memory stays flat under any load.
+//! Each model has a [`PendingStore`]: its decisions by id, in insertion order. Every model's
+//! window is fixed, so insertion order is expiry order and the oldest entry is always at the
+//! front: expiry and eviction both pop from there. A rewarded decision stays until its window
+//! closes so that a retried report is recognised. The store is bounded; past its capacity
+//! the oldest decisions are evicted, so memory stays flat under any load.
+//!
+//! Laid out for hundreds of thousands of decisions per model ([`table`], [`record`]): one
+//! table is both the map and the expiry queue (a ring of slots in insertion order, indexed by
+//! a hash table of 4-byte positions), and a decision is held packed, its scores, input, id
+//! and per-request arm ids in one allocation and a fixed-arm model's arm ids shared. Callers
+//! get a [`Decision`] back when they need the whole of one (a retry, a duplicate insert),
+//! and borrow what a reward needs ([`DecisionRef`]).
 //!
 //! A reward is recorded before its log write is durable; a retry of it that arrives in that
 //! window is told to wait for the first report's commit ([`RewardOutcome::Duplicate`] carries
@@ -15,10 +21,12 @@
 //!
 //! [`UsedIds`] remembers ids after their window, so that a closed decision's id is not reused.
 
+mod record;
+mod table;
 mod used_ids;
 
 use std::{
-    collections::{HashMap, VecDeque},
+    hash::BuildHasher,
     sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
@@ -27,13 +35,13 @@ use tokio::{sync::watch, time::Instant};
 
 use crate::{error::Error, policy::Spread};
 
+pub use record::{DecisionRef, F32s};
 pub use used_ids::UsedIds;
 
+use record::{ArmSets, Packed};
+use table::{Keyed, Table};
+
 /// What was decided, kept until the reward arrives or the window closes.
-///
-/// Laid out for a store of hundreds of thousands: the id is held once (the store's map and
-/// queue point at the decision instead of copying it), the arm ids are shared or packed
-/// ([`Arms`]), and the chosen arm is an index.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
     /// The decision id.
@@ -74,19 +82,25 @@ impl Decision {
     }
 }
 
-/// A decision's candidate arm ids.
-#[derive(Debug, Clone, PartialEq)]
+/// A decision's candidate arm ids. Equal when the ids are, however they are held.
+#[derive(Debug, Clone)]
 pub struct Arms(ArmsRepr);
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 enum ArmsRepr {
     /// A fixed-arm model's ids (its whole list, or the candidates' ids pointing into it):
-    /// no per-decision copy of any id.
+    /// no per-decision copy of any id. The pending store holds each list once.
     Shared(Arc<[Arc<str>]>),
     /// A per-arm model's candidate ids, which the client makes up per request: one string
     /// holding them all and where each ends (instead of a string, and its 24-byte header,
     /// per candidate).
     Packed { text: Box<str>, ends: Box<[u32]> },
+}
+
+impl PartialEq for Arms {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
 }
 
 impl Arms {
@@ -109,6 +123,14 @@ impl Arms {
             text: text.into_boxed_str(),
             ends: ends.into_boxed_slice(),
         })
+    }
+
+    /// The model's list these ids are, if they are shared.
+    fn shared_ids(&self) -> Option<&Arc<[Arc<str>]>> {
+        match &self.0 {
+            ArmsRepr::Shared(ids) => Some(ids),
+            ArmsRepr::Packed { .. } => None,
+        }
     }
 
     /// Number of ids.
@@ -139,31 +161,6 @@ impl Arms {
     /// The ids in order.
     pub fn iter(&self) -> impl Iterator<Item = &str> {
         (0..self.len()).filter_map(|i| self.get(i))
-    }
-}
-
-/// A map key that is the stored decision itself, hashed and compared by its id, so the map
-/// needs no copy of the id (`Borrow<str>`: looked up by `&str`).
-#[derive(Debug)]
-struct Key(Arc<Decision>);
-
-impl std::hash::Hash for Key {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.0.id.as_str().hash(state);
-    }
-}
-
-impl PartialEq for Key {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.id == other.0.id
-    }
-}
-
-impl Eq for Key {}
-
-impl std::borrow::Borrow<str> for Key {
-    fn borrow(&self) -> &str {
-        &self.0.id
     }
 }
 
@@ -219,14 +216,47 @@ pub struct Inserted {
     /// False when a decision with this id was already pending.
     pub new: bool,
     /// Old decisions evicted to make room.
-    pub evicted: Vec<Arc<Decision>>,
+    pub evicted: Vec<Closed>,
 }
 
+/// A decision whose window closed.
+#[derive(Debug)]
+pub struct Expired {
+    /// The decision.
+    pub decision: Closed,
+    /// Whether a reward had arrived for it.
+    pub rewarded: bool,
+}
+
+/// A decision that has left the store (evicted or expired), as it was held: what closing
+/// it in the log needs is read from it without a copy.
+#[derive(Debug)]
+pub struct Closed(Packed);
+
+impl Closed {
+    /// The decision id.
+    pub fn id(&self) -> &str {
+        self.0.id()
+    }
+
+    /// Its id and training example's input and head, and its group.
+    pub fn view(&self) -> DecisionRef<'_> {
+        self.0.view()
+    }
+}
+
+/// A held decision and its reward, if one arrived.
 #[derive(Debug)]
 struct Entry {
-    decision: Arc<Decision>,
+    decision: Packed,
     /// Boxed: most pending decisions have none, and `None` then costs 8 bytes, not 24.
     reward: Option<Box<Recorded>>,
+}
+
+impl Keyed for Entry {
+    fn key(&self) -> &[u8] {
+        self.decision.id_bytes()
+    }
 }
 
 /// A reward recorded for a pending decision.
@@ -239,14 +269,17 @@ struct Recorded {
 
 #[derive(Debug)]
 struct State {
-    map: HashMap<Key, Entry>,
-    /// Decisions by insertion time (nanoseconds from `base`: 8 bytes where an `Instant`
-    /// takes 16), oldest first; exactly the map's keys.
-    order: VecDeque<(i64, Arc<Decision>)>,
+    /// Decisions by id, oldest first, with their insertion times (nanoseconds from `base`:
+    /// 8 bytes where an `Instant` takes 16).
+    table: Table<Entry>,
+    /// The arm lists of the fixed-arm decisions held.
+    arm_sets: ArmSets,
     /// The time the store's insertion times count from.
     base: Instant,
-    /// Entries of the map that have a reward (so counting the others needs no scan).
+    /// Entries that have a reward (so counting the others needs no scan).
     rewarded: usize,
+    /// Bytes of the held decisions' buffers.
+    buffers: usize,
 }
 
 impl State {
@@ -258,23 +291,23 @@ impl State {
         }
     }
 
-    /// Removes an entry, keeping `rewarded` in step.
-    fn take(&mut self, id: &str) -> Option<Entry> {
-        let entry = self.map.remove(id)?;
+    /// Takes an entry that has left the table out of the counts.
+    fn forget(&mut self, entry: &Entry) {
         if entry.reward.is_some() {
             self.rewarded -= 1;
         }
+        if let Some(set) = entry.decision.arm_set() {
+            self.arm_sets.release(set);
+        }
+        self.buffers -= entry.decision.heap_bytes();
+    }
+
+    /// Removes the oldest entry.
+    fn pop_oldest(&mut self) -> Option<Entry> {
+        let entry = self.table.pop_oldest()?;
+        self.forget(&entry);
         Some(entry)
     }
-}
-
-/// A decision whose window closed.
-#[derive(Debug)]
-pub struct Expired {
-    /// The decision.
-    pub decision: Arc<Decision>,
-    /// Whether a reward had arrived for it.
-    pub rewarded: bool,
 }
 
 /// The bounded store of one model's pending decisions.
@@ -286,26 +319,34 @@ pub struct PendingStore {
     /// One window for every decision held, so insertion order stays expiry order.
     window_nanos: std::sync::atomic::AtomicU64,
     capacity: usize,
+    /// The table's hasher (keyed per store, as std's maps are: ids are the client's), to
+    /// hash an id before the lock is taken.
+    hasher: std::hash::RandomState,
 }
 
 impl PendingStore {
-    /// An empty store whose decisions wait `window` for a reward, holding at most `capacity`.
+    /// An empty store whose decisions wait `window` for a reward, holding at most `capacity`
+    /// (and at most 2³¹, far beyond any memory: the table's positions are 4 bytes).
     pub fn new(window: Duration, capacity: usize) -> Self {
+        let capacity = capacity.clamp(1, table::MAX_LEN);
+        let hasher = std::hash::RandomState::new();
         Self {
             state: Mutex::new(State {
-                map: HashMap::new(),
-                order: VecDeque::new(),
+                table: Table::new(capacity, hasher.clone()),
+                arm_sets: ArmSets::default(),
                 base: Instant::now(),
                 rewarded: 0,
+                buffers: 0,
             }),
             window_nanos: std::sync::atomic::AtomicU64::new(nanos(window)),
-            capacity: capacity.max(1),
+            capacity,
+            hasher,
         }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock cannot leave the map and queue out of step worse
-        // than a lost entry, so a poisoned lock is still usable.
+        // A panic while holding the lock cannot leave the table out of step worse than a
+        // lost entry, so a poisoned lock is still usable.
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -313,7 +354,10 @@ impl PendingStore {
 
     /// The pending decision with this id, if any.
     pub fn get(&self, id: &str) -> Option<Arc<Decision>> {
-        self.lock().map.get(id).map(|e| Arc::clone(&e.decision))
+        let hash = self.hasher.hash_one(id.as_bytes());
+        let state = self.lock();
+        let entry = state.table.get_hashed(hash, id.as_bytes())?;
+        Some(Arc::new(entry.decision.unpack(&state.arm_sets)))
     }
 
     /// Stores a new decision. If one with the same id is already pending (a concurrent
@@ -330,31 +374,40 @@ impl PendingStore {
     }
 
     fn insert_at(&self, decision: Decision, created: Instant, reward: Option<f64>) -> Inserted {
+        // Packed before the lock is taken, assuming a shared arm list finds an entry.
+        let shared = decision.arms.shared_ids();
+        let mut packed = Packed::new(&decision, shared.is_some());
+        let hash = self.hasher.hash_one(decision.id.as_bytes());
         let mut state = self.lock();
-        if let Some(existing) = state.map.get(decision.id.as_str()) {
+        if let Some(existing) = state.table.get_hashed(hash, decision.id.as_bytes()) {
             return Inserted {
-                decision: Arc::clone(&existing.decision),
+                decision: Arc::new(existing.decision.unpack(&state.arm_sets)),
                 new: false,
                 evicted: Vec::new(),
             };
         }
         let mut evicted = Vec::new();
-        while state.map.len() >= self.capacity {
-            let Some((_, old)) = state.order.pop_front() else {
+        while state.table.len() >= self.capacity {
+            let Some(old) = state.pop_oldest() else {
                 break;
             };
-            if let Some(entry) = state.take(&old.id) {
-                evicted.push(entry.decision);
+            evicted.push(Closed(old.decision));
+        }
+        if let Some(ids) = shared {
+            match state.arm_sets.acquire(ids) {
+                Some(set) => packed.share_arms(set),
+                // Every entry holds another list (requests with exclusions): this
+                // decision keeps its ids itself.
+                None => packed = Packed::new(&decision, false),
             }
         }
-        let decision = Arc::new(decision);
         state.rewarded += usize::from(reward.is_some());
+        state.buffers += packed.heap_bytes();
         let created = state.offset(created);
-        state.order.push_back((created, Arc::clone(&decision)));
-        state.map.insert(
-            Key(Arc::clone(&decision)),
+        state.table.push(
+            hash,
             Entry {
-                decision: Arc::clone(&decision),
+                decision: packed,
                 reward: reward.map(|value| {
                     Box::new(Recorded {
                         value,
@@ -362,9 +415,11 @@ impl PendingStore {
                     })
                 }),
             },
+            created,
         );
+        drop(state);
         Inserted {
-            decision,
+            decision: Arc::new(decision),
             new: true,
             evicted,
         }
@@ -375,13 +430,10 @@ impl PendingStore {
     /// pending.
     pub fn remove(&self, id: &str) -> bool {
         let mut state = self.lock();
-        if state.take(id).is_none() {
+        let Some(entry) = state.table.remove(id.as_bytes()) else {
             return false;
-        }
-        // Stored a moment ago: it is at or near the back of the queue.
-        if let Some(at) = state.order.iter().rposition(|(_, queued)| queued.id == id) {
-            state.order.remove(at);
-        }
+        };
+        state.forget(&entry);
         true
     }
 
@@ -389,7 +441,7 @@ impl PendingStore {
     /// forgotten so that a retry is accepted as a first report). Retries waiting on it wake.
     pub fn settle(&self, id: &str, reward: f64, durable: bool) {
         let mut state = self.lock();
-        let Some(entry) = state.map.get_mut(id) else {
+        let Some(entry) = state.table.get_mut(id.as_bytes()) else {
             return;
         };
         let Some(recorded) = entry.reward.as_mut() else {
@@ -413,9 +465,9 @@ impl PendingStore {
     }
 
     /// Records a reward for a pending decision. `accept` runs under the store's lock with
-    /// the decision (it queues the log write without blocking); the reward is recorded only
-    /// if it succeeds, so a refused reward can be retried. The caller reports the write's
-    /// outcome with [`PendingStore::settle`].
+    /// what the reward needs of the decision (it queues the log write without blocking); the
+    /// reward is recorded only if it succeeds, so a refused reward can be retried. The
+    /// caller reports the write's outcome with [`PendingStore::settle`].
     ///
     /// # Errors
     /// [`Error::DecisionNotFound`] for an unknown, expired or evicted id;
@@ -425,12 +477,12 @@ impl PendingStore {
         &self,
         id: &str,
         reward: f64,
-        accept: impl FnOnce(&Arc<Decision>) -> Result<T, Error>,
+        accept: impl FnOnce(&DecisionRef<'_>) -> Result<T, Error>,
     ) -> Result<RewardOutcome<T>, Error> {
         let mut state = self.lock();
         let entry = state
-            .map
-            .get_mut(id)
+            .table
+            .get_mut(id.as_bytes())
             .ok_or_else(|| Error::DecisionNotFound(id.to_owned()))?;
         match &entry.reward {
             Some(existing) if existing.value == reward => Ok(RewardOutcome::Duplicate(
@@ -442,7 +494,7 @@ impl PendingStore {
                 offered: reward,
             }),
             None => {
-                let accepted = accept(&entry.decision)?;
+                let accepted = accept(&entry.decision.view())?;
                 entry.reward = Some(Box::new(Recorded {
                     value: reward,
                     commit: Some(watch::Sender::new(CommitState::InFlight)),
@@ -456,39 +508,47 @@ impl PendingStore {
     /// Removes and returns every decision whose window has closed by `now`.
     pub fn expire(&self, now: Instant) -> Vec<Expired> {
         let mut state = self.lock();
-        let mut expired = Vec::new();
         let (now, window) = (state.offset(now), saturating_i64(nanos(self.window())));
-        while let Some(&(created, _)) = state.order.front() {
+        let mut closed = Vec::new();
+        while let Some(created) = state.table.oldest_at() {
             if now.saturating_sub(created) < window {
                 break;
             }
-            let Some((_, queued)) = state.order.pop_front() else {
+            let Some(entry) = state.pop_oldest() else {
                 break;
             };
-            if let Some(entry) = state.take(&queued.id) {
-                expired.push(Expired {
-                    decision: entry.decision,
-                    rewarded: entry.reward.is_some(),
-                });
-            }
+            closed.push(Expired {
+                rewarded: entry.reward.is_some(),
+                decision: Closed(entry.decision),
+            });
         }
-        expired
+        drop(state);
+        closed
     }
 
     /// Decisions held (rewarded or not).
     pub fn len(&self) -> usize {
-        self.lock().map.len()
+        self.lock().table.len()
     }
 
     /// Decisions held that have no reward yet.
     pub fn awaiting_reward(&self) -> usize {
         let state = self.lock();
-        state.map.len() - state.rewarded
+        state.table.len() - state.rewarded
     }
 
     /// True when nothing is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Heap bytes the store holds for its decisions, as requested from the allocator (its
+    /// rounding comes on top): the table's ring and index, the decisions' buffers, and the
+    /// recorded rewards (not the watch channel of a reward whose write is in flight, nor the
+    /// model's shared arm lists).
+    pub fn heap_bytes(&self) -> usize {
+        let state = self.lock();
+        state.table.heap_bytes() + state.buffers + state.rewarded * std::mem::size_of::<Recorded>()
     }
 
     /// The reward window.
@@ -554,7 +614,7 @@ mod tests {
         let expired: Vec<String> = store
             .expire(Instant::now())
             .into_iter()
-            .map(|e| e.decision.id.clone())
+            .map(|e| e.decision.id().to_owned())
             .collect();
         assert_eq!(expired, ["old"]);
         assert!(store.get("x").is_some());
@@ -663,6 +723,97 @@ mod tests {
         assert_eq!((store.len(), store.awaiting_reward()), (0, 0));
     }
 
+    /// A wheel-shaped decision as the engine makes it (`benches/pending_memory.rs` builds the
+    /// same): a 36-byte id, the model's 5 arms, a 2-value context, 5 scores.
+    fn wheel(i: usize, arms: &Arc<[Arc<str>]>) -> Decision {
+        Decision {
+            id: format!("{:08x}-0000-4000-8000-{:012x}", i as u32, i),
+            arms: Arms::shared(Arc::clone(arms)),
+            chosen: (i % 5) as u32,
+            scores: vec![0.1, 0.2, 0.3, 0.4, 0.5].into(),
+            model_version: 7,
+            input: vec![0.5, -0.5].into(),
+            head: (i % 5) as u32,
+            propensity: None,
+            explanation: None,
+            request_hash: i as u64,
+            holdout: false,
+        }
+    }
+
+    /// The store's own count of its heap bytes for a full store of wheel decisions is at
+    /// most twice their payload (the bench's definition: id, arm ids, context, features,
+    /// scores), and it is made of what the layout says: a ring slot, the buffer and the
+    /// index's share per decision. (The bench checks the count against an allocator.)
+    #[test]
+    fn heap_bytes_within_twice_the_payload() {
+        const N: usize = 20_000;
+        let arms: Arc<[Arc<str>]> = (0..5).map(|a| Arc::from(a.to_string().as_str())).collect();
+        let store = PendingStore::new(Duration::from_secs(60), N);
+        let mut payload = 0;
+        for i in 0..N {
+            let d = wheel(i, &arms);
+            payload += d.id.len()
+                + d.arms.iter().map(str::len).sum::<usize>()
+                + 4 * d.input.len()
+                + 8 * d.scores.len();
+            store.insert(d);
+        }
+        let held = store.heap_bytes();
+        assert!(
+            held <= 2 * payload,
+            "{} bytes per decision for a payload of {}",
+            held / N,
+            payload / N
+        );
+        // 80-byte slots (the ring grown to the capacity exactly), 84-byte buffers (5 scores,
+        // 2 inputs, the id; no arm ids), and 32768 buckets of a 4-byte position and a control
+        // byte (plus hashbrown's trailing group of control bytes, 16 on x86-64).
+        assert_eq!(std::mem::size_of::<table::Slot<Entry>>(), 80);
+        let index = held - N * 80 - N * 84;
+        assert!(
+            (32768 * 5..=32768 * 5 + 64).contains(&index),
+            "index {index} bytes"
+        );
+        // Rewards are counted while held.
+        store
+            .record_reward(&wheel(7, &arms).id, 1.0, |_| Ok::<(), Error>(()))
+            .unwrap();
+        assert_eq!(store.heap_bytes(), held + std::mem::size_of::<Recorded>());
+    }
+
+    /// Decisions over more arm lists than the store holds at once keep their ids
+    /// themselves; every one reads back with its own ids, and a list's entry is reused once
+    /// its decisions have left.
+    #[test]
+    fn arm_lists_shared_or_inline_read_back() {
+        let store = PendingStore::new(Duration::from_secs(60), 12);
+        let lists: Vec<Arc<[Arc<str>]>> = (0..12)
+            .map(|i| {
+                (0..=i)
+                    .map(|a| Arc::from(format!("arm-{a}").as_str()))
+                    .collect()
+            })
+            .collect();
+        let made: Vec<Decision> = (0..24).map(|i| wheel(i, &lists[i % 12])).collect();
+        for d in &made[..12] {
+            store.insert(d.clone());
+        }
+        for d in &made[..12] {
+            assert_eq!(*store.get(&d.id).unwrap(), *d);
+        }
+        // Each insert now evicts the oldest, freeing its list's entry for the next one.
+        for (i, d) in made[12..].iter().enumerate() {
+            let inserted = store.insert(d.clone());
+            assert_eq!(inserted.evicted.len(), 1);
+            assert_eq!(inserted.evicted[0].id(), made[i].id);
+            assert_eq!(*store.get(&d.id).unwrap(), *d);
+        }
+        for d in &made[12..] {
+            assert_eq!(*store.get(&d.id).unwrap(), *d);
+        }
+    }
+
     /// Inserting an id that is pending keeps the first decision.
     #[test]
     fn insert_is_idempotent() {
@@ -701,12 +852,12 @@ mod tests {
         tokio::time::advance(Duration::from_secs(5)).await;
         let expired = store.expire(Instant::now());
         assert_eq!(expired.len(), 1);
-        assert_eq!(expired[0].decision.id, "old");
+        assert_eq!(expired[0].decision.id(), "old");
         assert!(!expired[0].rewarded);
         tokio::time::advance(Duration::from_secs(5)).await;
         let expired = store.expire(Instant::now());
         assert_eq!(
-            (expired[0].decision.id.as_str(), expired[0].rewarded),
+            (expired[0].decision.id(), expired[0].rewarded),
             ("new", true)
         );
         assert!(store.is_empty());

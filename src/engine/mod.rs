@@ -555,7 +555,7 @@ impl Engine {
                 // Queue full: the decision stays open in the log and expires after a restart.
                 let _ = self
                     .log
-                    .closed(closed_record(name, &old.id, How::Evicted, None));
+                    .closed(closed_record(name, old.id(), How::Evicted, None));
             }
         }
         let stored = inserted.decision;
@@ -650,7 +650,7 @@ impl Engine {
                     self.log
                         .reward(RewardRecord {
                             model: name.clone(),
-                            decision_id: decision.id.clone(),
+                            decision_id: decision.id.to_owned(),
                             at_ms: now_ms(),
                             regret: req.regret,
                             example: Some(ExampleRecord {
@@ -739,12 +739,12 @@ impl Engine {
             let name = &model.config.name;
             model.used_ids.prune(wall_ms);
             for expired in model.pending.expire(now) {
-                let d = &expired.decision;
+                let d = expired.decision.view();
                 if expired.rewarded {
                     // Queue full: it is closed again after a restart; nothing is lost.
                     let _ = self
                         .log
-                        .closed(closed_record(name, &d.id, How::Rewarded, None));
+                        .closed(closed_record(name, d.id, How::Rewarded, None));
                     continue;
                 }
                 let defaulted = match model.config.pending.default_reward {
@@ -756,7 +756,7 @@ impl Engine {
                         };
                         let logged = self
                             .log
-                            .closed(closed_record(name, &d.id, How::Defaulted, Some(example)))
+                            .closed(closed_record(name, d.id, How::Defaulted, Some(example)))
                             .is_ok();
                         if logged {
                             model
@@ -768,7 +768,7 @@ impl Engine {
                     None => {
                         let _ = self
                             .log
-                            .closed(closed_record(name, &d.id, How::Dropped, None));
+                            .closed(closed_record(name, d.id, How::Dropped, None));
                         false
                     }
                 };
