@@ -10,10 +10,13 @@
 //! a synced decision, a flush) wakes it at once. After a commit of records nobody waits for,
 //! the writer lets `storage.commit_delay_us` pass before it takes the next group, so the
 //! decisions gather meanwhile and go out in one write; when it has nothing to do it sleeps
-//! until the next record arrives. While rewards flow it waits on the channel as before. Under load that turned one write and one wake-up per one
-//! or two decisions into one per millisecond (BENCHMARKS.md, "Serving cost"). Nothing is ever rewritten: a reward is a new record, not an
-//! update of its decision's. When the segment passes `storage.segment_bytes` a new one is
-//! started; retention deletes whole old segments.
+//! until the next record arrives. While rewards flow it waits on the channel as before.
+//! Under decision-only load that turned one write and one wake-up per one or two decisions
+//! into one per millisecond (BENCHMARKS.md, "Serving cost").
+//!
+//! Nothing is ever rewritten: a reward is a new record, not an update of its decision's. When
+//! the segment passes `storage.segment_bytes` a new one is started; retention deletes whole
+//! old segments.
 //!
 //! A failed write (a full disk, an I/O error) is cut back to the last committed byte, every
 //! waiter in the group gets UNAVAILABLE, and the log is marked failing until a later write
