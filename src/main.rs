@@ -36,7 +36,7 @@ mod alloc {
 
     /// Whether a plain mimalloc block of `layout.size()` bytes is aligned enough.
     fn plain(layout: Layout) -> bool {
-        layout.align() <= 8 || (layout.align() == 16 && layout.size() % 16 == 0)
+        layout.align() <= 8 || (layout.align() == 16 && layout.size().is_multiple_of(16))
     }
 
     // SAFETY: every call goes to mimalloc, which returns blocks of at least the requested
