@@ -13,6 +13,13 @@
 //!     --duration 10s --baseline http://127.0.0.1:50052
 //! ```
 //!
+//! It serves with banditd's transport settings from the configuration's `[server]` section
+//! (`banditd::grpc::server_builder`: per-connection call and stream limits, load shedding,
+//! request timeout, keepalive, windows), so that the baseline pays for the same transport
+//! work; `--plain` serves with tonic's defaults instead (the baseline before 2026-11-30's
+//! serving-cost round). It has no token check, metrics or connection cap: those are
+//! banditd's own work.
+//!
 //! (`--baseline builtin` starts the same service inside the load generator instead.) With
 //! `--metrics-addr` it exports the process CPU series banditd exports, so that
 //! `banditd-loadgen grpc --server-metrics URL --baseline-metrics URL` reports both servers'
@@ -37,6 +44,10 @@ struct Cli {
     /// (`process_cpu_seconds_total`), for `banditd-loadgen grpc --baseline-metrics`.
     #[arg(long)]
     metrics_addr: Option<SocketAddr>,
+    /// Serve with tonic's default settings instead of banditd's `[server]` transport
+    /// settings.
+    #[arg(long)]
+    plain: bool,
 }
 
 #[tokio::main]
@@ -64,7 +75,12 @@ async fn main() -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    tonic::transport::Server::builder()
+    let mut builder = if cli.plain {
+        tonic::transport::Server::builder()
+    } else {
+        banditd::grpc::server_builder(&config.server)
+    };
+    builder
         .add_service(NoopService::new(&config).into_server())
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),

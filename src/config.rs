@@ -448,6 +448,12 @@ pub struct StorageConfig {
     /// What `ChooseArm` does when that queue is full: `reject` (RESOURCE_EXHAUSTED) or `serve`
     /// (answer without logging the decision).
     pub on_log_full: OnLogFull,
+    /// How long, in microseconds, the log writer lets records nobody waits for (decisions
+    /// without `sync_decisions`, window closings) gather after a commit before it writes
+    /// them; a reward or a synced decision is taken at once. Fewer, larger writes cost less
+    /// CPU per decision; 0 writes each record as soon as the writer is free. At most
+    /// `sync_interval_ms`.
+    pub commit_delay_us: u64,
     /// How often each learner writes a checkpoint (when it has trained since the last one).
     pub checkpoint_interval_secs: u64,
     /// A learner also writes a checkpoint after this many new examples, so that a restart
@@ -478,6 +484,9 @@ impl Default for StorageConfig {
             // Every decision served is logged, as README.md "Durability" promises, and a full
             // queue fails fast like every other bound; `serve` is the opt-in for availability.
             on_log_full: OnLogFull::Reject,
+            // Under load, one write (and one wake-up of the writer and the learners) per
+            // millisecond instead of per one or two decisions; see BENCHMARKS.md "Serving cost".
+            commit_delay_us: 1_000,
             checkpoint_interval_secs: 30,
             checkpoint_every_examples: 20_000,
             checkpoints_kept: 3,
@@ -1696,6 +1705,17 @@ impl Config {
                 model: String::new(),
                 field: "storage".into(),
                 why: "writer_queue_capacity, sync_interval_ms, checkpoint_interval_secs, checkpoint_every_examples and segment_bytes must be at least 1".into(),
+            });
+        }
+        if self.storage.commit_delay_us > self.storage.sync_interval_ms.saturating_mul(1000) {
+            return Err(ConfigError::Invalid {
+                model: String::new(),
+                field: "storage.commit_delay_us".into(),
+                why: format!(
+                    "{} µs is longer than sync_interval_ms ({} ms): a decision would wait for its \
+                     write longer than the periodic sync promises",
+                    self.storage.commit_delay_us, self.storage.sync_interval_ms
+                ),
             });
         }
         if self.storage.checkpoints_kept == 0 {

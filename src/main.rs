@@ -9,7 +9,124 @@ use tracing_subscriber::EnvFilter;
 
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: alloc::MiMalloc = alloc::MiMalloc;
+
+/// mimalloc as the global allocator, with plain `mi_malloc` where its blocks are aligned
+/// enough anyway.
+///
+/// `mimalloc::MiMalloc` sends every allocation through `mi_malloc_aligned`, and mimalloc v3
+/// serves an aligned request above 1 KiB whose size class is not a power of two by
+/// over-allocating (`mi_theap_malloc_zero_aligned_at_overalloc`), which also marks the page
+/// as holding interior pointers. tokio, hyper and tonic allocate a boxed future of a few
+/// KiB per call, so that slow path was ~3 % of banditd's serving CPU under load
+/// (`perf`, BENCHMARKS.md "Serving cost"). Every mimalloc block is 8-aligned (size classes
+/// are whole words, pages start 16-aligned), and classes of a multiple of 16 bytes are
+/// multiples of 16, so those requests take the plain calls; the rest keep the aligned ones.
+#[cfg(feature = "mimalloc")]
+mod alloc {
+    use std::{
+        alloc::{GlobalAlloc, Layout},
+        ffi::c_void,
+    };
+
+    use libmimalloc_sys as mi;
+
+    /// The global allocator (see the module docs).
+    pub(crate) struct MiMalloc;
+
+    /// Whether a plain mimalloc block of `layout.size()` bytes is aligned enough.
+    fn plain(layout: Layout) -> bool {
+        layout.align() <= 8 || (layout.align() == 16 && layout.size().is_multiple_of(16))
+    }
+
+    // SAFETY: every call goes to mimalloc, which returns blocks of at least the requested
+    // size (or null); `plain` admits only layouts that its unaligned calls align (see the
+    // module docs); frees and reallocations of aligned blocks are mimalloc's own.
+    unsafe impl GlobalAlloc for MiMalloc {
+        #[inline]
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            // SAFETY: see the impl.
+            unsafe {
+                if plain(layout) {
+                    mi::mi_malloc(layout.size()).cast()
+                } else {
+                    mi::mi_malloc_aligned(layout.size(), layout.align()).cast()
+                }
+            }
+        }
+
+        #[inline]
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            // SAFETY: see the impl.
+            unsafe {
+                if plain(layout) {
+                    mi::mi_zalloc(layout.size()).cast()
+                } else {
+                    mi::mi_zalloc_aligned(layout.size(), layout.align()).cast()
+                }
+            }
+        }
+
+        #[inline]
+        unsafe fn dealloc(&self, ptr: *mut u8, _layout: Layout) {
+            // SAFETY: see the impl.
+            unsafe { mi::mi_free(ptr.cast::<c_void>()) }
+        }
+
+        #[inline]
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            // SAFETY: see the impl; the new layout keeps the alignment.
+            unsafe {
+                match Layout::from_size_align(new_size, layout.align()) {
+                    Ok(new) if plain(new) => mi::mi_realloc(ptr.cast(), new_size).cast(),
+                    _ => mi::mi_realloc_aligned(ptr.cast(), new_size, layout.align()).cast(),
+                }
+            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        /// Every layout the plain calls take comes back aligned, through growth and
+        /// shrinking too; the others keep their alignment through the aligned calls.
+        #[test]
+        fn blocks_are_aligned() {
+            let a = MiMalloc;
+            let sizes = (1..=64).chain((65..=9000).step_by(7)).chain([1 << 16, 1 << 20, 3 << 20]);
+            for size in sizes {
+                for align in [1usize, 2, 4, 8, 16, 32, 64, 4096] {
+                    let Ok(layout) = Layout::from_size_align(size, align) else {
+                        continue;
+                    };
+                    // SAFETY: non-zero sizes; each block is passed on with the layout it
+                    // has (realloc keeps the alignment).
+                    unsafe {
+                        let p = if size % 3 == 0 {
+                            a.alloc_zeroed(layout)
+                        } else {
+                            a.alloc(layout)
+                        };
+                        assert!(!p.is_null());
+                        assert_eq!(p as usize % align, 0, "size {size} align {align}");
+                        p.write_bytes(0xA5, size);
+                        let grown = size * 2 + 16;
+                        let q = a.realloc(p, layout, grown);
+                        assert_eq!(q as usize % align, 0, "grown to {grown}, align {align}");
+                        assert_eq!((*q, *q.add(size - 1)), (0xA5, 0xA5));
+                        let shrunk = size.div_ceil(2);
+                        let layout = Layout::from_size_align(grown, align).unwrap();
+                        let r = a.realloc(q, layout, shrunk);
+                        assert_eq!(r as usize % align, 0, "shrunk to {shrunk}, align {align}");
+                        assert_eq!(*r, 0xA5);
+                        a.dealloc(r, Layout::from_size_align(shrunk, align).unwrap());
+                    }
+                }
+            }
+        }
+    }
+}
 
 /// Contextual-bandit decisions over gRPC: Thompson sampling on a neural reward model, by
 /// NeuralLinear (the default policy: a Bayesian linear regression on the network's last hidden

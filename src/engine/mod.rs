@@ -447,7 +447,9 @@ impl Engine {
             }
         };
         let id = if req.decision_id.is_empty() {
-            uuid::Uuid::new_v4().to_string()
+            // Encoded straight into the string (`to_string` goes through the formatter).
+            let mut buf = uuid::Uuid::encode_buffer();
+            String::from(&*uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf))
         } else {
             req.decision_id.clone()
         };

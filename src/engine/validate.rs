@@ -65,6 +65,22 @@ pub(super) fn choose<'a>(
     let explain_samples = check_samples(limits, "explain_samples", req.explain_samples)?;
     let excluded: HashSet<&str> = req.excluded_arm_ids.iter().map(String::as_str).collect();
     let candidates = match config.kind {
+        ModelKind::FixedArms if req.candidates.is_empty() => {
+            // Every configured arm, in head order: the heads are their positions, with no
+            // lookup by name (the usual request).
+            check_excluded(config, heads, req)?;
+            let (ids, heads): (Vec<&str>, Vec<usize>) = config
+                .arms
+                .iter()
+                .enumerate()
+                .filter(|(_, id)| !excluded.contains(id.as_str()))
+                .map(|(head, id)| (id.as_str(), head))
+                .unzip();
+            if ids.is_empty() {
+                return Err(every_candidate_excluded());
+            }
+            Candidates::Heads { ids, heads }
+        }
         ModelKind::FixedArms => {
             let ids = fixed_candidates(config, heads, req, &excluded)?;
             let heads = ids.iter().map(|id| heads[*id]).collect();
@@ -132,14 +148,7 @@ fn fixed_candidates<'a>(
     req: &'a ChooseArm,
     excluded: &HashSet<&str>,
 ) -> Result<Vec<&'a str>, Error> {
-    for (i, id) in req.excluded_arm_ids.iter().enumerate() {
-        if !heads.contains_key(id) {
-            return Err(Error::invalid(
-                format!("excluded_arm_ids[{i}]"),
-                format!("unknown arm {id:?} for model {:?}", config.name),
-            ));
-        }
-    }
+    check_excluded(config, heads, req)?;
     let all: Vec<&str> = if req.candidates.is_empty() {
         config.arms.iter().map(String::as_str).collect()
     } else {
@@ -170,6 +179,28 @@ fn fixed_candidates<'a>(
         req.candidates.iter().map(|c| c.id.as_str()).collect()
     };
     without_excluded(all, excluded, |id| id)
+}
+
+/// A fixed-arm request may only exclude arms the model has.
+fn check_excluded(
+    config: &ModelConfig,
+    heads: &HashMap<String, usize>,
+    req: &ChooseArm,
+) -> Result<(), Error> {
+    for (i, id) in req.excluded_arm_ids.iter().enumerate() {
+        if !heads.contains_key(id) {
+            return Err(Error::invalid(
+                format!("excluded_arm_ids[{i}]"),
+                format!("unknown arm {id:?} for model {:?}", config.name),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The error when exclusions leave no candidate.
+fn every_candidate_excluded() -> Error {
+    Error::invalid("excluded_arm_ids", "every candidate is excluded")
 }
 
 /// The candidates of a per-arm request, checked, minus the excluded ones.
@@ -218,10 +249,7 @@ fn without_excluded<T>(
         .filter(|c| !excluded.contains(id(c)))
         .collect();
     if kept.is_empty() {
-        return Err(Error::invalid(
-            "excluded_arm_ids",
-            "every candidate is excluded",
-        ));
+        return Err(every_candidate_excluded());
     }
     Ok(kept)
 }

@@ -18,7 +18,7 @@ pub use service::BanditGrpc;
 
 use crate::{
     api::{self, Api, Tokens},
-    config::{Config, TlsConfig},
+    config::{Config, ServerConfig, TlsConfig},
     error::Error,
     proto,
 };
@@ -57,6 +57,19 @@ pub async fn router(api: Api, config: &Config) -> Result<(Router, HealthReporter
             .max_decoding_message_size(server.max_message_bytes),
         tokens,
     );
+    let router = server_builder(server)
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(bandit);
+    Ok((router, reporter))
+}
+
+/// The tonic server with `server`'s transport settings: per-connection call and stream
+/// limits, load shedding, the request timeout, keepalive, header and window sizes, and the
+/// connection age. `examples/noop_server` serves with the same settings, so that the no-op
+/// baseline pays for the same transport work as banditd.
+pub fn server_builder(server: &ServerConfig) -> Server {
     let secs = |s: u64| (s > 0).then(|| Duration::from_secs(s));
     let per_connection = server.max_in_flight_per_connection;
     let mut builder = Server::builder()
@@ -80,12 +93,7 @@ pub async fn router(api: Api, config: &Config) -> Result<(Router, HealthReporter
     if let Some(age) = secs(server.max_connection_age_secs) {
         builder = builder.max_connection_age(age);
     }
-    let router = builder
-        .add_service(health)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(bandit);
-    Ok((router, reporter))
+    builder
 }
 
 /// The connections `listener` accepts, at most `max_connections` open at once, each past its

@@ -23,7 +23,8 @@
 //!
 //! Decisions travel through the same writer in order. `ChooseArm` does not wait for its
 //! decision's commit unless `sync_decisions` is set: the decision is in the next group commit
-//! (well under a millisecond later), and because commits are ordered, every decision answered
+//! (at most `commit_delay_us`, 1 ms by default, after the previous one, or at once with the
+//! next reward), and because commits are ordered, every decision answered
 //! before an acknowledged reward was sent is durable once that reward is acknowledged. On a
 //! clean shutdown everything is flushed.
 //!

@@ -3,9 +3,20 @@
 //! Request handlers queue records on a bounded channel ([`Log`]); the writer takes everything
 //! waiting, encodes it into one buffer, writes it with one `write`, fsyncs per the durability
 //! mode, then moves the committed watermark (which wakes the [`Tail`](super::Tail)s of the
-//! learners) and acknowledges. Nothing is ever rewritten: a reward is a new record, not an
-//! update of its decision's. When the segment passes `storage.segment_bytes` a new one is
-//! started; retention deletes whole old segments.
+//! learners) and acknowledges.
+//!
+//! Waking the writer costs a futex call on the request's thread and a context switch on the
+//! writer's (and each commit wakes every tail), so only a record someone waits on (a reward,
+//! a synced decision, a flush) wakes it at once. After a commit of records nobody waits for,
+//! the writer lets `storage.commit_delay_us` pass before it takes the next group, so the
+//! decisions gather meanwhile and go out in one write; when it has nothing to do it sleeps
+//! until the next record arrives. While rewards flow it waits on the channel as before.
+//! Under decision-only load that turned one write and one wake-up per one or two decisions
+//! into one per millisecond (BENCHMARKS.md, "Serving cost").
+//!
+//! Nothing is ever rewritten: a reward is a new record, not an update of its decision's. When
+//! the segment passes `storage.segment_bytes` a new one is started; retention deletes whole
+//! old segments.
 //!
 //! A failed write (a full disk, an I/O error) is cut back to the last committed byte, every
 //! waiter in the group gets UNAVAILABLE, and the log is marked failing until a later write
@@ -17,13 +28,13 @@ use std::{
     path::PathBuf,
     sync::{
         Arc, Condvar, Mutex, MutexGuard, Weak,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering, fence},
     },
-    thread::JoinHandle,
+    thread::{JoinHandle, Thread},
     time::{Duration, Instant, SystemTime},
 };
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
 use tokio::sync::oneshot;
 
 use super::{
@@ -49,6 +60,18 @@ enum Op {
     Shutdown,
 }
 
+impl Op {
+    /// Whether someone waits for this operation's commit, so that the writer must take it
+    /// at once rather than after its commit delay.
+    fn waited_on(&self) -> bool {
+        match self {
+            Self::Decision(_, ack) => ack.is_some(),
+            Self::Reward(..) | Self::Flush(_) | Self::Shutdown => true,
+            Self::Closed(_) => false,
+        }
+    }
+}
+
 /// How far the log is committed: every record below `lsn_end` is written (and fsynced, in
 /// `fsync` mode), and the newest segment is valid up to byte `offset`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +93,9 @@ pub(super) struct Shared {
     watermark: Mutex<Watermark>,
     advanced: Condvar,
     failing: AtomicBool,
+    /// The writer has found its queue empty and sleeps until a record arrives: the next
+    /// record wakes it, whatever its kind.
+    writer_idle: AtomicBool,
     /// Each tail's retention floor: the lowest LSN its consumer may still need.
     floors: Mutex<Vec<Weak<AtomicU64>>>,
 }
@@ -81,6 +107,7 @@ impl Shared {
             watermark: Mutex::new(watermark),
             advanced: Condvar::new(),
             failing: AtomicBool::new(false),
+            writer_idle: AtomicBool::new(false),
             floors: Mutex::new(Vec::new()),
         }
     }
@@ -136,6 +163,25 @@ pub struct Log {
     shared: Arc<Shared>,
     sync_decisions: bool,
     on_full: OnLogFull,
+    /// Wakes the writer; after `tx` so that the last handle's drop wakes it to find the
+    /// channel disconnected.
+    waker: Arc<Waker>,
+}
+
+/// The writer thread's handle, to wake it. Dropped with the last [`Log`], it wakes the writer
+/// a last time, which then finds the channel closed and stops.
+#[derive(Debug)]
+struct Waker {
+    writer: Thread,
+    /// Queue length at which a record nobody waits for wakes the writer anyway (half the
+    /// queue), so that the commit delay never lets the queue fill.
+    wake_at: usize,
+}
+
+impl Drop for Waker {
+    fn drop(&mut self) {
+        self.writer.unpark();
+    }
 }
 
 impl std::fmt::Debug for Op {
@@ -222,6 +268,7 @@ impl Log {
     /// the queue if it is full.
     pub fn shutdown(&self) {
         let _ = self.tx.send(Op::Shutdown);
+        self.waker.writer.unpark();
     }
 
     /// Resolves once everything queued before it is committed and fsynced.
@@ -244,13 +291,25 @@ impl Log {
     }
 
     fn send(&self, op: Op) -> Result<(), Error> {
+        let urgent = op.waited_on();
         match self.tx.try_send(op) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => Err(Error::Overloaded("log writer queue")),
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => return Err(Error::Overloaded("log writer queue")),
             Err(TrySendError::Disconnected(_)) => {
-                Err(Error::Unavailable("log writer stopped".into()))
+                return Err(Error::Unavailable("log writer stopped".into()));
             }
         }
+        // Pairs with the fence in `Writer::wait_idle`: either the writer sees this record
+        // before it sleeps, or this sees it asleep and wakes it.
+        fence(Ordering::SeqCst);
+        if urgent
+            || self.shared.writer_idle.load(Ordering::Relaxed)
+            || self.tx.len() >= self.waker.wake_at
+        {
+            // A futex call only when the writer sleeps; otherwise one atomic swap.
+            self.waker.writer.unpark();
+        }
+        Ok(())
     }
 }
 
@@ -311,17 +370,23 @@ pub(super) fn start(config: &StorageConfig, first_lsn: u64) -> Result<(Log, LogW
         buf: Vec::with_capacity(64 * 1024),
         errors: ErrorLog::default(),
         faults: config.faults.clone(),
+        commit_delay: Duration::from_micros(config.commit_delay_us),
     };
     let thread = std::thread::Builder::new()
         .name("log-writer".into())
         .spawn(move || writer.run())
         .map_err(|e| Error::Internal(format!("cannot spawn log writer: {e}")))?;
+    let waker = Arc::new(Waker {
+        writer: thread.thread().clone(),
+        wake_at: (config.writer_queue_capacity / 2).clamp(1, MAX_GROUP),
+    });
     Ok((
         Log {
             tx,
             shared,
             sync_decisions: config.sync_decisions,
             on_full: config.on_log_full,
+            waker,
         },
         LogWriter {
             thread: Some(thread),
@@ -397,34 +462,66 @@ struct Writer {
     buf: Vec<u8>,
     errors: ErrorLog,
     faults: StorageFaults,
+    /// How long records nobody waits for may gather after a commit (`storage.commit_delay_us`).
+    commit_delay: Duration,
+}
+
+/// What ended the writer's idle wait.
+enum Wake {
+    /// A record arrived.
+    Op(Op),
+    /// The wait's period passed with nothing queued.
+    Timeout,
+    /// The `stall` fault is set: take nothing.
+    Stalled,
+    /// Every [`Log`] handle is gone.
+    Disconnected,
 }
 
 impl Writer {
     fn run(mut self) {
+        let mut ops = Vec::new();
+        // Whether the last group held a record someone waited on (rewards are flowing): then
+        // the writer waits on the channel itself, whose receiver spins briefly before it
+        // sleeps and so takes the next reward without a wake-up, and any record wakes it.
+        // Measured: with every reward waking a parked writer, the writer's CPU per round
+        // (decision + reward) doubled under `periodic`.
+        let mut waited_on = false;
         loop {
             while self.faults.stall.load(Ordering::Acquire) {
                 std::thread::sleep(Duration::from_millis(5));
             }
-            let wait = if self.shared.failing.load(Ordering::Acquire) {
-                RETRY_PERIOD
-            } else {
-                self.sync_interval
-            };
-            let first = match self.rx.recv_timeout(wait) {
-                Ok(op) => op,
-                Err(RecvTimeoutError::Timeout) => {
-                    if self.shared.failing.load(Ordering::Acquire) {
-                        self.retry();
-                    } else if self.unsynced {
-                        self.commit_group(Vec::new(), true);
+            ops.extend(self.rx.try_iter().take(MAX_GROUP));
+            if ops.is_empty() {
+                let wait = if self.shared.failing.load(Ordering::Acquire) {
+                    RETRY_PERIOD
+                } else {
+                    self.sync_interval
+                };
+                let woken = if waited_on {
+                    self.wait_any(wait)
+                } else {
+                    self.wait_idle(wait)
+                };
+                match woken {
+                    Wake::Op(op) => {
+                        ops.push(op);
+                        ops.extend(self.rx.try_iter().take(MAX_GROUP - 1));
                     }
-                    self.maybe_retain();
-                    continue;
+                    Wake::Timeout => {
+                        waited_on = false;
+                        if self.shared.failing.load(Ordering::Acquire) {
+                            self.retry();
+                        } else if self.unsynced {
+                            self.commit_group(&mut Vec::new(), true);
+                        }
+                        self.maybe_retain();
+                        continue;
+                    }
+                    Wake::Stalled => continue,
+                    Wake::Disconnected => break,
                 }
-                Err(RecvTimeoutError::Disconnected) => break,
-            };
-            let mut ops = vec![first];
-            ops.extend(self.rx.try_iter().take(MAX_GROUP - 1));
+            }
             // Nothing after a shutdown request is taken (there should be nothing: serving
             // has stopped); what is before it is committed.
             let stop = ops.iter().position(|op| matches!(op, Op::Shutdown));
@@ -432,14 +529,20 @@ impl Writer {
                 ops.truncate(at);
             }
             let force_sync = stop.is_some() || ops.iter().any(|op| matches!(op, Op::Flush(_)));
-            self.commit_group(ops, force_sync);
+            waited_on = ops.iter().any(Op::waited_on);
+            self.commit_group(&mut ops, force_sync);
             if stop.is_some() {
                 break;
             }
             self.maybe_retain();
+            if !waited_on && !self.commit_delay.is_zero() {
+                // Records nobody waits for gather meanwhile; a waited-on one (or a half-full
+                // queue) wakes the writer early.
+                std::thread::park_timeout(self.commit_delay);
+            }
         }
         if self.unsynced {
-            self.commit_group(Vec::new(), true);
+            self.commit_group(&mut Vec::new(), true);
         }
         let mut closed = self.committed;
         closed.closed = true;
@@ -447,9 +550,44 @@ impl Writer {
         tracing::debug!("log writer stopped");
     }
 
+    /// Waits on the channel until a record arrives or `wait` passes with none.
+    fn wait_any(&self, wait: Duration) -> Wake {
+        match self.rx.recv_timeout(wait) {
+            Ok(op) => Wake::Op(op),
+            Err(RecvTimeoutError::Timeout) => Wake::Timeout,
+            Err(RecvTimeoutError::Disconnected) => Wake::Disconnected,
+        }
+    }
+
+    /// Sleeps until a record arrives or `wait` passes with none. While it sleeps, any record
+    /// wakes it (see `Log::send`).
+    fn wait_idle(&self, wait: Duration) -> Wake {
+        let deadline = Instant::now() + wait;
+        let woken = loop {
+            if self.faults.stall.load(Ordering::Acquire) {
+                break Wake::Stalled;
+            }
+            self.shared.writer_idle.store(true, Ordering::Relaxed);
+            // Pairs with the fence in `Log::send` (see there).
+            fence(Ordering::SeqCst);
+            match self.rx.try_recv() {
+                Ok(op) => break Wake::Op(op),
+                Err(TryRecvError::Disconnected) => break Wake::Disconnected,
+                Err(TryRecvError::Empty) => {}
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                break Wake::Timeout;
+            }
+            std::thread::park_timeout(deadline - now);
+        };
+        self.shared.writer_idle.store(false, Ordering::Relaxed);
+        woken
+    }
+
     /// Writes `ops` as one group and acknowledges them; a failure is reported to every
     /// waiter and leaves the file as it was before the group.
-    fn commit_group(&mut self, ops: Vec<Op>, force_sync: bool) {
+    fn commit_group(&mut self, ops: &mut Vec<Op>, force_sync: bool) {
         // In fsync mode only a group someone waits on (a reward, a synced decision, a flush)
         // needs its own fsync: a decision nobody waits for becomes durable with the next
         // acknowledged write (writes are ordered) or the periodic sync, as promised.
@@ -464,7 +602,7 @@ impl Writer {
         self.buf.clear();
         let mut acks = Vec::new();
         let mut records = 0u64;
-        for op in ops {
+        for op in ops.drain(..) {
             let record = match op {
                 Op::Decision(d, ack) => {
                     acks.extend(ack);
