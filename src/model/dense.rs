@@ -61,9 +61,21 @@ impl HostMasks {
     /// bits of the next `u64` are below `⌈(1 − rate)·2⁵³⌉` (exact: both sides are integers
     /// below 2⁵³, and `(1 − rate)·2⁵³` is an exact power-of-two scaling).
     pub fn draw<R: Rng>(&mut self, rng: &mut R, dims: &[usize], rates: &[f64], rows: usize) {
-        self.layers.resize_with(dims.len(), Vec::new);
+        self.draw_each(rng, dims.iter().copied(), rates, rows);
+    }
+
+    /// [`HostMasks::draw`] for the widths `dims` (no allocation for them).
+    pub(super) fn draw_each<R: Rng>(
+        &mut self,
+        rng: &mut R,
+        dims: impl Iterator<Item = usize>,
+        rates: &[f64],
+        rows: usize,
+    ) {
+        // One rate per layer (the shape's invariant); `zip` stops at the shorter anyway.
+        self.layers.resize_with(rates.len(), Vec::new);
         self.rows = rows;
-        for ((mask, &dim), &rate) in self.layers.iter_mut().zip(dims).zip(rates) {
+        for ((mask, dim), &rate) in self.layers.iter_mut().zip(dims).zip(rates) {
             mask.clear();
             if rate <= 0.0 {
                 continue;

@@ -58,7 +58,8 @@ impl NetShape {
     /// Draws `rows` rows of masks into `masks` for the plain-Rust pass: the same random
     /// numbers and the same kept units as [`NetShape::draw_masks`] with the same RNG.
     pub fn draw_host_masks<R: Rng>(&self, rng: &mut R, rows: usize, masks: &mut HostMasks) {
-        masks.draw(rng, &self.mask_dims(), &self.drop_rates, rows);
+        let dims = std::iter::once(self.input_dim).chain(self.hidden.iter().copied());
+        masks.draw_each(rng, dims, &self.drop_rates, rows);
     }
 }
 
