@@ -316,16 +316,11 @@ fn moments_with<const FMA: bool>(blocks: &[f32], mean: &[f64], phi: &[f32]) -> (
 #[target_feature(enable = "avx2,fma")]
 fn blocked_norm2_avx2(blocks: &[f32], phi: &[f32], d: usize) -> f64 {
     use std::arch::x86_64::{
-        __m256, _mm256_add_pd, _mm256_add_ps, _mm256_castps256_ps128, _mm256_cvtps_pd,
+        _mm256_add_pd, _mm256_add_ps, _mm256_castps256_ps128, _mm256_cvtps_pd,
         _mm256_extractf128_ps, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_mul_ps,
         _mm256_set1_ps, _mm256_setzero_pd, _mm256_setzero_ps, _mm256_storeu_pd,
     };
     const _: () = assert!(BLOCK == 8);
-    let column = |block: &[f32], j: usize| -> __m256 {
-        let c = &block[j * BLOCK..(j + 1) * BLOCK];
-        // SAFETY: `c` is 8 f32 values (sliced just above); `loadu` needs no alignment.
-        unsafe { _mm256_loadu_ps(c.as_ptr()) }
-    };
     let mut squares_lo = _mm256_setzero_pd();
     let mut squares_hi = _mm256_setzero_pd();
     let mut start = 0;
@@ -335,16 +330,23 @@ fn blocked_norm2_avx2(blocks: &[f32], phi: &[f32], d: usize) -> f64 {
         start += cols * BLOCK;
         let used = cols.min(phi.len());
         let mut acc = [_mm256_setzero_ps(); 8];
-        let mut j = 0;
-        while j + 8 <= used {
+        // Fixed-size chunks: no bounds check per column (with them this loop ran 1.5×
+        // slower than the autovectorised one it replaces).
+        let (groups, rest) = block[..used * BLOCK].as_chunks::<{ 8 * BLOCK }>();
+        let (phi8, phi_rest) = phi[..used].as_chunks::<8>();
+        for (columns, p) in groups.iter().zip(phi8) {
             for (u, a) in acc.iter_mut().enumerate() {
-                *a = _mm256_fmadd_ps(column(block, j + u), _mm256_set1_ps(phi[j + u]), *a);
+                let c = &columns[u * BLOCK..(u + 1) * BLOCK];
+                // SAFETY: `c` is 8 f32 values; `loadu` needs no alignment.
+                let c = unsafe { _mm256_loadu_ps(c.as_ptr()) };
+                *a = _mm256_fmadd_ps(c, _mm256_set1_ps(p[u]), *a);
             }
-            j += 8;
         }
-        while j < used {
-            acc[0] = _mm256_fmadd_ps(column(block, j), _mm256_set1_ps(phi[j]), acc[0]);
-            j += 1;
+        let (columns, _) = rest.as_chunks::<BLOCK>();
+        for (c, &p) in columns.iter().zip(phi_rest) {
+            // SAFETY: `c` is 8 f32 values; `loadu` needs no alignment.
+            let c = unsafe { _mm256_loadu_ps(c.as_ptr()) };
+            acc[0] = _mm256_fmadd_ps(c, _mm256_set1_ps(p), acc[0]);
         }
         let w = _mm256_add_ps(
             _mm256_add_ps(
