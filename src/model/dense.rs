@@ -12,7 +12,7 @@
 //! candle in `model::tests`). AVX2 and FMA are used where the CPU has them (checked at run
 //! time, as `linear.rs` does; the portable build targets SSE2 only).
 
-use candle_core::{Error, Result};
+use candle_core::{Device, Error, Result, Tensor};
 use rand::Rng;
 
 /// The weights of a ReLU MLP as row-major `f32` arrays, for the serving pass.
@@ -102,6 +102,27 @@ impl HostMasks {
     /// Mask rows drawn.
     pub fn rows(&self) -> usize {
         self.rows
+    }
+
+    /// Row `row` of every layer's mask as candle masks (one row each), for the batched
+    /// candle pass that scores many candidate rows under one mask set.
+    ///
+    /// # Errors
+    /// No such row, or candle cannot build a tensor.
+    pub fn to_candle(&self, row: usize) -> Result<super::Masks> {
+        self.layers
+            .iter()
+            .map(|mask| {
+                if mask.is_empty() {
+                    return Ok(None);
+                }
+                let dim = mask.len() / self.rows.max(1);
+                let values = mask
+                    .get(row * dim..(row + 1) * dim)
+                    .ok_or_else(|| Error::Msg(format!("no mask row {row}")))?;
+                Tensor::from_slice(values, (1, dim), &Device::Cpu).map(Some)
+            })
+            .collect()
     }
 
     /// Layer `l`'s values, `rows × dim` (empty: no mask), for checks against candle.
@@ -310,7 +331,11 @@ fn layer_sum_with<const FMA: bool>(
         let mut acc = *block;
         for &(i, v) in nonzero {
             let row = i as usize * fan_out + start;
-            let Some(ws) = w.get(row..row + COLS) else {
+            // A fixed-size array: no bounds check per column, and `acc` stays in registers.
+            let Some(ws) = w
+                .get(row..row + COLS)
+                .and_then(|ws| <&[f32; COLS]>::try_from(ws).ok())
+            else {
                 continue;
             };
             for k in 0..COLS {
