@@ -125,6 +125,24 @@ impl HostMasks {
             .collect()
     }
 
+    /// Every row of every layer's mask as candle masks (`(rows, dim)` each), for batched
+    /// candle passes over many samples.
+    ///
+    /// # Errors
+    /// candle cannot build a tensor.
+    pub fn to_candle_all(&self) -> Result<super::Masks> {
+        self.layers
+            .iter()
+            .map(|mask| {
+                if mask.is_empty() {
+                    return Ok(None);
+                }
+                let rows = self.rows.max(1);
+                Tensor::from_slice(mask, (rows, mask.len() / rows), &Device::Cpu).map(Some)
+            })
+            .collect()
+    }
+
     /// Layer `l`'s values, `rows × dim` (empty: no mask), for checks against candle.
     pub fn layer(&self, l: usize) -> &[f32] {
         self.layers.get(l).map_or(&[], Vec::as_slice)
@@ -387,23 +405,22 @@ mod tests {
         ] {
             let mut a = Xoshiro256PlusPlus::seed_from_u64(seed);
             let mut b = Xoshiro256PlusPlus::seed_from_u64(seed);
-            let candle = crate::model::draw_masks(
-                &mut a,
-                &dims,
-                &rates,
-                rows,
-                &candle_core::Device::Cpu,
-            )
-            .unwrap();
+            let candle =
+                crate::model::draw_masks(&mut a, &dims, &rates, rows, &candle_core::Device::Cpu)
+                    .unwrap();
             let mut host = HostMasks::default();
             host.draw(&mut b, &dims, &rates, rows);
             for (l, mask) in candle.iter().enumerate() {
-                let want: Vec<f32> = mask.as_ref().map_or(Vec::new(), |m| {
-                    m.flatten_all().unwrap().to_vec1().unwrap()
-                });
+                let want: Vec<f32> = mask
+                    .as_ref()
+                    .map_or(Vec::new(), |m| m.flatten_all().unwrap().to_vec1().unwrap());
                 assert_eq!(host.layer(l), want.as_slice(), "seed {seed} layer {l}");
             }
-            assert_eq!(a.random::<u64>(), b.random::<u64>(), "seed {seed}: streams diverged");
+            assert_eq!(
+                a.random::<u64>(),
+                b.random::<u64>(),
+                "seed {seed}: streams diverged"
+            );
         }
     }
 
@@ -480,9 +497,19 @@ mod tests {
         };
         let weights = TrainableNet::new(shape, 1).unwrap().snapshot().unwrap();
         let mut scratch = Scratch::default();
-        assert!(weights.dense().forward(&[1.0, 2.0], None, &mut scratch).is_err());
+        assert!(
+            weights
+                .dense()
+                .forward(&[1.0, 2.0], None, &mut scratch)
+                .is_err()
+        );
         let mut masks = HostMasks::default();
-        masks.draw(&mut Xoshiro256PlusPlus::seed_from_u64(1), &[3, 4], &[0.5, 0.5], 1);
+        masks.draw(
+            &mut Xoshiro256PlusPlus::seed_from_u64(1),
+            &[3, 4],
+            &[0.5, 0.5],
+            1,
+        );
         assert!(
             weights
                 .dense()

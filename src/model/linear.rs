@@ -317,8 +317,8 @@ fn moments_with<const FMA: bool>(blocks: &[f32], mean: &[f64], phi: &[f32]) -> (
 fn blocked_norm2_avx2(blocks: &[f32], phi: &[f32], d: usize) -> f64 {
     use std::arch::x86_64::{
         _mm256_add_pd, _mm256_add_ps, _mm256_castps256_ps128, _mm256_cvtps_pd,
-        _mm256_extractf128_ps, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_mul_ps,
-        _mm256_set1_ps, _mm256_setzero_pd, _mm256_setzero_ps, _mm256_storeu_pd,
+        _mm256_extractf128_ps, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_mul_ps, _mm256_set1_ps,
+        _mm256_setzero_pd, _mm256_setzero_ps, _mm256_storeu_pd,
     };
     const _: () = assert!(BLOCK == 8);
     let mut squares_lo = _mm256_setzero_pd();
@@ -349,14 +349,8 @@ fn blocked_norm2_avx2(blocks: &[f32], phi: &[f32], d: usize) -> f64 {
             acc[0] = _mm256_fmadd_ps(c, _mm256_set1_ps(p), acc[0]);
         }
         let w = _mm256_add_ps(
-            _mm256_add_ps(
-                _mm256_add_ps(acc[0], acc[1]),
-                _mm256_add_ps(acc[2], acc[3]),
-            ),
-            _mm256_add_ps(
-                _mm256_add_ps(acc[4], acc[5]),
-                _mm256_add_ps(acc[6], acc[7]),
-            ),
+            _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])),
+            _mm256_add_ps(_mm256_add_ps(acc[4], acc[5]), _mm256_add_ps(acc[6], acc[7])),
         );
         let sq = _mm256_mul_ps(w, w);
         squares_lo = _mm256_add_pd(squares_lo, _mm256_cvtps_pd(_mm256_castps256_ps128(sq)));

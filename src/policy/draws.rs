@@ -2,19 +2,21 @@
 //! policy was to choose that arm) and the posterior's mean and spread per candidate.
 //!
 //! MC dropout draws S mask sets (in chunks of at most [`MAX_ROWS_PER_PASS`] rows) and scores
-//! each with the same plain-Rust pass as a single decision; NeuralLinear computes the
-//! features once and draws S scores per head.
+//! each with the same pass as a single decision: the plain-Rust one sample by sample, or for
+//! per-arm requests of many rows candle's, all samples of a chunk in one batch. NeuralLinear
+//! computes the features once and draws S scores per head.
 
+use candle_core::Tensor;
 use rand::Rng;
 
 use super::{
-    Inputs, argmax, initial_pull, linear_features, linear_of, network_scores, scores_under,
-    scratch,
+    CANDLE_MIN_ROWS, Inputs, argmax, initial_pull, linear_features, linear_of, network_scores,
+    scores_under, scratch,
 };
 use crate::{
     config::PolicyKind,
     error::Error,
-    model::linear,
+    model::{linear, matrix},
     policy::snapshot::{NeuralLinear, Policy, Snapshot},
 };
 
@@ -289,10 +291,9 @@ fn linear_draws<R: Rng>(
     }
 }
 
-/// MC dropout: `samples` mask sets, each shared by every candidate of its sample. The masks
-/// are drawn in chunks of at most [`MAX_ROWS_PER_PASS`] rows (what once bounded a batched
-/// candle pass; kept so that a seed gives the same masks as before), each sample then
-/// scored by the plain-Rust pass as a single decision is.
+/// MC dropout: `samples` mask sets, each shared by every candidate of its sample, drawn in
+/// chunks of at most [`MAX_ROWS_PER_PASS`] rows of inputs (which bounds a batched pass's
+/// memory), each sample then scored by the pass a single decision uses.
 fn dropout_draws<R: Rng>(
     snapshot: &Snapshot,
     inputs: Inputs<'_>,
@@ -312,6 +313,30 @@ fn dropout_draws<R: Rng>(
             left -= k;
             // One mask row per sample, shared by that sample's rows.
             snapshot.shape.draw_host_masks(rng, k, &mut s.masks);
+            if let Inputs::Rows { values, rows } = inputs
+                && rows >= CANDLE_MIN_ROWS
+            {
+                // Many candidate rows: the k samples in one batched candle pass, as a
+                // single decision over them runs candle's pass too.
+                let xs = matrix(values.repeat(k), k * rows, snapshot.shape.input_dim)?;
+                let masks = s
+                    .masks
+                    .to_candle_all()?
+                    .into_iter()
+                    .map(|m| m.map(|m| repeat_rows(&m, rows)).transpose())
+                    .collect::<Result<Vec<Option<Tensor>>, candle_core::Error>>()?;
+                let out: Vec<f32> = snapshot
+                    .weights
+                    .forward(&xs, Some(&masks))?
+                    .flatten_all()?
+                    .to_vec1()?;
+                let to_reward = |y: f32| f64::from(y) * snapshot.reward_std + snapshot.reward_mean;
+                draws.extend(
+                    out.chunks(inputs.len())
+                        .map(|c| c.iter().copied().map(to_reward).collect()),
+                );
+                continue;
+            }
             for row in 0..k {
                 draws.push(scores_under(
                     snapshot,
@@ -323,4 +348,13 @@ fn dropout_draws<R: Rng>(
         }
         Ok(draws)
     })
+}
+
+/// `(s, d)` -> `(s * rows, d)`, each row repeated `rows` times in place.
+fn repeat_rows(m: &Tensor, rows: usize) -> Result<Tensor, candle_core::Error> {
+    let (s, d) = m.dims2()?;
+    m.unsqueeze(1)?
+        .broadcast_as((s, rows, d))?
+        .contiguous()?
+        .reshape((s * rows, d))
 }

@@ -187,7 +187,13 @@ fn scores_under(
         Inputs::Rows { values, rows } => {
             let mut scores = Vec::with_capacity(rows * dense.means());
             for row in input_rows(values, rows, dense.input_dim())? {
-                scores.extend(dense.forward(row, masks, pass)?.iter().copied().map(to_reward));
+                scores.extend(
+                    dense
+                        .forward(row, masks, pass)?
+                        .iter()
+                        .copied()
+                        .map(to_reward),
+                );
             }
             Ok(scores)
         }
@@ -197,7 +203,7 @@ fn scores_under(
 /// Candidate rows from which a per-arm decision runs candle's batched pass instead of the
 /// plain one, row by row: at 10 rows of 16 inputs candle's `gemm` measured 1.6-2× faster than
 /// the plain pass (`decide_per_arm_16x10`), at one row 3-4× slower (`decide_fixed_*`).
-const CANDLE_MIN_ROWS: usize = 4;
+pub(super) const CANDLE_MIN_ROWS: usize = 4;
 
 /// The `rows` rows of `values`, `width` values each.
 fn input_rows(
