@@ -1,10 +1,11 @@
 //! The reward network's hot paths in candle, each beside a plain-Rust reference of the same
 //! arithmetic over `f32` slices, so the framework overhead is the ratio of the two.
 //!
-//! Groups (each with a `candle` and a `plain_rust` function):
+//! Groups (each with a `candle` and a `plain_rust` function; the decision groups also with
+//! `policy`, what serving runs: [`policy::thompson`] on the plain pass `model::Dense`):
 //! - `decide_fixed_2-100-100-5`: one Thompson decision on the wheel-shaped fixed-arm net
-//!   (context 2, hidden [100, 100], 5 heads, drop rates [0, 0.1, 0.1]) through
-//!   [`policy::thompson`]: masks drawn on the host, batch-1 forward, scores, argmax.
+//!   (context 2, hidden [100, 100], 5 heads, drop rates [0, 0.1, 0.1]): masks drawn on the
+//!   host, batch-1 forward, scores, argmax.
 //! - `decide_fixed_64-100-100-10`: the same with context 64 and 10 arms.
 //! - `decide_per_arm_16x10`: a per-arm net (context 8 + arm features 8 = 16 inputs, hidden
 //!   [100, 100], 1 output) scoring 10 candidate rows under one shared mask.
@@ -33,7 +34,7 @@ use std::{hint::black_box, time::Duration};
 use banditd::{
     config::{ModelConfig, ModelKind, OptimizerKind, PolicyKind},
     learner::{Example, RunningStats, Trainer},
-    model::Weights,
+    model::{Weights, matrix},
     policy::Snapshot,
     policy::{self, Inputs},
 };
@@ -585,6 +586,37 @@ fn criterion_config() -> Criterion {
 // Benchmarks.
 // ---------------------------------------------------------------------------------------
 
+/// The decision as `policy::thompson` made it before issue 11 moved serving to the plain
+/// pass (`model::Dense`): masks as candle tensors, a candle forward pass, the scores mapped
+/// back, the argmax. Kept so that the framework's cost stays measured beside the others.
+fn candle_thompson(
+    snapshot: &Snapshot,
+    inputs: Inputs<'_>,
+    rng: &mut Xoshiro256PlusPlus,
+) -> policy::Choice {
+    let masks = snapshot.shape.draw_masks(rng, 1).expect("masks");
+    let dim = snapshot.shape.input_dim;
+    let xs = match inputs {
+        Inputs::Heads { context, .. } => matrix(context.to_vec(), 1, dim),
+        Inputs::Rows { values, rows } => matrix(values.to_vec(), rows, dim),
+    }
+    .expect("inputs");
+    let out: Vec<f32> = snapshot
+        .weights
+        .forward(&xs, Some(&masks))
+        .and_then(|t| t.flatten_all()?.to_vec1())
+        .expect("forward");
+    let to_reward = |y: f32| f64::from(y) * snapshot.reward_std + snapshot.reward_mean;
+    let scores: Vec<f64> = match inputs {
+        Inputs::Heads { heads, .. } => heads.iter().map(|&h| to_reward(out[h])).collect(),
+        Inputs::Rows { .. } => out.iter().copied().map(to_reward).collect(),
+    };
+    policy::Choice {
+        best: argmax(&scores),
+        scores,
+    }
+}
+
 fn bench_decide_fixed(c: &mut Criterion, context_dim: usize, arms: usize) {
     let config = fixed_config(context_dim, arms);
     let snapshot = snapshot_of(&config);
@@ -603,11 +635,18 @@ fn bench_decide_fixed(c: &mut Criterion, context_dim: usize, arms: usize) {
         let best = plain.decide_heads(&context, &heads, &mut rng);
         check_scores(&choice.scores, &plain.scores, "decide_fixed");
         assert_eq!(choice.best, best);
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+        let candle = candle_thompson(&snapshot, inputs, &mut rng);
+        check_scores(&choice.scores, &candle.scores, "decide_fixed (candle)");
     }
 
     let mut group = c.benchmark_group(format!("decide_fixed_{context_dim}-100-100-{arms}"));
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(3);
     group.bench_function("candle", |b| {
+        b.iter(|| candle_thompson(&snapshot, black_box(inputs), &mut rng));
+    });
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(3);
+    group.bench_function("policy", |b| {
         b.iter(|| policy::thompson(&snapshot, black_box(inputs), &mut rng).expect("thompson"));
     });
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(3);
@@ -651,6 +690,9 @@ fn bench_decide_per_arm(c: &mut Criterion) {
         let best = plain.decide_rows(&values, CANDIDATES, &mut rng);
         check_scores(&choice.scores, &plain.scores, "decide_per_arm");
         assert_eq!(choice.best, best);
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+        let candle = candle_thompson(&snapshot, inputs, &mut rng);
+        check_scores(&choice.scores, &candle.scores, "decide_per_arm (candle)");
     }
 
     let mut group = c.benchmark_group(format!(
@@ -659,6 +701,10 @@ fn bench_decide_per_arm(c: &mut Criterion) {
     ));
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(3);
     group.bench_function("candle", |b| {
+        b.iter(|| candle_thompson(&snapshot, black_box(inputs), &mut rng));
+    });
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(3);
+    group.bench_function("policy", |b| {
         b.iter(|| policy::thompson(&snapshot, black_box(inputs), &mut rng).expect("thompson"));
     });
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(3);

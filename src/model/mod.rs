@@ -7,13 +7,17 @@
 //! Weight matrices are stored `(in, out)` so a forward pass is `x.matmul(w)` with no
 //! transpose. Nothing here knows tokio, gRPC or the domain types.
 
+pub mod dense;
 pub mod dropout;
 pub mod linear;
+
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
+pub use dense::{Dense, HostMasks, Scratch};
 pub use dropout::{Masks, draw_masks};
 
 /// The network's shape and drop rates.
@@ -50,6 +54,13 @@ impl NetShape {
     pub fn draw_masks<R: Rng>(&self, rng: &mut R, rows: usize) -> Result<Masks> {
         draw_masks(rng, &self.mask_dims(), &self.drop_rates, rows, &Device::Cpu)
     }
+
+    /// Draws `rows` rows of masks into `masks` for the plain-Rust pass: the same random
+    /// numbers and the same kept units as [`NetShape::draw_masks`] with the same RNG.
+    pub fn draw_host_masks<R: Rng>(&self, rng: &mut R, rows: usize, masks: &mut HostMasks) {
+        let dims = std::iter::once(self.input_dim).chain(self.hidden.iter().copied());
+        masks.draw_each(rng, dims, &self.drop_rates, rows);
+    }
 }
 
 /// The forward pass shared by serving and training: `masks[l]` (if any) multiplies the units
@@ -74,6 +85,8 @@ fn forward(layers: &[(Tensor, Tensor)], xs: &Tensor, masks: Option<&Masks>) -> R
 #[derive(Debug, Clone)]
 pub struct Weights {
     layers: Vec<(Tensor, Tensor)>,
+    /// The same weights as plain arrays, for the serving pass (copied once per snapshot).
+    dense: Arc<Dense>,
     /// Mean outputs (`output_dim`); a heteroscedastic network has as many log variances
     /// after them, which [`Weights::forward`] leaves out.
     means: usize,
@@ -132,6 +145,11 @@ impl Weights {
             h = h.matmul(w)?.broadcast_add(b)?.relu()?;
         }
         Ok(h)
+    }
+
+    /// The same weights as plain arrays: the batch-1 serving pass ([`Dense`]).
+    pub fn dense(&self) -> &Dense {
+        &self.dense
     }
 
     /// The raw `(weight (in, out), bias (out))` tensors, for benchmarks and checks.
@@ -470,12 +488,17 @@ impl TrainableNet {
     /// # Errors
     /// Only if candle cannot copy a tensor.
     pub fn snapshot(&self) -> Result<Weights> {
-        let layers = self
+        let layers: Vec<(Tensor, Tensor)> = self
             .layers
             .iter()
             .map(|(w, b)| Ok((w.as_tensor().copy()?, b.as_tensor().copy()?)))
             .collect::<Result<_>>()?;
+        let arrays = layers
+            .iter()
+            .map(|(w, b)| Ok((w.flatten_all()?.to_vec1()?, b.to_vec1()?)))
+            .collect::<Result<_>>()?;
         Ok(Weights {
+            dense: Arc::new(Dense::new(arrays, self.shape.output_dim)?),
             layers,
             means: self.shape.output_dim,
         })

@@ -1,14 +1,18 @@
 //! Many posterior samples for one request: the propensity of a decision (how likely the
 //! policy was to choose that arm) and the posterior's mean and spread per candidate.
 //!
-//! Samples are drawn in batches: S dropout mask sets are one forward pass of S rows (fixed
-//! arms) or S·n rows (per-arm), chunked so that no pass exceeds [`MAX_ROWS_PER_PASS`] rows;
-//! NeuralLinear computes the features once and draws S weight vectors per head.
+//! MC dropout draws S mask sets (in chunks of at most [`MAX_ROWS_PER_PASS`] rows) and scores
+//! each with the same pass as a single decision: the plain-Rust one sample by sample, or for
+//! per-arm requests of many rows candle's, all samples of a chunk in one batch. NeuralLinear
+//! computes the features once and draws S scores per head.
 
 use candle_core::Tensor;
 use rand::Rng;
 
-use super::{Inputs, argmax, initial_pull, linear_features, linear_of, network_scores};
+use super::{
+    CANDLE_MIN_ROWS, Inputs, argmax, initial_pull, linear_features, linear_of, network_scores,
+    scores_under, scratch,
+};
 use crate::{
     config::PolicyKind,
     error::Error,
@@ -16,7 +20,7 @@ use crate::{
     policy::snapshot::{NeuralLinear, Policy, Snapshot},
 };
 
-/// Rows of one batched forward pass at most (bounds the memory of a large request).
+/// Mask rows drawn at once at most (bounds the memory of a large request).
 const MAX_ROWS_PER_PASS: usize = 4096;
 
 /// The posterior predictive mean and standard deviation of one candidate's expected reward.
@@ -59,7 +63,7 @@ pub fn propensity<R: Rng>(
         let greedy = if kind == PolicyKind::Uniform {
             0
         } else {
-            argmax(&network_scores(snapshot, inputs, None)?)
+            argmax(&network_scores(snapshot, inputs)?)
         };
         return Ok(exact_propensity(snapshot.policy, n, chosen, greedy).unwrap_or(0.0));
     }
@@ -166,29 +170,86 @@ fn posterior_draws<R: Rng>(
     }
 }
 
+/// One draw of every candidate's expected reward from the linear posterior on the last
+/// hidden layer: NeuralLinear on the plain features, MC dropout with a Bayesian last layer
+/// (an `mc_dropout` snapshot with posteriors) on the features under one fresh dropout mask
+/// set for the body, shared by every candidate.
+pub(super) fn linear_draw<R: Rng>(
+    lin: &NeuralLinear,
+    snapshot: &Snapshot,
+    inputs: Inputs<'_>,
+    rng: &mut R,
+) -> Result<Vec<f64>, Error> {
+    scratch::with(|s| {
+        let masks = if snapshot.policy.kind == PolicyKind::McDropout {
+            snapshot.shape.draw_host_masks(rng, 1, &mut s.masks);
+            Some(&s.masks)
+        } else {
+            None
+        };
+        let width = linear_features(lin, inputs, masks, &mut s.pass, &mut s.phi)?;
+        let mut scores = Vec::with_capacity(inputs.len());
+        draw_once(lin, &s.phi, width, inputs, rng, &mut scores)?;
+        Ok(scores)
+    })
+}
+
 /// `samples` draws of a linear posterior on the last hidden layer. NeuralLinear: the
 /// features once, then `samples` draws of the candidates' weights. MC dropout with a
-/// Bayesian last layer (an `mc_dropout` snapshot with posteriors): per sample, one dropout
-/// mask set for the body (shared by every candidate), the masked features, then one draw of
-/// the weights.
-pub(super) fn neural_linear_draws<R: Rng>(
+/// Bayesian last layer: `samples` times [`linear_draw`] (masks, masked features, one draw).
+fn neural_linear_draws<R: Rng>(
     lin: &NeuralLinear,
     snapshot: &Snapshot,
     inputs: Inputs<'_>,
     samples: usize,
     rng: &mut R,
 ) -> Result<Vec<Vec<f64>>, Error> {
-    if snapshot.policy.kind != PolicyKind::McDropout {
-        let (phi, width) = linear_features(lin, snapshot, inputs, None)?;
-        return linear_draws(lin, &phi, width, inputs, samples, rng);
+    if snapshot.policy.kind == PolicyKind::McDropout {
+        return (0..samples)
+            .map(|_| linear_draw(lin, snapshot, inputs, rng))
+            .collect();
     }
-    let mut draws = Vec::with_capacity(samples);
-    for _ in 0..samples {
-        let masks = snapshot.shape.draw_masks(rng, 1)?;
-        let (phi, width) = linear_features(lin, snapshot, inputs, Some(&masks))?;
-        draws.extend(linear_draws(lin, &phi, width, inputs, 1, rng)?);
+    scratch::with(|s| {
+        let width = linear_features(lin, inputs, None, &mut s.pass, &mut s.phi)?;
+        linear_draws(lin, &s.phi, width, inputs, samples, rng)
+    })
+}
+
+fn head(lin: &NeuralLinear, h: usize) -> Result<&linear::LinearPosterior, Error> {
+    lin.heads
+        .get(h)
+        .map(|p| &**p)
+        .ok_or_else(|| Error::Internal(format!("no linear head {h}")))
+}
+
+/// One draw of the candidates' linear weights on the features `phi` (rows of `width`: one
+/// row for fixed arms, one per candidate for per-arm models), the rewards appended to
+/// `scores`: the same draws, from the same random numbers, as one sample of
+/// [`linear_draws`].
+fn draw_once<R: Rng>(
+    lin: &NeuralLinear,
+    phi: &[f32],
+    width: usize,
+    inputs: Inputs<'_>,
+    rng: &mut R,
+    scores: &mut Vec<f64>,
+) -> Result<(), Error> {
+    let to_reward = |t: f64| t * lin.reward_std + lin.reward_mean;
+    match inputs {
+        Inputs::Heads { heads, .. } => {
+            for &h in heads {
+                scores.push(to_reward(head(lin, h)?.predictive(phi).sample(rng)));
+            }
+        }
+        Inputs::Rows { .. } => {
+            let beta = head(lin, 0)?.sample(rng);
+            scores.extend(
+                phi.chunks(width)
+                    .map(|row| to_reward(linear::dot(row, &beta))),
+            );
+        }
     }
-    Ok(draws)
+    Ok(())
 }
 
 /// `samples` draws of the candidates' linear weights on the features `phi` (rows of
@@ -201,19 +262,14 @@ fn linear_draws<R: Rng>(
     samples: usize,
     rng: &mut R,
 ) -> Result<Vec<Vec<f64>>, Error> {
-    let head = |h: usize| {
-        lin.heads
-            .get(h)
-            .ok_or_else(|| Error::Internal(format!("no linear head {h}")))
-    };
     let to_reward = |t: f64| t * lin.reward_std + lin.reward_mean;
     match inputs {
         // Independent posteriors per head and one context: only each head's scalar φᵀβ
-        // matters, drawn in O(1) after one triangular solve per head.
+        // matters, drawn in O(1) after one product with L⁻¹ per head.
         Inputs::Heads { heads, .. } => {
             let predictive = heads
                 .iter()
-                .map(|&h| Ok(head(h)?.predictive(phi)))
+                .map(|&h| Ok(head(lin, h)?.predictive(phi)))
                 .collect::<Result<Vec<_>, Error>>()?;
             Ok((0..samples)
                 .map(|_| {
@@ -225,64 +281,47 @@ fn linear_draws<R: Rng>(
                 .collect())
         }
         // One β shared by every row: the rows' scores are correlated, so β is drawn whole.
-        Inputs::Rows { .. } => {
-            let posterior = head(0)?;
-            Ok((0..samples)
-                .map(|_| {
-                    let beta = posterior.sample(rng);
-                    phi.chunks(width)
-                        .map(|row| to_reward(linear::dot(row, &beta)))
-                        .collect()
-                })
-                .collect())
-        }
+        Inputs::Rows { .. } => (0..samples)
+            .map(|_| {
+                let mut scores = Vec::with_capacity(inputs.len());
+                draw_once(lin, phi, width, inputs, rng, &mut scores)?;
+                Ok(scores)
+            })
+            .collect(),
     }
 }
 
-/// MC dropout: `samples` mask sets, each shared by every candidate of its sample, evaluated
-/// in batched forward passes.
+/// MC dropout: `samples` mask sets, each shared by every candidate of its sample, drawn in
+/// chunks of at most [`MAX_ROWS_PER_PASS`] rows of inputs (which bounds a batched pass's
+/// memory), each sample then scored by the pass a single decision uses.
 fn dropout_draws<R: Rng>(
     snapshot: &Snapshot,
     inputs: Inputs<'_>,
     samples: usize,
     rng: &mut R,
 ) -> Result<Vec<Vec<f64>>, Error> {
-    let n = inputs.len();
-    let input_dim = snapshot.shape.input_dim;
     let rows_per_sample = match inputs {
         Inputs::Heads { .. } => 1,
         Inputs::Rows { rows, .. } => rows,
     };
     let per_pass = (MAX_ROWS_PER_PASS / rows_per_sample).max(1);
-    let to_reward = |y: f32| f64::from(y) * snapshot.reward_std + snapshot.reward_mean;
     let mut draws = Vec::with_capacity(samples);
     let mut left = samples;
-    while left > 0 {
-        let s = left.min(per_pass);
-        left -= s;
-        // One mask row per sample, repeated over that sample's rows.
-        let masks = snapshot.shape.draw_masks(rng, s)?;
-        match inputs {
-            Inputs::Heads { context, heads } => {
-                let xs = matrix(context.repeat(s), s, input_dim)?;
-                let out: Vec<Vec<f32>> = snapshot.weights.forward(&xs, Some(&masks))?.to_vec2()?;
-                for row in out {
-                    draws.push(
-                        heads
-                            .iter()
-                            .map(|&h| {
-                                row.get(h)
-                                    .copied()
-                                    .map(to_reward)
-                                    .ok_or_else(|| Error::Internal(format!("no head {h}")))
-                            })
-                            .collect::<Result<Vec<f64>, Error>>()?,
-                    );
-                }
-            }
-            Inputs::Rows { values, rows } => {
-                let xs = matrix(values.repeat(s), s * rows, input_dim)?;
-                let masks = masks
+    scratch::with(|s| {
+        while left > 0 {
+            let k = left.min(per_pass);
+            left -= k;
+            // One mask row per sample, shared by that sample's rows.
+            snapshot.shape.draw_host_masks(rng, k, &mut s.masks);
+            if let Inputs::Rows { values, rows } = inputs
+                && rows >= CANDLE_MIN_ROWS
+            {
+                // Many candidate rows: the k samples in one batched candle pass, as a
+                // single decision over them runs candle's pass too.
+                let xs = matrix(values.repeat(k), k * rows, snapshot.shape.input_dim)?;
+                let masks = s
+                    .masks
+                    .to_candle_all()?
                     .into_iter()
                     .map(|m| m.map(|m| repeat_rows(&m, rows)).transpose())
                     .collect::<Result<Vec<Option<Tensor>>, candle_core::Error>>()?;
@@ -291,14 +330,24 @@ fn dropout_draws<R: Rng>(
                     .forward(&xs, Some(&masks))?
                     .flatten_all()?
                     .to_vec1()?;
+                let to_reward = |y: f32| f64::from(y) * snapshot.reward_std + snapshot.reward_mean;
                 draws.extend(
-                    out.chunks(n)
+                    out.chunks(inputs.len())
                         .map(|c| c.iter().copied().map(to_reward).collect()),
                 );
+                continue;
+            }
+            for row in 0..k {
+                draws.push(scores_under(
+                    snapshot,
+                    inputs,
+                    Some((&s.masks, row)),
+                    &mut s.pass,
+                )?);
             }
         }
-    }
-    Ok(draws)
+        Ok(draws)
+    })
 }
 
 /// `(s, d)` -> `(s * rows, d)`, each row repeated `rows` times in place.

@@ -5,11 +5,9 @@
 
 use std::sync::Arc;
 
-use candle_core::{Result, Tensor};
-
 use crate::{
     config::PolicyKind,
-    model::{Masks, NetShape, Weights, linear, neural_linear_features},
+    model::{NetShape, Weights, linear},
 };
 
 /// What the learner publishes and serving reads: weights plus how to turn the network's
@@ -68,14 +66,4 @@ pub struct NeuralLinear {
     /// `neural_linear.initial_pulls`: a fixed-arm candidate whose head has fewer examples is
     /// chosen outright.
     pub initial_pulls: u64,
-}
-
-impl NeuralLinear {
-    /// Features `[last hidden, 1]` of each row of `xs`, row-major, and their width.
-    ///
-    /// # Errors
-    /// Shapes that do not fit the network.
-    pub fn features_of(&self, xs: &Tensor, masks: Option<&Masks>) -> Result<(Vec<f32>, usize)> {
-        neural_linear_features(&self.features, xs, masks)
-    }
 }
