@@ -94,7 +94,9 @@ mod alloc {
         #[test]
         fn blocks_are_aligned() {
             let a = MiMalloc;
-            let sizes = (1..=64).chain((65..=9000).step_by(7)).chain([1 << 16, 1 << 20, 3 << 20]);
+            let sizes = (1..=64)
+                .chain((65..=9000).step_by(7))
+                .chain([1 << 16, 1 << 20, 3 << 20]);
             for size in sizes {
                 for align in [1usize, 2, 4, 8, 16, 32, 64, 4096] {
                     let Ok(layout) = Layout::from_size_align(size, align) else {
