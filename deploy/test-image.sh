@@ -63,7 +63,8 @@ NAME="banditd-image-test-$$"
 VOLUME="$NAME-data"
 NATS_PID=""
 cleanup() {
-    pm rm -f -t 0 "$NAME" "$NAME-r1" "$NAME-r2" >/dev/null 2>&1 || true
+    # -v: the replicas' anonymous data volumes (the image's VOLUME) go with them.
+    pm rm -f -v -t 0 "$NAME" "$NAME-r1" "$NAME-r2" >/dev/null 2>&1 || true
     pm volume rm -f "$VOLUME" >/dev/null 2>&1 || true
     [ -z "$NATS_PID" ] || kill "$NATS_PID" 2>/dev/null || true
 }
@@ -301,7 +302,7 @@ again=$(python3 deploy/grpc-check.py "$R1" report wheel "$DECISION" 1.0)
 [ "$again" = '{"duplicate": true}' ] || die "10. the retried reward on replica 1 answered $again"
 pm run --rm --network host "$LOADGEN_IMAGE" grpc --target "http://$R1,http://$R2" --model wheel \
     --env wheel:0.5 --duration "$LOADGEN_DURATION" --rate 100 --workers 4 --quiet --json \
-    > "$DEPLOY_WORK/loadgen-cluster.json"
+    > "$DEPLOY_WORK/loadgen-cluster.json" || { replica_logs; die "10. the loadgen image failed against both replicas"; }
 python3 - "$DEPLOY_WORK/loadgen-cluster.json" "http://127.0.0.1:$R1_METRICS/metrics" \
     "http://127.0.0.1:$R2_METRICS/metrics" "$START_TIMEOUT_S" <<'EOF' || { replica_logs; die "10. cluster checks failed"; }
 import json, re, sys, time, urllib.request

@@ -200,6 +200,15 @@ impl ClusterConfig {
                 ),
             ));
         }
+        if self.consumer_heartbeat_ms > 60_000 {
+            return Err(bad(
+                "consumer_heartbeat_ms",
+                format!(
+                    "{} is above 60000 ms: a dead consumer would go unnoticed for four of them",
+                    self.consumer_heartbeat_ms
+                ),
+            ));
+        }
         if self.lease_ttl_ms < 300 {
             return Err(bad(
                 "lease_ttl_ms",
@@ -932,11 +941,13 @@ pub struct RewardsConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct PendingConfig {
-    /// How long a decision waits for its reward, in seconds.
+    /// How long a decision waits for its reward, in seconds (at most
+    /// [`MAX_REWARD_WINDOW_SECONDS`]).
     pub reward_window_seconds: f64,
     /// Reward trained on when the window closes without one; none = the decision is dropped.
     pub default_reward: Option<f64>,
-    /// Most decisions waiting for a reward; past it the oldest are evicted.
+    /// Most decisions waiting for a reward; past it the oldest are evicted. At most
+    /// [`MAX_PENDING_CAPACITY`].
     pub pending_capacity: usize,
 }
 
@@ -945,12 +956,20 @@ impl Default for PendingConfig {
         Self {
             reward_window_seconds: 3600.0,
             default_reward: None,
-            // About 1 KB each (more with per-arm features): a quarter of a GB per model at
-            // most.
+            // About 0.17 KB each for `wheel`'s shape, more with per-arm features (0.36 KB for
+            // `items`, BENCHMARKS.md): 43-90 MB per model at most.
             pending_capacity: 250_000,
         }
     }
 }
+
+/// The longest reward window, in seconds (about 31 years): what a `Duration` and the
+/// pending store's nanosecond clock hold with room to spare.
+pub const MAX_REWARD_WINDOW_SECONDS: f64 = 1e9;
+
+/// The largest `pending_capacity`: the pending store's table addresses its slots with 4-byte
+/// positions (2³¹ decisions is far beyond any machine's memory anyway).
+pub const MAX_PENDING_CAPACITY: usize = 1 << 31;
 
 /// One section of a model's flat table: takes the section's own keys (and only those) and
 /// deserializes them through `toml`, so that a bad value's error names its key (serde's
@@ -1569,6 +1588,12 @@ impl ModelConfig {
                 "must be a positive number".into(),
             ));
         }
+        if self.pending.reward_window_seconds > MAX_REWARD_WINDOW_SECONDS {
+            return Err(bad(
+                "reward_window_seconds",
+                format!("must be at most {MAX_REWARD_WINDOW_SECONDS:e} (about 31 years)"),
+            ));
+        }
         if self.pending.default_reward.is_some_and(|r| !r.is_finite()) {
             return Err(bad("default_reward", "must be finite".into()));
         }
@@ -1605,6 +1630,12 @@ impl ModelConfig {
             if value == 0 {
                 return Err(bad(field, "must be at least 1".into()));
             }
+        }
+        if self.pending.pending_capacity > MAX_PENDING_CAPACITY {
+            return Err(bad(
+                "pending_capacity",
+                format!("must be at most {MAX_PENDING_CAPACITY}"),
+            ));
         }
         if self.learner.publish_interval_ms == 0 {
             return Err(bad("publish_interval_ms", "must be at least 1".into()));
@@ -1922,6 +1953,14 @@ mod tests {
             "the error lists the keys: {err}"
         );
 
+        let huge = ok.replace("pending_capacity = 7", "pending_capacity = 4294967296");
+        let err = Config::from_toml(&huge).unwrap_err().to_string();
+        assert!(err.contains("pending_capacity") && err.contains("at most"), "{err}");
+        // A window Duration cannot hold would panic when the store is built.
+        let forever = format!("{ok}\nreward_window_seconds = 1e20");
+        let err = Config::from_toml(&forever).unwrap_err().to_string();
+        assert!(err.contains("reward_window_seconds") && err.contains("at most"), "{err}");
+
         let keys = model_keys();
         let unique: HashSet<_> = keys.iter().collect();
         assert_eq!(unique.len(), keys.len(), "a key claimed twice: {keys:?}");
@@ -2101,6 +2140,19 @@ mod tests {
             "learning_rate",
         ] {
             assert!(set(&[bad]).is_err(), "{bad} was accepted");
+        }
+    }
+
+    /// The trainer's consumer heartbeat is bounded both ways, naming the field.
+    #[test]
+    fn consumer_heartbeat_is_bounded() {
+        let models = Config::embedded_default().models;
+        let mut cluster = ClusterConfig::default();
+        cluster.validate(&models).unwrap();
+        for bad in [50, 60_001] {
+            cluster.consumer_heartbeat_ms = bad;
+            let err = cluster.validate(&models).unwrap_err().to_string();
+            assert!(err.contains("consumer_heartbeat_ms"), "{bad}: {err}");
         }
     }
 

@@ -22,6 +22,9 @@ static GLOBAL: alloc::MiMalloc = alloc::MiMalloc;
 /// (`perf`, BENCHMARKS.md "Serving cost"). Every mimalloc block is 8-aligned (size classes
 /// are whole words, pages start 16-aligned), and classes of a multiple of 16 bytes are
 /// multiples of 16, so those requests take the plain calls; the rest keep the aligned ones.
+/// This needs mimalloc built without padding: its `secure` and `debug` features add a few
+/// bytes per block, and a 16-byte request would land in the 24-byte, only 8-aligned class
+/// (`blocks_are_aligned` below checks the build in use).
 #[cfg(feature = "mimalloc")]
 mod alloc {
     use std::{

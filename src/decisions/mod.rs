@@ -326,7 +326,8 @@ pub struct PendingStore {
 
 impl PendingStore {
     /// An empty store whose decisions wait `window` for a reward, holding at most `capacity`
-    /// (and at most 2³¹, far beyond any memory: the table's positions are 4 bytes).
+    /// (and at most 2³¹, far beyond any memory: the table's positions are 4 bytes; the
+    /// configuration refuses more).
     pub fn new(window: Duration, capacity: usize) -> Self {
         let capacity = capacity.clamp(1, table::MAX_LEN);
         let hasher = std::hash::RandomState::new();

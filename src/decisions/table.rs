@@ -16,7 +16,8 @@
 //! Why not the `slab` crate with links, or `IndexMap`: a slab entry carries a tag and two
 //! links besides the value, and its vector grows by doubling (up to twice the slots held);
 //! `IndexMap` keeps the 8-byte hash with every entry and removes from its front in O(n). The
-//! ring here grows by doubling only up to the store's capacity, then exactly to it.
+//! ring here grows by doubling only up to the store's capacity, then exactly to it; empty
+//! slots at capacity take it at most a third further.
 
 use std::{collections::VecDeque, hash::BuildHasher};
 
@@ -29,8 +30,9 @@ pub(super) trait Keyed {
 }
 
 /// Most values a table holds: `u32` positions stay unambiguous while the ring (values plus
-/// empty slots, at most 4/3 of them plus a few) is shorter than 2³².
-pub(super) const MAX_LEN: usize = 1 << 31;
+/// empty slots, at most 4/3 of them plus a few) is shorter than 2³². The configuration
+/// refuses a larger `pending_capacity`.
+pub(super) const MAX_LEN: usize = crate::config::MAX_PENDING_CAPACITY;
 
 /// Empty slots tolerated before the quarter-of-the-ring rule compacts.
 const COMPACT_MIN: usize = 64;
@@ -122,10 +124,14 @@ impl<T: Keyed> Table<T> {
         if self.ring.len() == self.ring.capacity() {
             let len = self.ring.len();
             let doubled = len.saturating_mul(2).max(16);
+            // Past the limit only empty slots (removed values) can fill the ring, and
+            // compaction keeps them under a third of the live values plus a few: grow to room
+            // for that much at most, not by doubling (which would hold up to twice the limit).
+            let most = self.limit + self.limit / 3 + COMPACT_MIN;
             let target = if len < self.limit {
                 doubled.min(self.limit)
             } else {
-                doubled
+                doubled.min(most).max(len + 1)
             };
             self.ring.reserve_exact(target - len);
         }
@@ -361,5 +367,24 @@ mod tests {
         assert_eq!(t.ring.capacity(), 1000);
         let t = table(0..10);
         assert_eq!(t.ring.capacity(), 16);
+    }
+
+    /// A full ring at the limit with empty slots (values removed from the middle) grows by
+    /// at most the third compaction allows, not by doubling.
+    #[test]
+    fn empty_slots_at_the_limit_do_not_double_the_ring() {
+        let mut t = table(0..1000);
+        assert_eq!(t.ring.capacity(), 1000);
+        // Remove from the middle, then keep the store full: evict the oldest, push a new one.
+        for i in 0..50 {
+            t.remove((500 + 2 * i).to_string().as_bytes());
+        }
+        for i in 1000u32..3000 {
+            t.pop_oldest();
+            let key = i.to_string();
+            t.push(t.hash(key.as_bytes()), key, i64::from(i));
+        }
+        assert!(t.ring.capacity() <= 1000 + 1000 / 3 + COMPACT_MIN, "{}", t.ring.capacity());
+        assert_eq!(t.live, 950);
     }
 }

@@ -548,6 +548,9 @@ impl Engine {
             metrics::decision_refused(name);
             return Err(Error::Overloaded("log writer queue"));
         }
+        // A decision refused after this (the log filled or failed in between, or its synced
+        // write failed) is forgotten again, but an older decision it evicted stays evicted:
+        // that decision's reward then answers NOT_FOUND, as for any eviction.
         let inserted = model.pending.insert(decision);
         if !inserted.evicted.is_empty() {
             model

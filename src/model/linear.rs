@@ -285,8 +285,10 @@ fn moments_with<const FMA: bool>(blocks: &[f32], mean: &[f64], phi: &[f32]) -> (
     // Eight partial sums: a single running sum would be a chain of dependent additions
     // (it was 13 % of a decision's CPU, perf).
     let mut acc = [0.0f64; 8];
-    let (phi8, phi_rest) = phi.as_chunks::<8>();
-    let (mean8, mean_rest) = mean.as_chunks::<8>();
+    // A `phi` shorter than the mean counts the missing values as 0: pair the same prefixes.
+    let used = phi.len().min(mean.len());
+    let (phi8, phi_rest) = phi[..used].as_chunks::<8>();
+    let (mean8, mean_rest) = mean[..used].as_chunks::<8>();
     for (p, m) in phi8.iter().zip(mean8) {
         for k in 0..8 {
             acc[k] = if FMA {
@@ -523,6 +525,31 @@ mod tests {
             pred.mean()
         );
         assert!((s1 / s2 - 1.0).abs() < 0.07, "sd {s1} vs {s2}");
+    }
+
+    /// A `φ` shorter than the posterior counts the missing values as 0, on every path: the
+    /// same mean and spread as the zero-padded `φ` (dimensions and lengths across a block's
+    /// edge).
+    #[test]
+    fn short_phi_is_zero_padded() {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(11);
+        for (d, short) in [(12, 5), (16, 10), (101, 37), (9, 8)] {
+            let mut stats = LinearStats::new(d, PRIOR);
+            for _ in 0..3 * d {
+                let row: Vec<f32> = (0..d).map(|_| rng.random_range(-1.0..1.0)).collect();
+                let y = f64::from(row[0]) - 2.0 * f64::from(row[d - 1]) + 0.5;
+                stats.add(&row, y);
+            }
+            let post = stats.posterior().unwrap();
+            let phi: Vec<f32> = (0..short).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let mut padded = phi.clone();
+            padded.resize(d, 0.0);
+            let (a, b) = (post.predictive(&phi), post.predictive(&padded));
+            assert!((a.mean() - b.mean()).abs() < 1e-9, "d {d}: {} vs {}", a.mean(), b.mean());
+            assert!((a.spread - b.spread).abs() < 1e-9 * b.spread.max(1.0), "d {d}");
+            let portable = moments_with::<false>(&post.l_inv_blocks, post.mean.as_slice(), &phi);
+            assert!((portable.0 - b.mean()).abs() < 1e-9, "d {d}: portable mean");
+        }
     }
 
     /// The blocked `L⁻¹` gives nalgebra's `‖L⁻¹φ‖²` to f32 rounding, for dimensions around a

@@ -591,11 +591,11 @@ impl Writer {
         // In fsync mode only a group someone waits on (a reward, a synced decision, a flush)
         // needs its own fsync: a decision nobody waits for becomes durable with the next
         // acknowledged write (writes are ordered) or the periodic sync, as promised.
-        let waited_on = ops.iter().any(|op| match op {
-            Op::Decision(_, ack) => ack.is_some(),
-            Op::Reward(..) | Op::Flush(_) => true,
-            Op::Closed(_) | Op::Shutdown => false,
-        });
+        // (Shutdown wakes the writer at once but needs no fsync of its own: the final flush
+        // before it has one.)
+        let waited_on = ops
+            .iter()
+            .any(|op| op.waited_on() && !matches!(op, Op::Shutdown));
         let sync = force_sync
             || (self.mode == DurabilityMode::Fsync && waited_on)
             || self.last_sync.elapsed() >= self.sync_interval;
