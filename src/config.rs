@@ -1955,11 +1955,17 @@ mod tests {
 
         let huge = ok.replace("pending_capacity = 7", "pending_capacity = 4294967296");
         let err = Config::from_toml(&huge).unwrap_err().to_string();
-        assert!(err.contains("pending_capacity") && err.contains("at most"), "{err}");
+        assert!(
+            err.contains("pending_capacity") && err.contains("at most"),
+            "{err}"
+        );
         // A window Duration cannot hold would panic when the store is built.
         let forever = format!("{ok}\nreward_window_seconds = 1e20");
         let err = Config::from_toml(&forever).unwrap_err().to_string();
-        assert!(err.contains("reward_window_seconds") && err.contains("at most"), "{err}");
+        assert!(
+            err.contains("reward_window_seconds") && err.contains("at most"),
+            "{err}"
+        );
 
         let keys = model_keys();
         let unique: HashSet<_> = keys.iter().collect();

@@ -384,7 +384,11 @@ mod tests {
             let key = i.to_string();
             t.push(t.hash(key.as_bytes()), key, i64::from(i));
         }
-        assert!(t.ring.capacity() <= 1000 + 1000 / 3 + COMPACT_MIN, "{}", t.ring.capacity());
+        assert!(
+            t.ring.capacity() <= 1000 + 1000 / 3 + COMPACT_MIN,
+            "{}",
+            t.ring.capacity()
+        );
         assert_eq!(t.live, 950);
     }
 }

@@ -545,8 +545,19 @@ mod tests {
             let mut padded = phi.clone();
             padded.resize(d, 0.0);
             let (a, b) = (post.predictive(&phi), post.predictive(&padded));
-            assert!((a.mean() - b.mean()).abs() < 1e-9, "d {d}: {} vs {}", a.mean(), b.mean());
-            assert!((a.spread - b.spread).abs() < 1e-9 * b.spread.max(1.0), "d {d}");
+            assert!(
+                (a.mean() - b.mean()).abs() < 1e-9,
+                "d {d}: {} vs {}",
+                a.mean(),
+                b.mean()
+            );
+            // The spread sums f32 products, in a different order when the zeros are there.
+            assert!(
+                (a.spread - b.spread).abs() < 1e-6 * b.spread,
+                "d {d}: {} vs {}",
+                a.spread,
+                b.spread
+            );
             let portable = moments_with::<false>(&post.l_inv_blocks, post.mean.as_slice(), &phi);
             assert!((portable.0 - b.mean()).abs() < 1e-9, "d {d}: portable mean");
         }
