@@ -909,6 +909,11 @@ pub struct LearnerConfig {
     /// genuinely new scale (the wheel's first rewards of 50 after rewards of about 1) is
     /// fully admitted after a few rewards. 0 = off; otherwise above 1.
     pub reward_std_growth_limit: f64,
+    /// The learner thread's nice value (Linux), 0–19: above 0, serving threads get the CPU
+    /// first when both want it, and the learner trains with what is left (skipping steps
+    /// past `max_step_backlog`, its lag visible as `banditd_learner_lag_records`); an idle
+    /// CPU still goes to the learner in full. 0 = the process's own priority.
+    pub learner_nice: i32,
 }
 
 impl Default for LearnerConfig {
@@ -920,6 +925,10 @@ impl Default for LearnerConfig {
             publish_interval_ms: 20,
             refit: None,
             reward_std_growth_limit: 2.0,
+            // On 2 cores under saturating load, full rounds in periodic mode ran at 0.40×
+            // the no-op server's throughput with the learner at 0, 0.55× at 10, 0.63× at
+            // 19 (BENCHMARKS.md); 10 still leaves a learner about a tenth of a busy core.
+            learner_nice: 10,
         }
     }
 }
@@ -970,6 +979,9 @@ pub const MAX_REWARD_WINDOW_SECONDS: f64 = 1e9;
 /// The largest `pending_capacity`: the pending store's table addresses its slots with 4-byte
 /// positions (2³¹ decisions is far beyond any machine's memory anyway).
 pub const MAX_PENDING_CAPACITY: usize = 1 << 31;
+
+/// The largest `learner_nice` (Linux's lowest priority).
+pub const MAX_LEARNER_NICE: i32 = 19;
 
 /// One section of a model's flat table: takes the section's own keys (and only those) and
 /// deserializes them through `toml`, so that a bad value's error names its key (serde's
@@ -1330,6 +1342,7 @@ impl ModelConfig {
             publish_interval_ms,
             refit,
             reward_std_growth_limit,
+            learner_nice,
         } = learner;
         let RewardsConfig {
             reward_range,
@@ -1341,7 +1354,7 @@ impl ModelConfig {
             pending_capacity,
         } = pending;
         let (n, o, l, r) = (&new.network, &new.optimizer, &new.learner, &new.rewards);
-        let checks: [(&'static str, bool, &'static str); 23] = [
+        let checks: [(&'static str, bool, &'static str); 24] = [
             ("name", *name != new.name, SETUP),
             ("kind", *kind != new.kind, SHAPE),
             ("context_dim", *context_dim != new.context_dim, SHAPE),
@@ -1412,6 +1425,7 @@ impl ModelConfig {
                 SETUP,
             ),
             ("refit", *refit != l.refit, SETUP),
+            ("learner_nice", *learner_nice != l.learner_nice, SETUP),
             (
                 "drop_rates_shrink_after",
                 *drop_rates_shrink_after != n.drop_rates_shrink_after,
@@ -1635,6 +1649,16 @@ impl ModelConfig {
             return Err(bad(
                 "pending_capacity",
                 format!("must be at most {MAX_PENDING_CAPACITY}"),
+            ));
+        }
+        if !(0..=MAX_LEARNER_NICE).contains(&self.learner.learner_nice) {
+            return Err(bad(
+                "learner_nice",
+                format!(
+                    "{} is outside 0..={MAX_LEARNER_NICE} (a learner above the serving \
+                     threads' priority would take their CPU)",
+                    self.learner.learner_nice
+                ),
             ));
         }
         if self.learner.publish_interval_ms == 0 {
@@ -1959,6 +1983,11 @@ mod tests {
             err.contains("pending_capacity") && err.contains("at most"),
             "{err}"
         );
+        for nice in ["-1", "20"] {
+            let bad = format!("{ok}\nlearner_nice = {nice}");
+            let err = Config::from_toml(&bad).unwrap_err().to_string();
+            assert!(err.contains("learner_nice") && err.contains("0..=19"), "{err}");
+        }
         // A window Duration cannot hold would panic when the store is built.
         let forever = format!("{ok}\nreward_window_seconds = 1e20");
         let err = Config::from_toml(&forever).unwrap_err().to_string();
@@ -1970,7 +1999,7 @@ mod tests {
         let keys = model_keys();
         let unique: HashSet<_> = keys.iter().collect();
         assert_eq!(unique.len(), keys.len(), "a key claimed twice: {keys:?}");
-        assert_eq!(keys.len(), 34, "{keys:?}");
+        assert_eq!(keys.len(), 35, "{keys:?}");
     }
 
     /// Issue 14's options: falling drop rates default to N₀ = 100 under `mc_dropout` with

@@ -207,6 +207,7 @@ impl From<ModelStatus> for pb::ModelInfo {
                     publish_interval_ms: _,
                     refit: _,
                     reward_std_growth_limit: _,
+                    learner_nice: _,
                 },
             rewards:
                 RewardsConfig {

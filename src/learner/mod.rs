@@ -8,6 +8,7 @@
 //! from an [`ArcSwap`] without taking any lock the learner holds.
 
 mod linear;
+mod priority;
 mod replay;
 mod reward_stats;
 mod trainer;
@@ -358,9 +359,16 @@ impl Learner {
             }),
             mark,
         };
+        let nice = config.learner.learner_nice;
         let thread = std::thread::Builder::new()
             .name(format!("learner-{}", config.name))
-            .spawn(move || worker.run())
+            .spawn(move || {
+                if let Err(e) = priority::lower_current_thread(nice) {
+                    tracing::warn!(model = %worker.model, nice, error = %e,
+                        "cannot lower the learner thread's priority; it competes with serving");
+                }
+                worker.run()
+            })
             .map_err(|e| Error::Internal(format!("cannot spawn learner thread: {e}")))?;
         Ok(Self {
             handle: LearnerHandle { shared },
@@ -721,6 +729,35 @@ mod tests {
             400,
             "2 updates per reward"
         );
+    }
+
+    /// The learner thread runs at the configured nice value, below the serving threads.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn learner_thread_runs_at_learner_nice() {
+        let own = priority::nice_of(&unsafe { libc::gettid() }.to_string());
+        let mut config = config();
+        config.name = "nice".into();
+        config.learner.learner_nice = 7;
+        let (_tx, rx) = crossbeam_channel::unbounded::<Example>();
+        let mut learner = Learner::start(&config, rx).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let found = std::fs::read_dir("/proc/self/task").unwrap().find_map(|t| {
+                let tid = t.unwrap().file_name().into_string().unwrap();
+                let comm = std::fs::read_to_string(format!("/proc/self/task/{tid}/comm")).ok()?;
+                (comm.trim() == "learner-nice").then(|| priority::nice_of(&tid))
+            });
+            // The thread sets its priority as it starts: wait until it has.
+            match found {
+                Some(n) if n == own.max(7) => break,
+                _ if Instant::now() > deadline => {
+                    panic!("learner thread at nice {found:?}, not {}", own.max(7))
+                }
+                _ => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+        learner.shutdown();
     }
 
     /// The learner fits a simple reward function: head 0 pays x0, head 1 pays 1 - x0, in
