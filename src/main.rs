@@ -133,9 +133,10 @@ mod alloc {
     }
 }
 
-/// Contextual-bandit decisions over gRPC: Thompson sampling on a neural reward model, by
-/// NeuralLinear (the default policy: a Bayesian linear regression on the network's last hidden
-/// layer) or MC dropout (one dropout mask set per decision), set per model in the config.
+/// Contextual-bandit decisions over gRPC: Thompson sampling on a neural reward model, by MC
+/// dropout (the default policy: one dropout mask set per decision, then a draw of the last
+/// layer from a Bayesian linear regression on its features) or NeuralLinear (that regression
+/// on the unmasked features), set per model in the config.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Cli {
