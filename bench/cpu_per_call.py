@@ -106,6 +106,8 @@ def main():
     ap.add_argument("--workers", type=int, default=64)
     ap.add_argument("--connections", type=int, default=4)
     ap.add_argument("--periodic", action="store_true", help="periodic durability instead of fsync")
+    ap.add_argument("--learner-nice", type=int, default=None,
+                    help="every model's learner_nice (default: the configuration's, 10)")
     ap.add_argument("--target-dir", default=os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")))
     args = ap.parse_args()
     rel = os.path.join(args.target_dir, "release")
@@ -118,11 +120,18 @@ def main():
     data = tempfile.mkdtemp(prefix="banditd-cpu-")
     port, metrics = free_port(), free_port()
     server_env = dict(env)
-    if args.periodic:
+    if args.periodic or args.learner_nice is not None:
         config = os.path.join(data, "banditd.toml")
         text = subprocess.run([os.path.join(rel, "banditd"), "--print-default-config"],
                               capture_output=True, text=True, check=True).stdout
-        text = text.replace('durability = "fsync"', 'durability = "periodic"')
+        if args.periodic:
+            text = text.replace('durability = "fsync"', 'durability = "periodic"')
+        if args.learner_nice is not None:
+            lines = text.splitlines()
+            if not any(line.startswith("learner_nice = ") for line in lines):
+                sys.exit("the default configuration has no learner_nice line to replace")
+            text = "\n".join(f"learner_nice = {args.learner_nice}" if line.startswith("learner_nice = ")
+                             else line for line in lines) + "\n"
         with open(config, "w") as f:
             f.write(text)
         server_env["BANDITD_CONFIG"] = config
@@ -162,6 +171,7 @@ def main():
         summary = {
             "mode": args.mode,
             "durability": "periodic" if args.periodic else "fsync",
+            "learner_nice": args.learner_nice,
             "reps": args.reps,
             "load": f"{args.workers} workers over {args.connections} connections, {args.duration} per server per rep",
             "median_cpu_us_per_decision": med,
