@@ -108,6 +108,8 @@ def main():
     ap.add_argument("--periodic", action="store_true", help="periodic durability instead of fsync")
     ap.add_argument("--learner-nice", type=int, default=None,
                     help="every model's learner_nice (default: the configuration's, 10)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="replace every `KEY = ...` line of the default configuration (repeatable)")
     ap.add_argument("--target-dir", default=os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")))
     args = ap.parse_args()
     rel = os.path.join(args.target_dir, "release")
@@ -120,18 +122,21 @@ def main():
     data = tempfile.mkdtemp(prefix="banditd-cpu-")
     port, metrics = free_port(), free_port()
     server_env = dict(env)
-    if args.periodic or args.learner_nice is not None:
+    overrides = dict(kv.split("=", 1) for kv in args.set)
+    if args.learner_nice is not None:
+        overrides["learner_nice"] = str(args.learner_nice)
+    if args.periodic or overrides:
         config = os.path.join(data, "banditd.toml")
         text = subprocess.run([os.path.join(rel, "banditd"), "--print-default-config"],
                               capture_output=True, text=True, check=True).stdout
         if args.periodic:
             text = text.replace('durability = "fsync"', 'durability = "periodic"')
-        if args.learner_nice is not None:
-            lines = text.splitlines()
-            if not any(line.startswith("learner_nice = ") for line in lines):
-                sys.exit("the default configuration has no learner_nice line to replace")
-            text = "\n".join(f"learner_nice = {args.learner_nice}" if line.startswith("learner_nice = ")
-                             else line for line in lines) + "\n"
+        lines = text.splitlines()
+        for key, value in overrides.items():
+            if not any(line.startswith(f"{key} = ") for line in lines):
+                sys.exit(f"the default configuration has no `{key} = ` line to replace")
+            lines = [f"{key} = {value}" if line.startswith(f"{key} = ") else line for line in lines]
+        text = "\n".join(lines) + "\n"
         with open(config, "w") as f:
             f.write(text)
         server_env["BANDITD_CONFIG"] = config
@@ -171,7 +176,7 @@ def main():
         summary = {
             "mode": args.mode,
             "durability": "periodic" if args.periodic else "fsync",
-            "learner_nice": args.learner_nice,
+            "overrides": overrides,
             "reps": args.reps,
             "load": f"{args.workers} workers over {args.connections} connections, {args.duration} per server per rep",
             "median_cpu_us_per_decision": med,
