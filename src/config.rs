@@ -1986,7 +1986,10 @@ mod tests {
         for nice in ["-1", "20"] {
             let bad = format!("{ok}\nlearner_nice = {nice}");
             let err = Config::from_toml(&bad).unwrap_err().to_string();
-            assert!(err.contains("learner_nice") && err.contains("0..=19"), "{err}");
+            assert!(
+                err.contains("learner_nice") && err.contains("0..=19"),
+                "{err}"
+            );
         }
         // A window Duration cannot hold would panic when the store is built.
         let forever = format!("{ok}\nreward_window_seconds = 1e20");

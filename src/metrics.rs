@@ -50,6 +50,8 @@ pub const LEARNER_LAG: &str = "banditd_learner_lag_records";
 pub const REPLAY_SIZE: &str = "banditd_replay_size";
 /// Decisions waiting for a reward, by model.
 pub const PENDING_DECISIONS: &str = "banditd_pending_decisions";
+/// Gauge: heap bytes the pending store holds for its decisions.
+pub const PENDING_BYTES: &str = "banditd_pending_bytes";
 /// Decisions whose window closed with no reward, by model and outcome
 /// (`defaulted`: trained on the default reward; `dropped`: no default configured, or the
 /// log writer's queue was full).
@@ -192,6 +194,11 @@ pub fn describe() {
         PENDING_DECISIONS,
         Unit::Count,
         "Decisions waiting for their reward."
+    );
+    describe_gauge!(
+        PENDING_BYTES,
+        Unit::Bytes,
+        "Heap bytes the pending store holds for its decisions (table, decisions, rewards)."
     );
     describe_counter!(
         DECISIONS_EXPIRED,
@@ -359,9 +366,10 @@ pub fn model_published(model: &str, version: u64, drop_rates: &[f64]) {
     }
 }
 
-/// The number of pending decisions changed.
-pub fn pending_decisions(model: &str, count: usize) {
+/// The pending store's size: `count` decisions in `bytes` of heap.
+pub fn pending_decisions(model: &str, count: usize, bytes: usize) {
     gauge!(PENDING_DECISIONS, "model" => model.to_owned()).set(count as f64);
+    gauge!(PENDING_BYTES, "model" => model.to_owned()).set(bytes as f64);
 }
 
 /// A decision's window closed without a reward; `defaulted` says whether the default reward
@@ -548,6 +556,7 @@ pub fn init_series(models: &[ModelSeries<'_>]) {
             LEARNER_LAG,
             REPLAY_SIZE,
             PENDING_DECISIONS,
+            PENDING_BYTES,
             MODEL_VERSION,
             LINEAR_REFRESH_SECONDS,
         ] {

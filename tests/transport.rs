@@ -659,6 +659,7 @@ policy = "mc_dropout"
             "banditd_learner_lag_records",
             "banditd_replay_size",
             "banditd_pending_decisions",
+            "banditd_pending_bytes",
             "banditd_decisions_evicted_total",
             "banditd_decisions_unlogged_total",
             "banditd_decisions_refused_total",
@@ -758,6 +759,76 @@ policy = "mc_dropout"
         !logs.contains('\u{1b}'),
         "colour codes in a log file:\n{logs}"
     );
+}
+
+/// `banditd_pending_bytes` follows the pending store: it grows with the decisions held, by
+/// at least each one's payload and less than a kilobyte per decision, and falls by at least
+/// their ids and scores when their windows close (the table keeps its grown slots).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_bytes_follow_the_pending_store() {
+    let config = r#"
+[storage]
+durability = "periodic"
+[[models]]
+name = "wheel"
+kind = "fixed_arms"
+context_dim = 2
+arms = ["0", "1", "2", "3", "4"]
+reward_window_seconds = 10
+"#;
+    let mut server = Server::start(Start {
+        config: Some(config),
+        ..Start::default()
+    })
+    .unwrap_or_else(|(status, log)| panic!("banditd exited with {status}:\n{log}"));
+    server.wait_serving().await;
+    let channel = server
+        .channel(Duration::from_secs(5))
+        .await
+        .expect("connect");
+    let mut client = BanditServiceClient::new(channel);
+    const N: usize = 300;
+    for _ in 0..N {
+        client.choose_arm(decision()).await.expect("decision");
+    }
+    let wheel = [("model", "wheel")];
+    // The gauges are set by the expiry sweep (every second for a 10 s window): all N are
+    // held at once unless making them took 10 s.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let held = loop {
+        let text = scrape(server.metrics);
+        if metric(&text, "banditd_pending_decisions", &wheel) == Some(N as f64) {
+            break metric(&text, "banditd_pending_bytes", &wheel).expect("pending bytes");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pending count never reached {N}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Payload per decision: a 36-byte id, 5 scores, 2 context values, arm and head.
+    let payload = 36.0 + 5.0 * 8.0 + 2.0 * 4.0 + 4.0;
+    assert!(
+        held >= N as f64 * payload && held < N as f64 * 1024.0,
+        "{held} bytes for {N} decisions"
+    );
+    let emptied = loop {
+        let text = scrape(server.metrics);
+        if metric(&text, "banditd_pending_decisions", &wheel) == Some(0.0) {
+            break metric(&text, "banditd_pending_bytes", &wheel).expect("pending bytes");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the windows never closed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let ids_and_scores = N as f64 * (36.0 + 5.0 * 8.0);
+    assert!(
+        held - emptied >= ids_and_scores,
+        "{emptied} bytes left of {held} after every window closed"
+    );
+    assert!(server.terminate().success());
 }
 
 /// The load generator authenticates with `BANDITD_TOKEN` against a server with tokens, and

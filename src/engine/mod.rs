@@ -779,7 +779,7 @@ impl Engine {
                 };
                 metrics::decision_expired(name, defaulted);
             }
-            metrics::pending_decisions(name, model.pending.len());
+            metrics::pending_decisions(name, model.pending.len(), model.pending.heap_bytes());
         }
     }
 
