@@ -909,10 +909,11 @@ pub struct LearnerConfig {
     /// genuinely new scale (the wheel's first rewards of 50 after rewards of about 1) is
     /// fully admitted after a few rewards. 0 = off; otherwise above 1.
     pub reward_std_growth_limit: f64,
-    /// The learner thread's nice value (Linux), 0–19: above 0, serving threads get the CPU
-    /// first when both want it, and the learner trains with what is left (skipping steps
-    /// past `max_step_backlog`, its lag visible as `banditd_learner_lag_records`); an idle
-    /// CPU still goes to the learner in full. 0 = the process's own priority.
+    /// How many nice levels below the process the learner thread runs (Linux; as `nice -n`,
+    /// capped at 19, the lowest priority), 0–19: above 0, serving threads get the CPU first
+    /// when both want it, and the learner trains with what is left (skipping steps past
+    /// `max_step_backlog`, its lag visible as `banditd_learner_lag_records`); an idle CPU
+    /// still goes to the learner in full. 0 = the process's own priority.
     pub learner_nice: i32,
 }
 
@@ -925,9 +926,11 @@ impl Default for LearnerConfig {
             publish_interval_ms: 20,
             refit: None,
             reward_std_growth_limit: 2.0,
-            // On 2 cores under saturating load, full rounds in periodic mode ran at 0.40×
-            // the no-op server's throughput with the learner at 0, 0.55× at 10, 0.63× at
-            // 19 (BENCHMARKS.md); 10 still leaves a learner about a tenth of a busy core.
+            // On 2 cores under saturating load, full rounds in periodic mode ran at 0.38× the
+            // no-op server's throughput with the learner at 0, 0.55× at 10 and 0.60× at 19
+            // (BENCHMARKS.md, one run each). At 10 a learner sharing a core with one busy
+            // serving thread gets about a tenth of it (the scheduler's weights), more when
+            // serving leaves gaps; at 19 it fell too far behind to learn under two busy loops.
             learner_nice: 10,
         }
     }
@@ -980,7 +983,7 @@ pub const MAX_REWARD_WINDOW_SECONDS: f64 = 1e9;
 /// positions (2³¹ decisions is far beyond any machine's memory anyway).
 pub const MAX_PENDING_CAPACITY: usize = 1 << 31;
 
-/// The largest `learner_nice` (Linux's lowest priority).
+/// The largest `learner_nice`: from nice 0, Linux's lowest priority (19).
 pub const MAX_LEARNER_NICE: i32 = 19;
 
 /// One section of a model's flat table: takes the section's own keys (and only those) and
@@ -1655,8 +1658,8 @@ impl ModelConfig {
             return Err(bad(
                 "learner_nice",
                 format!(
-                    "{} is outside 0..={MAX_LEARNER_NICE} (a learner above the serving \
-                     threads' priority would take their CPU)",
+                    "{} is outside 0..={MAX_LEARNER_NICE} (nice levels below the process's \
+                     priority; never above it)",
                     self.learner.learner_nice
                 ),
             ));

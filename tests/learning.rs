@@ -85,6 +85,9 @@ async fn fixed_arms_beat_uniform_on_clusters() {
     let mut config = test_config();
     let mut model = ModelConfig::new("clusters", ModelKind::FixedArms, 2);
     model.arms = env.arm_ids();
+    // A test of learning, not of scheduling: a build beside it must not starve the learner
+    // (at the default `learner_nice` it passed with two busy loops on the cores; 12.0).
+    model.learner.learner_nice = 0;
     config.models = vec![model];
     let server = TestServer::start(config).await;
     let (regret, uniform) = play(&server, "clusters", &mut env, 3000).await;
@@ -129,6 +132,7 @@ fn default_policy_escapes_the_wheel_safe_arm() {
 async fn per_arm_features_beat_uniform() {
     let mut config: Config = test_config();
     let mut model = ModelConfig::new("items", ModelKind::PerArmFeatures, 8);
+    model.learner.learner_nice = 0; // learning, not scheduling (see above)
     model.arm_feature_dim = 8;
     config.models = vec![model];
     let server = TestServer::start(config).await;

@@ -363,9 +363,14 @@ impl Learner {
         let thread = std::thread::Builder::new()
             .name(format!("learner-{}", config.name))
             .spawn(move || {
-                if let Err(e) = priority::lower_current_thread(nice) {
-                    tracing::warn!(model = %worker.model, nice, error = %e,
-                        "cannot lower the learner thread's priority; it competes with serving");
+                match priority::lower_current_thread(nice) {
+                    Ok(_) => {}
+                    // Documented as Linux-only: not worth a warning per model elsewhere.
+                    Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {
+                        tracing::debug!(model = %worker.model, error = %e, "learner_nice not applied");
+                    }
+                    Err(e) => tracing::warn!(model = %worker.model, nice, error = %e,
+                        "cannot lower the learner thread's priority; it competes with serving"),
                 }
                 worker.run()
             })
@@ -731,14 +736,18 @@ mod tests {
         );
     }
 
-    /// The learner thread runs at the configured nice value, below the serving threads.
+    /// The learner thread runs `learner_nice` levels below the thread that started it.
     #[cfg(target_os = "linux")]
     #[test]
-    fn learner_thread_runs_at_learner_nice() {
+    fn learner_thread_runs_learner_nice_levels_lower() {
         let own = priority::nice_of(&unsafe { libc::gettid() }.to_string());
+        assert!(
+            own <= 16,
+            "run the tests at nice 16 or below (this thread: {own})"
+        );
         let mut config = config();
         config.name = "nice".into();
-        config.learner.learner_nice = 7;
+        config.learner.learner_nice = 3;
         let (_tx, rx) = crossbeam_channel::unbounded::<Example>();
         let mut learner = Learner::start(&config, rx).unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -748,11 +757,11 @@ mod tests {
                 let comm = std::fs::read_to_string(format!("/proc/self/task/{tid}/comm")).ok()?;
                 (comm.trim() == "learner-nice").then(|| priority::nice_of(&tid))
             });
-            // The thread sets its priority as it starts: wait until it has.
+            // The thread lowers its priority as it starts: wait until it has.
             match found {
-                Some(n) if n == own.max(7) => break,
+                Some(n) if n == own + 3 => break,
                 _ if Instant::now() > deadline => {
-                    panic!("learner thread at nice {found:?}, not {}", own.max(7))
+                    panic!("learner thread at nice {found:?}, not {}", own + 3)
                 }
                 _ => std::thread::sleep(Duration::from_millis(5)),
             }
