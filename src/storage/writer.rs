@@ -27,13 +27,14 @@ use std::{
     io::Write,
     path::PathBuf,
     sync::{
-        Arc, Condvar, Mutex, MutexGuard, Weak,
+        Arc, Condvar, Mutex, Weak,
         atomic::{AtomicBool, AtomicU64, Ordering, fence},
     },
     thread::{JoinHandle, Thread},
     time::{Duration, Instant, SystemTime},
 };
 
+use arc_swap::ArcSwap;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
 use tokio::sync::oneshot;
 
@@ -90,7 +91,13 @@ pub struct Watermark {
 #[derive(Debug)]
 pub(super) struct Shared {
     pub(super) dir: PathBuf,
-    watermark: Mutex<Watermark>,
+    /// The committed watermark, read and replaced without a lock: the learner threads that
+    /// read it run below the writer's priority (`learner_nice`), and a lock one of them held
+    /// when it was preempted would stall the next commit until that thread ran again.
+    watermark: ArcSwap<Watermark>,
+    /// Tails wait for the watermark on `advanced` under this lock, which the writer only
+    /// ever tries (see [`Shared::advance`]).
+    wait_lock: Mutex<()>,
     advanced: Condvar,
     failing: AtomicBool,
     /// The writer has found its queue empty and sleeps until a record arrives: the next
@@ -104,7 +111,8 @@ impl Shared {
     pub(super) fn new(dir: PathBuf, watermark: Watermark) -> Self {
         Self {
             dir,
-            watermark: Mutex::new(watermark),
+            watermark: ArcSwap::from_pointee(watermark),
+            wait_lock: Mutex::new(()),
             advanced: Condvar::new(),
             failing: AtomicBool::new(false),
             writer_idle: AtomicBool::new(false),
@@ -112,27 +120,33 @@ impl Shared {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Watermark> {
-        self.watermark.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// The committed watermark now.
     pub(super) fn watermark(&self) -> Watermark {
-        *self.lock()
+        **self.watermark.load()
     }
 
     /// Waits up to `timeout` for the watermark to pass `lsn` (or the writer to stop).
     pub(super) fn wait_past(&self, lsn: u64, timeout: Duration) -> Watermark {
-        let guard = self.lock();
-        let (guard, _) = self
-            .advanced
-            .wait_timeout_while(guard, timeout, |w| w.lsn_end <= lsn && !w.closed)
-            .unwrap_or_else(|p| p.into_inner());
-        *guard
+        let waiting = |w: Watermark| w.lsn_end <= lsn && !w.closed;
+        if waiting(self.watermark()) {
+            let guard = self.wait_lock.lock().unwrap_or_else(|p| p.into_inner());
+            // Checked again under the lock, and after every wake-up.
+            let _ = self
+                .advanced
+                .wait_timeout_while(guard, timeout, |()| waiting(self.watermark()))
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        self.watermark()
     }
 
     fn advance(&self, to: Watermark) {
-        *self.lock() = to;
+        self.watermark.store(Arc::new(to));
+        // A waiter holding the lock has either not checked the watermark yet (it will see
+        // the new one) or checked the old one and is about to sleep: then it misses this
+        // wake-up and reads at its timeout (a learner's idle wait, 50 ms). Taking the lock
+        // whenever it is free closes that gap in the common case without ever blocking the
+        // writer on a thread of lower priority.
+        drop(self.wait_lock.try_lock());
         self.advanced.notify_all();
     }
 
