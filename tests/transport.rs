@@ -147,6 +147,19 @@ impl Server {
             .await
     }
 
+    /// Starts the binary (failing the test with its log if it exits) and waits for SERVING.
+    async fn serving(start: Start<'_>) -> Self {
+        let server = Self::start(start)
+            .unwrap_or_else(|(status, log)| panic!("banditd exited with {status}:\n{log}"));
+        server.wait_serving().await;
+        server
+    }
+
+    /// A bandit client on a channel of its own.
+    async fn client(&self) -> BanditServiceClient<Channel> {
+        BanditServiceClient::new(self.channel(Duration::from_secs(5)).await.expect("connect"))
+    }
+
     /// Waits (at most 30 s) for health SERVING on a channel of its own.
     async fn wait_serving(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -354,13 +367,12 @@ async fn run_flood(connections: usize, streams: u32, rounds: usize) {
         connection_window_bytes: 65_535,
     };
     let config = limits.toml();
-    let server = Server::start(Start {
+    let server = Server::serving(Start {
         config: Some(&config),
         env: vec![("BANDITD_TOKENS", "flood-test-token"), ("RUST_LOG", "warn")],
         ..Start::default()
     })
-    .unwrap_or_else(|(status, log)| panic!("banditd exited with {status}:\n{log}"));
-    server.wait_serving().await;
+    .await;
     let channel = server
         .channel(Duration::from_secs(5))
         .await
@@ -475,13 +487,12 @@ kind = "fixed_arms"
 context_dim = 2
 arms = ["0", "1", "2", "3", "4"]
 "#;
-    let mut server = Server::start(Start {
+    let mut server = Server::serving(Start {
         config: Some(config),
         fd_limit: Some(256),
         ..Start::default()
     })
-    .unwrap_or_else(|(status, log)| panic!("banditd exited with {status}:\n{log}"));
-    server.wait_serving().await;
+    .await;
     let channel = server
         .channel(Duration::from_secs(5))
         .await
@@ -608,12 +619,11 @@ async fn empty_token_source_refuses_to_start() {
         "BANDITD_TOKENS",
     );
     std::fs::write(&tokens, "# one token per line\nt0k3n\n").unwrap();
-    let mut server = Server::start(Start {
+    let mut server = Server::serving(Start {
         config: Some(&config),
         ..Start::default()
     })
-    .unwrap_or_else(|(status, log)| panic!("banditd exited with {status}:\n{log}"));
-    server.wait_serving().await;
+    .await;
     assert!(server.terminate().success());
 }
 
@@ -639,12 +649,11 @@ context_dim = 8
 arm_feature_dim = 8
 policy = "mc_dropout"
 "#;
-    let mut server = Server::start(Start {
+    let mut server = Server::serving(Start {
         config: Some(config),
         ..Start::default()
     })
-    .unwrap_or_else(|(status, log)| panic!("banditd exited with {status}:\n{log}"));
-    server.wait_serving().await;
+    .await;
     let text = scrape(server.metrics);
     for model in ["wheel", "items"] {
         let m = [("model", model)];
@@ -729,11 +738,7 @@ policy = "mc_dropout"
         .is_some()
     );
 
-    let channel = server
-        .channel(Duration::from_secs(5))
-        .await
-        .expect("connect");
-    let mut client = BanditServiceClient::new(channel);
+    let mut client = server.client().await;
     let mut big = decision();
     big.decision_id = "x".repeat(2048);
     let status = client.choose_arm(big).await.unwrap_err();
@@ -776,53 +781,27 @@ context_dim = 2
 arms = ["0", "1", "2", "3", "4"]
 reward_window_seconds = 10
 "#;
-    let mut server = Server::start(Start {
+    let mut server = Server::serving(Start {
         config: Some(config),
         ..Start::default()
     })
-    .unwrap_or_else(|(status, log)| panic!("banditd exited with {status}:\n{log}"));
-    server.wait_serving().await;
-    let channel = server
-        .channel(Duration::from_secs(5))
-        .await
-        .expect("connect");
-    let mut client = BanditServiceClient::new(channel);
+    .await;
+    let mut client = server.client().await;
     const N: usize = 300;
     for _ in 0..N {
         client.choose_arm(decision()).await.expect("decision");
     }
-    let wheel = [("model", "wheel")];
     // The gauges are set by the expiry sweep (every second for a 10 s window): all N are
     // held at once unless making them took 10 s.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let held = loop {
-        let text = scrape(server.metrics);
-        if metric(&text, "banditd_pending_decisions", &wheel) == Some(N as f64) {
-            break metric(&text, "banditd_pending_bytes", &wheel).expect("pending bytes");
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "pending count never reached {N}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let held = pending_bytes_at(&server, N, deadline).await;
     // Payload per decision: a 36-byte id, 5 scores, 2 context values, arm and head.
     let payload = 36.0 + 5.0 * 8.0 + 2.0 * 4.0 + 4.0;
     assert!(
         held >= N as f64 * payload && held < N as f64 * 1024.0,
         "{held} bytes for {N} decisions"
     );
-    let emptied = loop {
-        let text = scrape(server.metrics);
-        if metric(&text, "banditd_pending_decisions", &wheel) == Some(0.0) {
-            break metric(&text, "banditd_pending_bytes", &wheel).expect("pending bytes");
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the windows never closed"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let emptied = pending_bytes_at(&server, 0, deadline).await;
     let ids_and_scores = N as f64 * (36.0 + 5.0 * 8.0);
     assert!(
         held - emptied >= ids_and_scores,
@@ -831,16 +810,31 @@ reward_window_seconds = 10
     assert!(server.terminate().success());
 }
 
+/// `wheel`'s `banditd_pending_bytes` once `banditd_pending_decisions` reads `count`.
+async fn pending_bytes_at(server: &Server, count: usize, deadline: Instant) -> f64 {
+    let wheel = [("model", "wheel")];
+    loop {
+        let text = scrape(server.metrics);
+        if metric(&text, "banditd_pending_decisions", &wheel) == Some(count as f64) {
+            return metric(&text, "banditd_pending_bytes", &wheel).expect("pending bytes");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pending decisions never reached {count}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The load generator authenticates with `BANDITD_TOKEN` against a server with tokens, and
 /// without it stops at its first call with the server's UNAUTHENTICATED.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loadgen_sends_its_token() {
-    let server = Server::start(Start {
+    let server = Server::serving(Start {
         env: vec![("BANDITD_TOKENS", "loadgen-test-token")],
         ..Start::default()
     })
-    .unwrap_or_else(|(status, log)| panic!("banditd exited with {status}:\n{log}"));
-    server.wait_serving().await;
+    .await;
     let url = server.url();
     let run = |token: Option<&str>| {
         let mut command = common::loadgen_command(&[
