@@ -441,6 +441,71 @@ mod tests {
         }
     }
 
+    /// A commit wakes the tails of the models it holds examples for and no other: decisions
+    /// (no example) and another model's reward leave a tail asleep, and it still reads past
+    /// them. Stopping the writer wakes every tail.
+    #[test]
+    fn commits_wake_only_the_tails_of_their_examples_models() {
+        let dir = tempfile::tempdir().unwrap();
+        let (running, _) = Running::start(dir.path(), 1 << 20);
+        let mut a = running.log.tail("a", 0);
+        let mut b = running.log.tail("b", 0);
+        let made = |model: &'static str, i: u32| Modelled {
+            model,
+            id: format!("{model}{i}"),
+            version: 1,
+            input: vec![i as f32],
+            head: 0,
+            reward: None,
+            closed: false,
+        };
+        for i in 0..5 {
+            for model in MODELS {
+                assert!(
+                    running
+                        .log
+                        .decision(decision(&made(model, i)))
+                        .unwrap()
+                        .is_none()
+                );
+            }
+            running
+                .log
+                .flush()
+                .unwrap()
+                .blocking_recv()
+                .unwrap()
+                .unwrap();
+        }
+        assert_eq!((a.wakes(), b.wakes()), (0, 0), "decisions woke a tail");
+        running
+            .log
+            .reward(RewardRecord {
+                model: "a".into(),
+                decision_id: "a0".into(),
+                at_ms: 2,
+                regret: None,
+                example: example(&made("a", 0), 1.0),
+            })
+            .unwrap()
+            .blocking_recv()
+            .unwrap()
+            .unwrap();
+        assert_eq!((a.wakes(), b.wakes()), (1, 0), "a's reward woke b or not a");
+        let end = running.log.watermark().lsn_end;
+        let read_a = a.poll(100, Duration::ZERO).unwrap().unwrap();
+        let read_b = b.poll(100, Duration::ZERO).unwrap().unwrap();
+        assert_eq!(read_a.iter().map(|e| e.reward).collect::<Vec<_>>(), [1.0]);
+        assert!(read_b.is_empty());
+        assert_eq!((a.position(), b.position()), (end, end));
+        running.stop();
+        assert_eq!(
+            (a.wakes(), b.wakes()),
+            (2, 1),
+            "stopping the writer woke not every tail"
+        );
+    }
+
     /// A record cut short at the end of the newest segment (a crash mid-write) is cut off at
     /// recovery; everything before it is kept and new records follow it.
     #[test]

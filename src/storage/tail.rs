@@ -14,7 +14,7 @@ use std::{
 use super::{
     record::Kind,
     segment::{self, ReadError, Reader},
-    writer::{Shared, Watermark},
+    writer::{Shared, Signal, Watermark},
 };
 use crate::{domain::Example, error::Error, metrics};
 
@@ -29,19 +29,29 @@ pub struct Tail {
     reader: Option<(u64, Reader)>,
     /// The lowest LSN this consumer may still ask for after a restart (retention keeps it).
     floor: Arc<AtomicU64>,
+    /// Woken by commits that hold this model's examples.
+    signal: Arc<Signal>,
 }
 
 impl Tail {
     pub(super) fn new(shared: Arc<Shared>, model: &str, from: u64) -> Self {
         let floor = Arc::new(AtomicU64::new(from));
         shared.register_floor(&floor);
+        let signal = shared.register_signal(model);
         Self {
             shared,
             model: model.to_owned(),
             next: from,
             reader: None,
             floor,
+            signal,
         }
+    }
+
+    /// Times the log writer woke this tail.
+    #[cfg(test)]
+    pub(super) fn wakes(&self) -> u64 {
+        self.signal.wakes()
     }
 
     /// The next LSN this tail will read.
@@ -60,9 +70,11 @@ impl Tail {
         self.floor.store(lsn, Ordering::Release);
     }
 
-    /// Up to `max` of the model's examples committed since the last call, waiting up to
-    /// `timeout` for the first one. `Ok(None)` once the writer has stopped and everything it
-    /// committed has been read.
+    /// Up to `max` of the model's examples committed since the last call. When everything
+    /// committed has been read, it first waits up to `timeout` for a commit that holds one of
+    /// the model's examples; records that are none (decisions, other models' events) do not
+    /// end the wait, and are read (and skipped) with the next example or after the timeout.
+    /// `Ok(None)` once the writer has stopped and everything it committed has been read.
     ///
     /// # Errors
     /// A segment cannot be read (an I/O error). Corrupt frames are skipped with the rest of
@@ -74,7 +86,7 @@ impl Tail {
             if watermark.closed {
                 return Ok(None);
             }
-            watermark = self.shared.wait_past(self.next, timeout);
+            watermark = self.shared.wait_past(self.next, timeout, &self.signal);
         }
         while out.len() < max && self.next < watermark.lsn_end {
             if !self.read_some(&watermark, max, &mut out)? {

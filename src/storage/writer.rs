@@ -2,12 +2,15 @@
 //!
 //! Request handlers queue records on a bounded channel ([`Log`]); the writer takes everything
 //! waiting, encodes it into one buffer, writes it with one `write`, fsyncs per the durability
-//! mode, then moves the committed watermark (which wakes the [`Tail`](super::Tail)s of the
-//! learners) and acknowledges.
+//! mode, then moves the committed watermark and acknowledges. A commit wakes the
+//! [`Tail`](super::Tail) of each model it holds a training example for (a reward, a closed
+//! decision with a default reward), and no other: a decision is no example, so under
+//! decision-only load the learners sleep until their idle timeout instead of each waking on
+//! every commit, and a server of many models does not wake them all per commit.
 //!
 //! Waking the writer costs a futex call on the request's thread and a context switch on the
-//! writer's (and each commit wakes every tail), so only a record someone waits on (a reward,
-//! a synced decision, a flush) wakes it at once. After a commit of records nobody waits for,
+//! writer's, so only a record someone waits on (a reward, a synced decision, a flush) wakes
+//! it at once. After a commit of records nobody waits for,
 //! the writer lets `storage.commit_delay_us` pass before it takes the next group, so the
 //! decisions gather meanwhile and go out in one write; when it has nothing to do it sleeps
 //! until the next record arrives. While rewards flow it waits on the channel as before.
@@ -95,10 +98,9 @@ pub(super) struct Shared {
     /// read it run below the writer's priority (`learner_nice`), and a lock one of them held
     /// when it was preempted would stall the next commit until that thread ran again.
     watermark: ArcSwap<Watermark>,
-    /// Tails wait for the watermark on `advanced` under this lock, which the writer only
-    /// ever tries (see [`Shared::advance`]).
-    wait_lock: Mutex<()>,
-    advanced: Condvar,
+    /// Each tail's wake-up, by model (see [`Signal`]). Locked by the writer only for a commit
+    /// that holds examples, and by tails only when they start.
+    signals: Mutex<Vec<Weak<Signal>>>,
     failing: AtomicBool,
     /// The writer has found its queue empty and sleeps until a record arrives: the next
     /// record wakes it, whatever its kind.
@@ -112,8 +114,7 @@ impl Shared {
         Self {
             dir,
             watermark: ArcSwap::from_pointee(watermark),
-            wait_lock: Mutex::new(()),
-            advanced: Condvar::new(),
+            signals: Mutex::new(Vec::new()),
             failing: AtomicBool::new(false),
             writer_idle: AtomicBool::new(false),
             floors: Mutex::new(Vec::new()),
@@ -125,29 +126,49 @@ impl Shared {
         **self.watermark.load()
     }
 
-    /// Waits up to `timeout` for the watermark to pass `lsn` (or the writer to stop).
-    pub(super) fn wait_past(&self, lsn: u64, timeout: Duration) -> Watermark {
+    /// A wake-up for a tail of `model`, woken by every commit holding one of its examples.
+    pub(super) fn register_signal(&self, model: &str) -> Arc<Signal> {
+        let signal = Arc::new(Signal {
+            model: model.to_owned(),
+            lock: Mutex::new(()),
+            woken: Condvar::new(),
+            #[cfg(test)]
+            wakes: AtomicU64::new(0),
+        });
+        let mut signals = self.signals.lock().unwrap_or_else(|p| p.into_inner());
+        signals.retain(|s| s.strong_count() > 0);
+        signals.push(Arc::downgrade(&signal));
+        signal
+    }
+
+    /// Waits up to `timeout` on `signal` while the watermark has not passed `lsn` (and the
+    /// writer runs): until a commit holds an example of the signal's model, or the timeout.
+    pub(super) fn wait_past(&self, lsn: u64, timeout: Duration, signal: &Signal) -> Watermark {
         let waiting = |w: Watermark| w.lsn_end <= lsn && !w.closed;
         if waiting(self.watermark()) {
-            let guard = self.wait_lock.lock().unwrap_or_else(|p| p.into_inner());
+            let guard = signal.lock.lock().unwrap_or_else(|p| p.into_inner());
             // Checked again under the lock, and after every wake-up.
-            let _ = self
-                .advanced
+            let _ = signal
+                .woken
                 .wait_timeout_while(guard, timeout, |()| waiting(self.watermark()))
                 .unwrap_or_else(|p| p.into_inner());
         }
         self.watermark()
     }
 
-    fn advance(&self, to: Watermark) {
+    /// Publishes the watermark `to` and wakes the tails of the `models` whose examples the
+    /// commit holds (every tail once the writer has stopped).
+    fn advance(&self, to: Watermark, models: &[String]) {
         self.watermark.store(Arc::new(to));
-        // A waiter holding the lock has either not checked the watermark yet (it will see
-        // the new one) or checked the old one and is about to sleep: then it misses this
-        // wake-up and reads at its timeout (a learner's idle wait, 50 ms). Taking the lock
-        // whenever it is free closes that gap in the common case without ever blocking the
-        // writer on a thread of lower priority.
-        drop(self.wait_lock.try_lock());
-        self.advanced.notify_all();
+        if models.is_empty() && !to.closed {
+            return;
+        }
+        let signals = self.signals.lock().unwrap_or_else(|p| p.into_inner());
+        for signal in signals.iter().filter_map(Weak::upgrade) {
+            if to.closed || models.contains(&signal.model) {
+                signal.wake();
+            }
+        }
     }
 
     pub(super) fn register_floor(&self, floor: &Arc<AtomicU64>) {
@@ -165,6 +186,39 @@ impl Shared {
             .map(|f| f.load(Ordering::Acquire))
             .min()
             .unwrap_or(u64::MAX)
+    }
+}
+
+/// One tail's wake-up: the writer notifies it after a commit that holds an example of its
+/// model.
+#[derive(Debug)]
+pub(super) struct Signal {
+    model: String,
+    /// The tail sleeps on `woken` under this lock, which the writer only ever tries.
+    lock: Mutex<()>,
+    woken: Condvar,
+    /// Times the writer woke it.
+    #[cfg(test)]
+    wakes: AtomicU64,
+}
+
+impl Signal {
+    fn wake(&self) {
+        #[cfg(test)]
+        self.wakes.fetch_add(1, Ordering::Relaxed);
+        // A waiter holding the lock has either not checked the watermark yet (it will see
+        // the new one) or checked the old one and is about to sleep: then it misses this
+        // wake-up and reads at its timeout (a learner's idle wait, 50 ms). Taking the lock
+        // whenever it is free closes that gap in the common case without ever blocking the
+        // writer on a thread of lower priority.
+        drop(self.lock.try_lock());
+        self.woken.notify_all();
+    }
+
+    /// Times the writer woke it.
+    #[cfg(test)]
+    pub(super) fn wakes(&self) -> u64 {
+        self.wakes.load(Ordering::Relaxed)
     }
 }
 
@@ -382,6 +436,7 @@ pub(super) fn start(config: &StorageConfig, first_lsn: u64) -> Result<(Log, LogW
         unsynced: false,
         last_retention: Instant::now(),
         buf: Vec::with_capacity(64 * 1024),
+        example_models: Vec::new(),
         errors: ErrorLog::default(),
         faults: config.faults.clone(),
         commit_delay: Duration::from_micros(config.commit_delay_us),
@@ -474,6 +529,8 @@ struct Writer {
     last_retention: Instant,
     /// The group's encoded frames; reused.
     buf: Vec<u8>,
+    /// The models the group holds training examples for: their tails are woken.
+    example_models: Vec<String>,
     errors: ErrorLog,
     faults: StorageFaults,
     /// How long records nobody waits for may gather after a commit (`storage.commit_delay_us`).
@@ -560,7 +617,7 @@ impl Writer {
         }
         let mut closed = self.committed;
         closed.closed = true;
-        self.shared.advance(closed);
+        self.shared.advance(closed, &[]);
         tracing::debug!("log writer stopped");
     }
 
@@ -614,6 +671,7 @@ impl Writer {
             || (self.mode == DurabilityMode::Fsync && waited_on)
             || self.last_sync.elapsed() >= self.sync_interval;
         self.buf.clear();
+        self.example_models.clear();
         let mut acks = Vec::new();
         let mut records = 0u64;
         for op in ops.drain(..) {
@@ -635,6 +693,11 @@ impl Writer {
             };
             record.encode_frame(&mut self.buf);
             records += 1;
+            if record.example().is_some()
+                && !self.example_models.iter().any(|m| m == record.model())
+            {
+                self.example_models.push(record.model().to_owned());
+            }
         }
         match self.write(records, sync) {
             Ok(()) => {
@@ -735,7 +798,7 @@ impl Writer {
         if records > 0 {
             self.committed.lsn_end += records;
             self.committed.offset += self.buf.len() as u64;
-            self.shared.advance(self.committed);
+            self.shared.advance(self.committed, &self.example_models);
             metrics::log_appended(records, self.buf.len() as u64);
         }
         Ok(())
@@ -752,7 +815,7 @@ impl Writer {
         self.path = path;
         self.committed.segment = base;
         self.committed.offset = segment::MAGIC.len() as u64;
-        self.shared.advance(self.committed);
+        self.shared.advance(self.committed, &[]);
         Ok(())
     }
 
