@@ -506,6 +506,86 @@ mod tests {
         );
     }
 
+    /// Tails that read while events are written, skipping what holds none of their model's
+    /// examples, still get every example of their model in order: decisions of both models,
+    /// rewards of each, commits of every mix, over segments of a few hundred bytes.
+    #[test]
+    fn live_tails_skip_only_what_holds_none_of_their_examples() {
+        let dir = tempfile::tempdir().unwrap();
+        let (running, _) = Running::start(dir.path(), 512);
+        let mut tails: Vec<_> = MODELS.iter().map(|m| running.log.tail(m, 0)).collect();
+        let mut read: Vec<Vec<f64>> = vec![Vec::new(); MODELS.len()];
+        let mut written: Vec<Vec<f64>> = vec![Vec::new(); MODELS.len()];
+        let mut state = 12345u64;
+        for i in 0..400u32 {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let pick = (state >> 33) as usize;
+            let m = pick % MODELS.len();
+            let d = Modelled {
+                model: MODELS[m],
+                id: format!("{i}"),
+                version: 1,
+                input: vec![i as f32],
+                head: 0,
+                reward: None,
+                closed: false,
+            };
+            let _ = running.log.decision(decision(&d)).unwrap();
+            if pick % 7 == 0 {
+                let value = f64::from(i);
+                let ack = running
+                    .log
+                    .reward(RewardRecord {
+                        model: MODELS[m].into(),
+                        decision_id: d.id.clone(),
+                        at_ms: 2,
+                        regret: None,
+                        example: example(&d, value),
+                    })
+                    .unwrap();
+                written[m].push(value);
+                if pick % 3 == 0 {
+                    ack.blocking_recv().unwrap().unwrap();
+                }
+            }
+            if pick % 5 == 0 {
+                running
+                    .log
+                    .flush()
+                    .unwrap()
+                    .blocking_recv()
+                    .unwrap()
+                    .unwrap();
+            }
+            for (tail, got) in tails.iter_mut().zip(&mut read) {
+                let batch = tail.poll(3, Duration::ZERO).unwrap().unwrap();
+                got.extend(batch.into_iter().map(|e| e.reward));
+            }
+        }
+        running
+            .log
+            .flush()
+            .unwrap()
+            .blocking_recv()
+            .unwrap()
+            .unwrap();
+        let end = running.log.watermark().lsn_end;
+        for (tail, got) in tails.iter_mut().zip(&mut read) {
+            while tail.position() < end {
+                let batch = tail.poll(100, Duration::from_millis(10)).unwrap().unwrap();
+                got.extend(batch.into_iter().map(|e| e.reward));
+            }
+        }
+        assert!(
+            written.iter().all(|w| w.len() > 10),
+            "too few rewards: {written:?}"
+        );
+        assert_eq!(read, written);
+        running.stop();
+    }
+
     /// A record cut short at the end of the newest segment (a crash mid-write) is cut off at
     /// recovery; everything before it is kept and new records follow it.
     #[test]

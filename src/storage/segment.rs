@@ -181,6 +181,17 @@ impl Reader {
         }))
     }
 
+    /// Moves to byte `offset`, the start of the frame with LSN `lsn`, without reading the
+    /// frames before it (a tail that knows they hold nothing for it).
+    ///
+    /// # Errors
+    /// An I/O error.
+    pub(super) fn jump(&mut self, offset: u64, lsn: u64) -> Result<(), Error> {
+        self.offset = offset;
+        self.lsn = lsn;
+        self.rewind_to_offset()
+    }
+
     /// Re-positions the file after reading past what `next` returned (a torn frame that may
     /// since have been completed by the writer): back to the last whole frame's end.
     ///

@@ -88,6 +88,11 @@ impl Tail {
             }
             watermark = self.shared.wait_past(self.next, timeout, &self.signal);
         }
+        if self.signal.examples_end() <= self.next && self.next < watermark.lsn_end {
+            // Nothing from here to the watermark is this model's example (decisions, other
+            // models' events): skip it unread.
+            self.skip_to(&watermark)?;
+        }
         while out.len() < max && self.next < watermark.lsn_end {
             if !self.read_some(&watermark, max, &mut out)? {
                 break;
@@ -148,6 +153,32 @@ impl Tail {
                 Err(ReadError::Io(e)) => return Err(e),
             }
         }
+    }
+
+    /// Moves to the watermark's end without reading the records before it.
+    fn skip_to(&mut self, watermark: &Watermark) -> Result<(), Error> {
+        let reader = match self.reader.take() {
+            Some((base, reader)) if base == watermark.segment => reader,
+            _ => {
+                let path = segment::path(&self.shared.dir, watermark.segment);
+                match Reader::open(&path, watermark.segment) {
+                    Ok(reader) => reader,
+                    Err(ReadError::Io(e)) => return Err(e),
+                    Err(ReadError::Frame(e)) => {
+                        // The writer made this segment whole before the watermark named it.
+                        return Err(Error::Internal(format!(
+                            "{}: {e:?} below the watermark",
+                            path.display()
+                        )));
+                    }
+                }
+            }
+        };
+        let mut reader = reader;
+        reader.jump(watermark.offset, watermark.lsn_end)?;
+        self.next = watermark.lsn_end;
+        self.reader = Some((watermark.segment, reader));
+        Ok(())
     }
 
     /// Moves on to the segment after the current one; false if there is none yet.

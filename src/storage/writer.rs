@@ -99,7 +99,8 @@ pub(super) struct Shared {
     /// when it was preempted would stall the next commit until that thread ran again.
     watermark: ArcSwap<Watermark>,
     /// Each tail's wake-up, by model (see [`Signal`]). Locked by the writer only for a commit
-    /// that holds examples, and by tails only when they start.
+    /// that holds examples (it publishes that commit's watermark under it), and by tails only
+    /// when they start.
     signals: Mutex<Vec<Weak<Signal>>>,
     failing: AtomicBool,
     /// The writer has found its queue empty and sleeps until a record arrives: the next
@@ -128,14 +129,18 @@ impl Shared {
 
     /// A wake-up for a tail of `model`, woken by every commit holding one of its examples.
     pub(super) fn register_signal(&self, model: &str) -> Arc<Signal> {
+        let mut signals = self.signals.lock().unwrap_or_else(|p| p.into_inner());
+        // Under the lock, so that no commit with examples falls between this watermark and
+        // the registration: the model may have examples anywhere below it, and past it the
+        // writer tells.
         let signal = Arc::new(Signal {
             model: model.to_owned(),
+            examples_end: AtomicU64::new(self.watermark().lsn_end),
             lock: Mutex::new(()),
             woken: Condvar::new(),
             #[cfg(test)]
             wakes: AtomicU64::new(0),
         });
-        let mut signals = self.signals.lock().unwrap_or_else(|p| p.into_inner());
         signals.retain(|s| s.strong_count() > 0);
         signals.push(Arc::downgrade(&signal));
         signal
@@ -159,15 +164,26 @@ impl Shared {
     /// Publishes the watermark `to` and wakes the tails of the `models` whose examples the
     /// commit holds (every tail once the writer has stopped).
     fn advance(&self, to: Watermark, models: &[String]) {
-        self.watermark.store(Arc::new(to));
         if models.is_empty() && !to.closed {
+            self.watermark.store(Arc::new(to));
             return;
         }
-        let signals = self.signals.lock().unwrap_or_else(|p| p.into_inner());
-        for signal in signals.iter().filter_map(Weak::upgrade) {
-            if to.closed || models.contains(&signal.model) {
-                signal.wake();
-            }
+        let registered = self.signals.lock().unwrap_or_else(|p| p.into_inner());
+        let woken = || {
+            registered
+                .iter()
+                .filter_map(Weak::upgrade)
+                .filter(|signal| to.closed || models.contains(&signal.model))
+        };
+        // Each woken model's `examples_end` before the watermark, both under the lock: a
+        // tail that sees this watermark sees where its model's examples end, and a tail
+        // that registers now sees either both or neither. No example is ever skipped.
+        for signal in woken() {
+            signal.examples_end.fetch_max(to.lsn_end, Ordering::SeqCst);
+        }
+        self.watermark.store(Arc::new(to));
+        for signal in woken() {
+            signal.wake();
         }
     }
 
@@ -194,6 +210,9 @@ impl Shared {
 #[derive(Debug)]
 pub(super) struct Signal {
     model: String,
+    /// One past the last LSN that may hold an example of `model`: records from here to the
+    /// watermark hold none, and a tail past it may skip them unread.
+    examples_end: AtomicU64,
     /// The tail sleeps on `woken` under this lock, which the writer only ever tries.
     lock: Mutex<()>,
     woken: Condvar,
@@ -203,6 +222,11 @@ pub(super) struct Signal {
 }
 
 impl Signal {
+    /// One past the last LSN that may hold an example of the model (see the field).
+    pub(super) fn examples_end(&self) -> u64 {
+        self.examples_end.load(Ordering::SeqCst)
+    }
+
     fn wake(&self) {
         #[cfg(test)]
         self.wakes.fetch_add(1, Ordering::Relaxed);
