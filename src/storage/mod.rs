@@ -533,7 +533,7 @@ mod tests {
                 closed: false,
             };
             let _ = running.log.decision(decision(&d)).unwrap();
-            if pick % 7 == 0 {
+            if pick.is_multiple_of(7) {
                 let value = f64::from(i);
                 let ack = running
                     .log
@@ -546,11 +546,11 @@ mod tests {
                     })
                     .unwrap();
                 written[m].push(value);
-                if pick % 3 == 0 {
+                if pick.is_multiple_of(3) {
                     ack.blocking_recv().unwrap().unwrap();
                 }
             }
-            if pick % 5 == 0 {
+            if pick.is_multiple_of(5) {
                 running
                     .log
                     .flush()
