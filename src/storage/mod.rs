@@ -256,6 +256,37 @@ mod tests {
             self.log.shutdown();
             self.writer.shutdown();
         }
+
+        /// Waits until everything queued is committed.
+        fn flush(&self) {
+            self.log.flush().unwrap().blocking_recv().unwrap().unwrap();
+        }
+
+        /// Logs a reward of `value` for `d`; returns its acknowledgement.
+        fn reward(&self, d: &Modelled, value: f64) -> writer::Ack {
+            self.log
+                .reward(RewardRecord {
+                    model: d.model.to_owned(),
+                    decision_id: d.id.clone(),
+                    at_ms: 2,
+                    regret: None,
+                    example: example(d, value),
+                })
+                .unwrap()
+        }
+    }
+
+    /// A decision of `model` with input `[i]`, open and unrewarded.
+    fn open_decision(model: &'static str, i: u32) -> Modelled {
+        Modelled {
+            model,
+            id: format!("{model}{i}"),
+            version: 1,
+            input: vec![i as f32],
+            head: 0,
+            reward: None,
+            closed: false,
+        }
     }
 
     fn decision(d: &Modelled) -> DecisionRecord {
@@ -417,7 +448,7 @@ mod tests {
                     }
                 }
             }
-            running.log.flush().unwrap().blocking_recv().unwrap().unwrap();
+            running.flush();
             // A learner's tail from the start reads every example, across segments and the
             // gaps restarts leave between them.
             let end = running.log.watermark().lsn_end;
@@ -450,47 +481,16 @@ mod tests {
         let (running, _) = Running::start(dir.path(), 1 << 20);
         let mut a = running.log.tail("a", 0);
         let mut b = running.log.tail("b", 0);
-        let made = |model: &'static str, i: u32| Modelled {
-            model,
-            id: format!("{model}{i}"),
-            version: 1,
-            input: vec![i as f32],
-            head: 0,
-            reward: None,
-            closed: false,
-        };
         for i in 0..5 {
             for model in MODELS {
-                assert!(
-                    running
-                        .log
-                        .decision(decision(&made(model, i)))
-                        .unwrap()
-                        .is_none()
-                );
+                let d = decision(&open_decision(model, i));
+                assert!(running.log.decision(d).unwrap().is_none());
             }
-            running
-                .log
-                .flush()
-                .unwrap()
-                .blocking_recv()
-                .unwrap()
-                .unwrap();
+            running.flush();
         }
         assert_eq!((a.wakes(), b.wakes()), (0, 0), "decisions woke a tail");
-        running
-            .log
-            .reward(RewardRecord {
-                model: "a".into(),
-                decision_id: "a0".into(),
-                at_ms: 2,
-                regret: None,
-                example: example(&made("a", 0), 1.0),
-            })
-            .unwrap()
-            .blocking_recv()
-            .unwrap()
-            .unwrap();
+        let ack = running.reward(&open_decision("a", 0), 1.0);
+        ack.blocking_recv().unwrap().unwrap();
         assert_eq!((a.wakes(), b.wakes()), (1, 0), "a's reward woke b or not a");
         let end = running.log.watermark().lsn_end;
         let read_a = a.poll(100, Duration::ZERO).unwrap().unwrap();
@@ -523,54 +523,25 @@ mod tests {
                 .wrapping_add(1442695040888963407);
             let pick = (state >> 33) as usize;
             let m = pick % MODELS.len();
-            let d = Modelled {
-                model: MODELS[m],
-                id: format!("{i}"),
-                version: 1,
-                input: vec![i as f32],
-                head: 0,
-                reward: None,
-                closed: false,
-            };
+            let d = open_decision(MODELS[m], i);
             let _ = running.log.decision(decision(&d)).unwrap();
             if pick.is_multiple_of(7) {
                 let value = f64::from(i);
-                let ack = running
-                    .log
-                    .reward(RewardRecord {
-                        model: MODELS[m].into(),
-                        decision_id: d.id.clone(),
-                        at_ms: 2,
-                        regret: None,
-                        example: example(&d, value),
-                    })
-                    .unwrap();
+                let ack = running.reward(&d, value);
                 written[m].push(value);
                 if pick.is_multiple_of(3) {
                     ack.blocking_recv().unwrap().unwrap();
                 }
             }
             if pick.is_multiple_of(5) {
-                running
-                    .log
-                    .flush()
-                    .unwrap()
-                    .blocking_recv()
-                    .unwrap()
-                    .unwrap();
+                running.flush();
             }
             for (tail, got) in tails.iter_mut().zip(&mut read) {
                 let batch = tail.poll(3, Duration::ZERO).unwrap().unwrap();
                 got.extend(batch.into_iter().map(|e| e.reward));
             }
         }
-        running
-            .log
-            .flush()
-            .unwrap()
-            .blocking_recv()
-            .unwrap()
-            .unwrap();
+        running.flush();
         let end = running.log.watermark().lsn_end;
         for (tail, got) in tails.iter_mut().zip(&mut read) {
             while tail.position() < end {
