@@ -580,7 +580,11 @@ mod tests {
         let copy = tempfile::tempdir().unwrap();
         fs::create_dir_all(segment::dir(copy.path())).unwrap();
         for path in segments(from) {
-            fs::copy(&path, segment::dir(copy.path()).join(path.file_name().unwrap())).unwrap();
+            fs::copy(
+                &path,
+                segment::dir(copy.path()).join(path.file_name().unwrap()),
+            )
+            .unwrap();
         }
         copy
     }
@@ -602,11 +606,17 @@ mod tests {
         let (again, recovered) = Running::start(crashed.path(), 1 << 20);
         assert_eq!(recovered.summary.records, 3);
         assert_eq!(
-            (recovered.summary.torn_bytes, recovered.summary.corrupt_segments),
+            (
+                recovered.summary.torn_bytes,
+                recovered.summary.corrupt_segments
+            ),
             (0, 0)
         );
         // Recovery cut the zeros too: the crashed segment is now sealed like any other.
-        assert_eq!(fs::metadata(&segments(crashed.path())[0]).unwrap().len(), committed);
+        assert_eq!(
+            fs::metadata(&segments(crashed.path())[0]).unwrap().len(),
+            committed
+        );
         again.stop();
     }
 
@@ -634,9 +644,16 @@ mod tests {
         assert_eq!(recovered.summary.corrupt_segments, 0);
         again.stop();
         let kept = recovery::examples(torn.path(), "a").unwrap();
-        assert_eq!(kept.iter().map(|e| e.input[0]).collect::<Vec<_>>(), [0.0, 1.0]);
+        assert_eq!(
+            kept.iter().map(|e| e.input[0]).collect::<Vec<_>>(),
+            [0.0, 1.0]
+        );
         // The first record's header, right after the segment's header.
-        zero(&segments(hidden.path())[0], segment::MAGIC.len() as u64, record::FRAME_HEADER);
+        zero(
+            &segments(hidden.path())[0],
+            segment::MAGIC.len() as u64,
+            record::FRAME_HEADER,
+        );
         let (again, recovered) = Running::start(hidden.path(), 1 << 20);
         assert_eq!(recovered.summary.corrupt_segments, 1);
         assert_eq!(recovered.summary.records, 0);

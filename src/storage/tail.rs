@@ -109,6 +109,24 @@ impl Tail {
         max: usize,
         out: &mut Vec<Example>,
     ) -> Result<bool, Error> {
+        let more = self.read_segment(watermark, max, out)?;
+        // Past the committed end of the segment being written lie zeros the writer will
+        // overwrite (it preallocates): whatever the reader buffered of them is dropped.
+        if let Some((base, reader)) = self.reader.as_mut()
+            && *base >= watermark.segment
+        {
+            reader.rewind_to_offset()?;
+        }
+        Ok(more)
+    }
+
+    /// [`Tail::read_some`] but for dropping what was read ahead.
+    fn read_segment(
+        &mut self,
+        watermark: &Watermark,
+        max: usize,
+        out: &mut Vec<Example>,
+    ) -> Result<bool, Error> {
         if self.reader.is_none() && !self.open_reader()? {
             return Ok(false);
         }

@@ -828,7 +828,10 @@ impl Writer {
             at += n as u64;
         }
         self.allocated = target;
-        std::io::Seek::seek(&mut self.file, std::io::SeekFrom::Start(self.committed.offset))?;
+        std::io::Seek::seek(
+            &mut self.file,
+            std::io::SeekFrom::Start(self.committed.offset),
+        )?;
         Ok(())
     }
 
