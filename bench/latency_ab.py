@@ -6,8 +6,9 @@ Each variant is the embedded default configuration with some `KEY = VALUE` lines
 every variant in turn gets a fresh `banditd` (release build, fresh data directory) driven by
 `banditd-loadgen grpc --rate R` (full rounds: ChooseArm then ReportReward; latency counted from
 when a round was due, so queueing is not hidden); the variants alternate so that the machine's
-drift hits them alike. Prints each run's ChooseArm and ReportReward p50/p99 and, per variant,
-the medians over the repetitions (JSON on stdout).
+drift hits them alike. Prints each run's ChooseArm and ReportReward p50/p99, the server's CPU
+per round (all threads, the learners excluded, and the log writer's, read from /proc) and, per
+variant, the medians over the repetitions (JSON on stdout).
 
     cargo build --release --bin banditd --bin banditd-loadgen
     python3 bench/latency_ab.py --rate 6000 --reps 4 \\
@@ -22,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 
-from cpu_per_call import ROOT, free_port, wait_port, wait_serving
+from cpu_per_call import ROOT, free_port, threads_cpu, wait_port, wait_serving
 
 
 def configured(banditd, overrides):
@@ -50,17 +51,25 @@ def run(rel, config_text, args):
     try:
         wait_port(port)
         wait_serving(metrics)
+        before = threads_cpu(server.pid)
         out = subprocess.run(
             [os.path.join(rel, "banditd-loadgen"), "grpc", "--target", f"http://127.0.0.1:{port}",
              "--model", "wheel", "--env", "wheel:0.5", "--rate", str(args.rate), "--duration",
              args.duration, "--workers", str(args.workers), "--connections", str(args.connections),
              "--json"], env=env, check=True, capture_output=True, text=True).stdout
         report = json.loads(out)
+        after = threads_cpu(server.pid)
     finally:
         server.terminate()
         server.wait(timeout=60)
     lat = report["latency_us"]
+    rounds = report["rounds"]
+    delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+    learners = sum(v for k, v in delta.items() if k.startswith("learner-"))
     return {
+        "server_cpu_us_per_round": sum(delta.values()) / rounds * 1e6,
+        "server_cpu_us_per_round_without_learners": (sum(delta.values()) - learners) / rounds * 1e6,
+        "log_writer_cpu_us_per_round": delta.get("log-writer", 0.0) / rounds * 1e6,
         "choose_arm_p50_ms": lat["choose_arm"]["p50"] / 1000,
         "choose_arm_p99_ms": lat["choose_arm"]["p99"] / 1000,
         "report_reward_p50_ms": lat["report_reward"]["p50"] / 1000,
@@ -95,7 +104,9 @@ def main():
             print(f"rep {rep} {name}: ChooseArm p50/p99 {r['choose_arm_p50_ms']:.1f}/"
                   f"{r['choose_arm_p99_ms']:.1f} ms, ReportReward p50/p99 "
                   f"{r['report_reward_p50_ms']:.1f}/{r['report_reward_p99_ms']:.1f} ms, "
-                  f"{r['rounds_per_s']:.0f} rounds/s", file=sys.stderr)
+                  f"{r['rounds_per_s']:.0f} rounds/s, server CPU "
+                  f"{r['server_cpu_us_per_round_without_learners']:.1f} µs per round without "
+                  f"learners (log writer {r['log_writer_cpu_us_per_round']:.1f})", file=sys.stderr)
     summary = {
         "rate": args.rate,
         "load": f"{args.workers} in flight at most over {args.connections} connections, "
