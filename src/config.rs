@@ -423,6 +423,9 @@ pub struct FaultSwitches {
     pub stall: std::sync::atomic::AtomicBool,
     /// While set, every write fails with "no space left on device".
     pub fail_writes: std::sync::atomic::AtomicBool,
+    /// While set, zero-filling log space ahead of the records fails with "no space left on
+    /// device" (the records themselves still fit).
+    pub fail_preallocation: std::sync::atomic::AtomicBool,
 }
 
 impl std::ops::Deref for StorageFaults {

@@ -620,6 +620,34 @@ mod tests {
         again.stop();
     }
 
+    /// A disk without room for the zeros still takes the records: the writer appends for the
+    /// rest of the segment, every record acknowledged and recovered.
+    #[test]
+    fn without_room_to_preallocate_the_writer_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path(), 1 << 20);
+        config
+            .faults
+            .fail_preallocation
+            .store(true, std::sync::atomic::Ordering::Release);
+        let storage = Storage::open(&config).unwrap();
+        let recovered = storage.recover().unwrap();
+        let (log, writer) = storage.start_writer(recovered.summary.next_lsn).unwrap();
+        let running = Running {
+            log,
+            writer,
+            _storage: storage,
+        };
+        three_rewards(&running);
+        let committed = running.log.watermark().offset;
+        let newest = segments(dir.path()).pop().unwrap();
+        assert_eq!(fs::metadata(&newest).unwrap().len(), committed);
+        running.stop();
+        let (again, recovered) = Running::start(dir.path(), 1 << 20);
+        assert_eq!(recovered.summary.records, 3);
+        again.stop();
+    }
+
     /// A record cut short inside the preallocated zeros (its last bytes still zero) is a torn
     /// write: cut off at recovery, the records before it kept. Zeros that hide a record
     /// header with records after them are corruption, not the end.

@@ -474,6 +474,7 @@ pub(super) fn start(config: &StorageConfig, first_lsn: u64) -> Result<(Log, LogW
         example_models: Vec::new(),
         allocated: segment::MAGIC.len() as u64,
         preallocate: config.preallocate_bytes,
+        preallocate_off: false,
         errors: ErrorLog::default(),
         faults: config.faults.clone(),
         commit_delay: Duration::from_micros(config.commit_delay_us),
@@ -572,6 +573,8 @@ struct Writer {
     allocated: u64,
     /// Bytes zero-filled ahead of the frames (`storage.preallocate_bytes`; 0: none).
     preallocate: u64,
+    /// Preallocating failed in this segment (a nearly full disk): append until the next.
+    preallocate_off: bool,
     errors: ErrorLog,
     faults: StorageFaults,
     /// How long records nobody waits for may gather after a commit (`storage.commit_delay_us`).
@@ -816,8 +819,11 @@ impl Writer {
     /// Zero-fills the segment up to at least byte `end` (and `preallocate` further, up to the
     /// segment's size) if it is shorter, leaving the file position at the committed end.
     fn preallocate_to(&mut self, end: u64) -> std::io::Result<()> {
-        if self.preallocate == 0 || end <= self.allocated {
+        if self.preallocate == 0 || self.preallocate_off || end <= self.allocated {
             return Ok(());
+        }
+        if self.faults.fail_preallocation.load(Ordering::Acquire) {
+            return Err(std::io::Error::from_raw_os_error(28)); // ENOSPC
         }
         let target = (end + self.preallocate).min(self.segment_bytes.max(end));
         std::io::Seek::seek(&mut self.file, std::io::SeekFrom::Start(self.allocated))?;
@@ -867,8 +873,18 @@ impl Writer {
             Err(std::io::Error::from_raw_os_error(28)) // ENOSPC
         } else {
             let end = self.committed.offset + self.buf.len() as u64;
-            self.preallocate_to(end)
-                .and_then(|()| self.file.write_all(&self.buf))
+            if let Err(e) = self.preallocate_to(end) {
+                // Best effort: a disk without room for the zeros may still take the records.
+                // Appending from here on in this segment; the next one preallocates again.
+                tracing::warn!(
+                    path = %self.path.display(),
+                    error = %e,
+                    "cannot preallocate log space; appending to this segment instead"
+                );
+                self.cut_back();
+                self.preallocate_off = true;
+            }
+            self.file.write_all(&self.buf)
         };
         if !self.buf.is_empty()
             && let Err(e) = written
@@ -908,6 +924,7 @@ impl Writer {
         self.file = file;
         self.path = path;
         self.allocated = segment::MAGIC.len() as u64;
+        self.preallocate_off = false;
         self.committed.segment = base;
         self.committed.offset = segment::MAGIC.len() as u64;
         self.shared.advance(self.committed, &[]);
