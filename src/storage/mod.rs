@@ -620,6 +620,32 @@ mod tests {
         again.stop();
     }
 
+    /// A last record that fails its checksum with nothing after it (a clean stop cut the
+    /// zeros) is damage, as it always was: counted as corrupt, not cut off as torn.
+    #[test]
+    fn a_bad_last_record_with_nothing_after_it_is_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let (running, _) = Running::start(dir.path(), 1 << 20);
+        three_rewards(&running);
+        let committed = running.log.watermark().offset;
+        running.stop();
+        let path = segments(dir.path())[0].clone();
+        let mut bytes = fs::read(&path).unwrap();
+        assert_eq!(bytes.len() as u64, committed);
+        bytes[committed as usize - 3] ^= 0xff;
+        fs::write(&path, bytes).unwrap();
+        let (again, recovered) = Running::start(dir.path(), 1 << 20);
+        assert_eq!(recovered.summary.records, 2);
+        assert_eq!(
+            (
+                recovered.summary.torn_bytes,
+                recovered.summary.corrupt_segments
+            ),
+            (0, 1)
+        );
+        again.stop();
+    }
+
     /// A disk without room for the zeros still takes the records: the writer appends for the
     /// rest of the segment, every record acknowledged and recovered.
     #[test]

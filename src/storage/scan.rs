@@ -1,10 +1,14 @@
 //! Reading the whole log in order: recovery at startup and `banditd export` both start here.
 //!
 //! Damage is told apart from a crash: a frame cut short at the very end of the newest segment
-//! is the write a crash interrupted, and recovery cuts it off (it was never acknowledged);
-//! a frame that fails its checksum, or a short frame anywhere else, is corruption: the rest
-//! of that segment is skipped, logged and counted, and the segment is left as it is for
-//! inspection. I/O errors (permissions, a failing disk) stop the scan with an error naming
+//! (the file ends inside it, or only preallocated zeros follow it) is the write a crash
+//! interrupted, and recovery cuts it off (it was never acknowledged); a frame that fails its
+//! checksum otherwise, or a short frame anywhere else, is corruption: the rest of that
+//! segment is skipped, logged and counted, and the segment is left as it is for inspection.
+//! (After a power loss in `periodic` mode, unsynced writes into preallocated space can reach
+//! the disk out of order, zeros before records: that unacknowledged tail is reported as
+//! corruption too.) Read-only scans (export) stop quietly at the newest segment's first
+//! unreadable frame: it may be a running server's live end. I/O errors (permissions, a failing disk) stop the scan with an error naming
 //! the file: they are not corruption and nothing is moved or cut.
 
 use std::{fs::OpenOptions, path::Path};
@@ -99,7 +103,7 @@ pub(super) fn scan(
                         tracing::warn!(
                             path = %path.display(),
                             bytes = summary.torn_bytes,
-                            "cutting off a log record that a crash left half-written (never acknowledged)"
+                            "cutting off a log record that a crash left half-written (never acknowledged), and any preallocated space after it"
                         );
                         OpenOptions::new()
                             .write(true)
@@ -107,6 +111,13 @@ pub(super) fn scan(
                             .and_then(|f| f.set_len(reader.offset()).and_then(|()| f.sync_all()))
                             .map_err(|e| segment::io_error("cannot truncate", path, &e))?;
                     }
+                    break;
+                }
+                // Read-only, the newest segment may be a running server's: its records end
+                // where the writer is (a read-ahead buffer can hold zeros the writer has
+                // since overwritten). Recovery, which repairs, still tells damage apart.
+                Err(ReadError::Frame(e)) if i == last && !repair => {
+                    tracing::debug!(path = %path.display(), error = ?e, "the newest log segment's readable records end here");
                     break;
                 }
                 Err(ReadError::Frame(e)) => {

@@ -204,25 +204,32 @@ impl Reader {
         }))
     }
 
-    /// `Torn` if only zeros follow the bytes read so far (a write cut short inside
-    /// preallocated space), else `error`. Reads to the end of the file.
+    /// `Torn` if zeros, and only zeros, follow the bytes read so far (a write cut short
+    /// inside preallocated space), else `error`: a bad last frame with nothing after it is
+    /// corrupt, as it always was. Reads to the end of the file.
     fn torn_if_zeros_follow(&mut self, error: FrameError) -> Result<ReadError, ReadError> {
-        Ok(ReadError::Frame(if self.rest_is_zero()? {
-            FrameError::Torn
-        } else {
-            error
+        Ok(ReadError::Frame(match self.zeros_to_end()? {
+            Some(n) if n > 0 => FrameError::Torn,
+            _ => error,
         }))
     }
 
     /// Whether the file holds only zeros from the read position to its end. Moves the read
-    /// position to the end (or to the first nonzero byte).
+    /// position to the end (or past the first nonzero byte).
     fn rest_is_zero(&mut self) -> Result<bool, ReadError> {
+        Ok(self.zeros_to_end()?.is_some())
+    }
+
+    /// How many bytes, all zero, follow the read position to the end of the file; `None`
+    /// if any of them is not zero.
+    fn zeros_to_end(&mut self) -> Result<Option<u64>, ReadError> {
         let mut chunk = [0u8; 8192];
+        let mut zeros = 0u64;
         loop {
             match read_full(&mut self.file, &mut chunk) {
-                Ok(0) => return Ok(true),
-                Ok(n) if chunk[..n].iter().any(|&b| b != 0) => return Ok(false),
-                Ok(_) => {}
+                Ok(0) => return Ok(Some(zeros)),
+                Ok(n) if chunk[..n].iter().any(|&b| b != 0) => return Ok(None),
+                Ok(n) => zeros += n as u64,
                 Err(e) => return Err(ReadError::Io(io_error("cannot read", &self.path, &e))),
             }
         }

@@ -109,7 +109,15 @@ impl Tail {
         max: usize,
         out: &mut Vec<Example>,
     ) -> Result<bool, Error> {
-        let more = self.read_segment(watermark, max, out)?;
+        let more = match self.read_segment(watermark, max, out) {
+            Ok(more) => more,
+            Err(e) => {
+                // The reader's buffer and file position may no longer match where it
+                // stands: reopened at `next` on the next call.
+                self.reader = None;
+                return Err(e);
+            }
+        };
         // Past the committed end of the segment being written lie zeros the writer will
         // overwrite (it preallocates): whatever the reader buffered of them is dropped.
         if let Some((base, reader)) = self.reader.as_mut()

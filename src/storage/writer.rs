@@ -472,6 +472,7 @@ pub(super) fn start(config: &StorageConfig, first_lsn: u64) -> Result<(Log, LogW
         last_retention: Instant::now(),
         buf: Vec::with_capacity(64 * 1024),
         example_models: Vec::new(),
+        example_count: 0,
         allocated: segment::MAGIC.len() as u64,
         preallocate: config.preallocate_bytes,
         preallocate_off: false,
@@ -567,8 +568,10 @@ struct Writer {
     last_retention: Instant,
     /// The group's encoded frames; reused.
     buf: Vec<u8>,
-    /// The models the group holds training examples for: their tails are woken.
+    /// The models the group holds training examples for (the first `example_count`; the
+    /// strings are reused from group to group): their tails are woken.
     example_models: Vec<String>,
+    example_count: usize,
     /// The segment file's length: frames up to `committed.offset`, zeros after.
     allocated: u64,
     /// Bytes zero-filled ahead of the frames (`storage.preallocate_bytes`; 0: none).
@@ -716,7 +719,7 @@ impl Writer {
             || (self.mode == DurabilityMode::Fsync && waited_on)
             || self.last_sync.elapsed() >= self.sync_interval;
         self.buf.clear();
-        self.example_models.clear();
+        self.example_count = 0;
         let mut acks = Vec::new();
         let mut records = 0u64;
         for op in ops.drain(..) {
@@ -738,10 +741,16 @@ impl Writer {
             };
             record.encode_frame(&mut self.buf);
             records += 1;
-            if record.example().is_some()
-                && !self.example_models.iter().any(|m| m == record.model())
-            {
-                self.example_models.push(record.model().to_owned());
+            let seen = &self.example_models[..self.example_count];
+            if record.example().is_some() && !seen.iter().any(|m| m == record.model()) {
+                match self.example_models.get_mut(self.example_count) {
+                    Some(slot) => {
+                        slot.clear();
+                        slot.push_str(record.model());
+                    }
+                    None => self.example_models.push(record.model().to_owned()),
+                }
+                self.example_count += 1;
             }
         }
         match self.write(records, sync) {
@@ -907,7 +916,8 @@ impl Writer {
         if records > 0 {
             self.committed.lsn_end += records;
             self.committed.offset += self.buf.len() as u64;
-            self.shared.advance(self.committed, &self.example_models);
+            self.shared
+                .advance(self.committed, &self.example_models[..self.example_count]);
             metrics::log_appended(records, self.buf.len() as u64);
         }
         Ok(())
