@@ -107,22 +107,27 @@ def decisions_of(report):
     sys.exit(f"no decision count in the loadgen report: {list(report)}")
 
 
-def configure(rel, data, args, overrides):
-    """The banditd configuration file for these `KEY = VALUE` overrides, or None for the default."""
-    if not (args.periodic or overrides):
-        return None
-    config = os.path.join(data, "banditd.toml")
-    text = subprocess.run([os.path.join(rel, "banditd"), "--print-default-config"],
+def config_text(banditd, overrides, periodic=False):
+    """The embedded default configuration with every `KEY = ...` line of `overrides` replaced."""
+    text = subprocess.run([banditd, "--print-default-config"],
                           capture_output=True, text=True, check=True).stdout
-    if args.periodic:
+    if periodic:
         text = text.replace('durability = "fsync"', 'durability = "periodic"')
     lines = text.splitlines()
     for key, value in overrides.items():
         if not any(line.startswith(f"{key} = ") for line in lines):
             sys.exit(f"the default configuration has no `{key} = ` line to replace")
         lines = [f"{key} = {value}" if line.startswith(f"{key} = ") else line for line in lines]
+    return "\n".join(lines) + "\n"
+
+
+def configure(rel, data, args, overrides):
+    """The banditd configuration file for these `KEY = VALUE` overrides, or None for the default."""
+    if not (args.periodic or overrides):
+        return None
+    config = os.path.join(data, "banditd.toml")
     with open(config, "w") as f:
-        f.write("\n".join(lines) + "\n")
+        f.write(config_text(os.path.join(rel, "banditd"), overrides, args.periodic))
     return config
 
 

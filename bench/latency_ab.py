@@ -23,18 +23,8 @@ import subprocess
 import sys
 import tempfile
 
-from cpu_per_call import ROOT, free_port, threads_cpu, wait_port, wait_serving
-
-
-def configured(banditd, overrides):
-    text = subprocess.run([banditd, "--print-default-config"], capture_output=True, text=True,
-                          check=True).stdout
-    lines = text.splitlines()
-    for key, value in overrides:
-        if not any(line.startswith(f"{key} = ") for line in lines):
-            sys.exit(f"the default configuration has no `{key} = ` line to replace")
-        lines = [f"{key} = {value}" if line.startswith(f"{key} = ") else line for line in lines]
-    return "\n".join(lines) + "\n"
+from cpu_per_call import (ROOT, config_text, free_port, parse_variant, threads_cpu, wait_port,
+                          wait_serving)
 
 
 def run(rel, config_text, args):
@@ -93,9 +83,8 @@ def main():
     rel = os.path.join(args.target_dir, "release")
     variants = []
     for spec in args.variant:
-        name, _, sets = spec.partition(":")
-        overrides = [tuple(kv.split("=", 1)) for kv in sets.split(",") if kv]
-        variants.append((name, configured(os.path.join(rel, "banditd"), overrides)))
+        name, overrides = parse_variant(spec)
+        variants.append((name, config_text(os.path.join(rel, "banditd"), overrides)))
     results = {name: [] for name, _ in variants}
     for rep in range(args.reps):
         for name, text in variants:

@@ -239,7 +239,11 @@ mod tests {
 
     impl Running {
         fn start(dir: &Path, segment_bytes: u64) -> (Self, Recovered) {
-            let storage = Storage::open(&config(dir, segment_bytes)).unwrap();
+            Self::start_with(&config(dir, segment_bytes))
+        }
+
+        fn start_with(config: &StorageConfig) -> (Self, Recovered) {
+            let storage = Storage::open(config).unwrap();
             let recovered = storage.recover().unwrap();
             let (log, writer) = storage.start_writer(recovered.summary.next_lsn).unwrap();
             (
@@ -557,6 +561,16 @@ mod tests {
         running.stop();
     }
 
+    /// What recovery found: (records, whether it cut torn bytes, corrupt segments).
+    fn found(recovered: &Recovered) -> (u64, bool, u64) {
+        let summary = &recovered.summary;
+        (
+            summary.records,
+            summary.torn_bytes > 0,
+            summary.corrupt_segments,
+        )
+    }
+
     /// Logs three rewards of model "a" (inputs 0, 1, 2), each acknowledged.
     fn three_rewards(running: &Running) {
         for i in 0..3 {
@@ -604,14 +618,7 @@ mod tests {
         running.stop();
         assert_eq!(fs::metadata(&newest).unwrap().len(), committed);
         let (again, recovered) = Running::start(crashed.path(), 1 << 20);
-        assert_eq!(recovered.summary.records, 3);
-        assert_eq!(
-            (
-                recovered.summary.torn_bytes,
-                recovered.summary.corrupt_segments
-            ),
-            (0, 0)
-        );
+        assert_eq!(found(&recovered), (3, false, 0));
         // Recovery cut the zeros too: the crashed segment is now sealed like any other.
         assert_eq!(
             fs::metadata(&segments(crashed.path())[0]).unwrap().len(),
@@ -635,14 +642,7 @@ mod tests {
         bytes[committed as usize - 3] ^= 0xff;
         fs::write(&path, bytes).unwrap();
         let (again, recovered) = Running::start(dir.path(), 1 << 20);
-        assert_eq!(recovered.summary.records, 2);
-        assert_eq!(
-            (
-                recovered.summary.torn_bytes,
-                recovered.summary.corrupt_segments
-            ),
-            (0, 1)
-        );
+        assert_eq!(found(&recovered), (2, false, 1));
         again.stop();
     }
 
@@ -656,14 +656,7 @@ mod tests {
             .faults
             .fail_preallocation
             .store(true, std::sync::atomic::Ordering::Release);
-        let storage = Storage::open(&config).unwrap();
-        let recovered = storage.recover().unwrap();
-        let (log, writer) = storage.start_writer(recovered.summary.next_lsn).unwrap();
-        let running = Running {
-            log,
-            writer,
-            _storage: storage,
-        };
+        let (running, _) = Running::start_with(&config);
         three_rewards(&running);
         let committed = running.log.watermark().offset;
         let newest = segments(dir.path()).pop().unwrap();
@@ -693,9 +686,7 @@ mod tests {
         };
         zero(&segments(torn.path())[0], committed - 5, 5);
         let (again, recovered) = Running::start(torn.path(), 1 << 20);
-        assert_eq!(recovered.summary.records, 2);
-        assert!(recovered.summary.torn_bytes > 0);
-        assert_eq!(recovered.summary.corrupt_segments, 0);
+        assert_eq!(found(&recovered), (2, true, 0));
         again.stop();
         let kept = recovery::examples(torn.path(), "a").unwrap();
         assert_eq!(
@@ -709,8 +700,7 @@ mod tests {
             record::FRAME_HEADER,
         );
         let (again, recovered) = Running::start(hidden.path(), 1 << 20);
-        assert_eq!(recovered.summary.corrupt_segments, 1);
-        assert_eq!(recovered.summary.records, 0);
+        assert_eq!(found(&recovered), (0, false, 1));
         again.stop();
     }
 
@@ -749,9 +739,7 @@ mod tests {
             .set_len(len - 3)
             .unwrap();
         let (running, recovered) = Running::start(dir.path(), 1 << 20);
-        assert_eq!(recovered.summary.records, 2);
-        assert!(recovered.summary.torn_bytes > 0);
-        assert_eq!(recovered.summary.corrupt_segments, 0);
+        assert_eq!(found(&recovered), (2, true, 0));
         running.stop();
         let kept = recovery::examples(dir.path(), "a").unwrap();
         assert_eq!(

@@ -105,11 +105,7 @@ pub(super) fn scan(
                             bytes = summary.torn_bytes,
                             "cutting off a log record that a crash left half-written (never acknowledged), and any preallocated space after it"
                         );
-                        OpenOptions::new()
-                            .write(true)
-                            .open(path)
-                            .and_then(|f| f.set_len(reader.offset()).and_then(|()| f.sync_all()))
-                            .map_err(|e| segment::io_error("cannot truncate", path, &e))?;
+                        cut_at(path, reader.offset())?;
                     }
                     break;
                 }
@@ -140,13 +136,18 @@ fn cut_zeros(path: &Path, end: u64) -> Result<(), Error> {
         .len();
     if len > end {
         tracing::debug!(path = %path.display(), bytes = len - end, "cutting preallocated zeros off the newest log segment");
-        OpenOptions::new()
-            .write(true)
-            .open(path)
-            .and_then(|f| f.set_len(end).and_then(|()| f.sync_all()))
-            .map_err(|e| segment::io_error("cannot truncate", path, &e))?;
+        cut_at(path, end)?;
     }
     Ok(())
+}
+
+/// Cuts the segment at `path` to `end` bytes, durably.
+fn cut_at(path: &Path, end: u64) -> Result<(), Error> {
+    OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_len(end).and_then(|()| f.sync_all()))
+        .map_err(|e| segment::io_error("cannot truncate", path, &e))
 }
 
 fn corrupt(path: &Path, e: &FrameError, summary: &mut ScanSummary) {
